@@ -97,7 +97,7 @@ class BeamConfig:
     hdivsteps: int | None = None  # -hdivsteps (and -divsteps)
     vdivsteps: int | None = None  # -vdivsteps (and -divsteps)
     round_div: bool = True  # -round_div (default) / -square_div
-    sources: np.ndarray | None = None  # -sourcefile: (n, 5) columns X Y Z weight λ (m, m, m, -, Å); NaN = missing
+    sources: np.ndarray | None = None  # -sourcefile: (n, 5) columns X Y Z weight λ (m, m, m, -, m); NaN = missing
     sources_file: str | None = None
 
 
@@ -137,6 +137,9 @@ class DetectorConfig:
     thickness_um: float | None = None  # -detector_thick (µm)
     absorption_um: float | None = None  # -detector_abs (µm attenuation depth; inf or 0 = off)
     thicksteps: int | None = None  # -detector_thicksteps / -thicksteps
+    oversample_thick: bool = False  # -oversample_thick: capture per subpixel (nanobragg mode: C running-sum bug)
+    oversample_polar: bool = False  # -oversample_polar: polarization per subpixel/source (idem)
+    oversample_omega: bool = False  # -oversample_omega: solid angle per subpixel (idem)
 
 
 @dataclass
@@ -151,6 +154,8 @@ class OutputConfig:
     adc: float = 40.0  # -adc (ADC offset)
     pgmscale: float | None = None  # -pgmscale
     seed: int | None = None  # -seed (noise)
+    write_pgm: bool = True  # -nopgm sets False; -pgmfile / -pgmscale set True (last flag wins)
+    write_noise: bool = True  # -nonoise sets False; -noisefile sets True (last flag wins)
 
 
 @dataclass
@@ -170,3 +175,5 @@ class SimulationConfig:
     water_um: float = 0.0  # -water (µm)
     mode: Mode = "physical"
     memory_budget_bytes: int = 1 << 30
+    device: str | None = None  # -device cpu|cuda[:N] (command line only; None: cpu)
+    dtype: Literal["float32", "float64"] | None = None  # -dtype (command line only; None: float64)

@@ -1,0 +1,160 @@
+"""Weight schedules: a term's weight multiplier as a function of the global step.
+
+A schedule is a callable ``schedule(step) -> float`` where ``step`` is the 0-based global step of
+the fit (counted across stages). The engine multiplies a term's balanced weight by it.
+Every schedule describes itself with :meth:`Schedule.describe` so that run configs are readable.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from equipoise.errors import InputError
+
+__all__ = ["Schedule", "Constant", "Linear", "Cosine", "Piecewise", "Cyclical", "free_bits"]
+
+
+class Schedule(ABC):
+    """A weight multiplier as a function of the 0-based global step."""
+
+    @abstractmethod
+    def __call__(self, step: int) -> float:
+        """Multiplier at ``step`` (dimensionless)."""
+
+    def describe(self) -> dict:
+        """Name and arguments, for config.json and log lines."""
+        return {"schedule": type(self).__name__, **asdict(self)}  # type: ignore[call-overload]
+
+
+def _ramp_fraction(step: int, begin: int, steps: int) -> float:
+    """Fraction of a ramp done at ``step``: 0 up to ``begin``, 1 from ``begin + steps`` on."""
+    return min(1.0, max(0.0, (step - begin) / steps))
+
+
+def _check_positive(value: int, field: str) -> None:
+    if value <= 0:
+        raise InputError(f"must be a positive number of steps, got {value}", field=field)
+
+
+@dataclass(frozen=True)
+class Constant(Schedule):
+    """Always ``value``."""
+
+    value: float = 1.0
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Linear(Schedule):
+    """``start`` until step ``begin``, linear to ``end`` over ``steps`` steps, then ``end``."""
+
+    start: float
+    end: float
+    steps: int
+    begin: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self.steps, "Linear.steps")
+
+    def __call__(self, step: int) -> float:
+        return self.start + (self.end - self.start) * _ramp_fraction(step, self.begin, self.steps)
+
+
+@dataclass(frozen=True)
+class Cosine(Schedule):
+    """Half-cosine ramp from ``start`` to ``end`` over ``steps`` steps after ``begin``, then hold."""
+
+    start: float
+    end: float
+    steps: int
+    begin: int = 0
+
+    def __post_init__(self) -> None:
+        _check_positive(self.steps, "Cosine.steps")
+
+    def __call__(self, step: int) -> float:
+        frac = _ramp_fraction(step, self.begin, self.steps)
+        return self.start + (self.end - self.start) * 0.5 * (1.0 - math.cos(math.pi * frac))
+
+
+@dataclass(frozen=True)
+class Piecewise(Schedule):
+    """A curriculum table: ``((first_step, value), ...)``; the value of the last row reached holds.
+
+    Rows must start at step 0 and be strictly increasing in ``first_step``.
+    """
+
+    table: tuple[tuple[int, float], ...]
+
+    def __post_init__(self) -> None:
+        rows = tuple((int(s), float(v)) for s, v in self.table)
+        object.__setattr__(self, "table", rows)
+        if not rows or rows[0][0] != 0:
+            raise InputError(f"first row must start at step 0, got {rows[:1]}", field="Piecewise.table")
+        if any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
+            raise InputError(f"first steps must increase strictly, got {[r[0] for r in rows]}",
+                             field="Piecewise.table")
+
+    def __call__(self, step: int) -> float:
+        value = self.table[0][1]
+        for first, row_value in self.table:
+            if step < first:
+                break
+            value = row_value
+        return value
+
+
+@dataclass(frozen=True)
+class Cyclical(Schedule):
+    """Cyclical annealing (Fu et al. 2019, NAACL, "Cyclical annealing schedule", eq. 2).
+
+    Each cycle of ``period`` steps ramps linearly from ``low`` to ``high`` over its first
+    ``ratio * period`` steps and holds ``high`` for the rest. Step ``k * period`` is ``low``.
+    Fu et al. recommend ``ratio=0.5``; a ratio near 1 (ramping over most of the cycle) is what
+    let posteriors collapse in our past projects.
+    """
+
+    period: int
+    ratio: float = 0.5
+    high: float = 1.0
+    low: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_positive(self.period, "Cyclical.period")
+        if not 0.0 < self.ratio <= 1.0:
+            raise InputError(f"ramp ratio must lie in (0, 1], got {self.ratio}", field="Cyclical.ratio")
+
+    @classmethod
+    def over(cls, total_steps: int, cycles: int, ratio: float = 0.5, high: float = 1.0) -> "Cyclical":
+        """``cycles`` cycles spread over ``total_steps`` steps (period ``ceil(total/cycles)``)."""
+        _check_positive(cycles, "Cyclical.cycles")
+        return cls(period=math.ceil(total_steps / cycles), ratio=ratio, high=high)
+
+    def __call__(self, step: int) -> float:
+        position = (step % self.period) / self.period
+        if position >= self.ratio:
+            return self.high
+        return self.low + (self.high - self.low) * position / self.ratio
+
+
+def free_bits(kl: Tensor, floor: float) -> Tensor:
+    """Free-bits KL (Kingma et al. 2016, "Improved variational inference with IAF", eq. 15).
+
+    ``kl``: per-latent KL divergences in nats, shape ``(..., n_latent)``; leading dimensions (the
+    batch) are averaged. Returns the scalar ``sum_j max(floor, mean KL_j)``. Latents below the
+    floor get zero gradient, so the encoder is not pushed to collapse them further.
+    """
+    if floor < 0:
+        raise InputError(f"free-bits floor must be >= 0 nats, got {floor}", field="free_bits.floor")
+    if kl.dim() == 0:
+        raise InputError("expected per-latent KL of shape (..., n_latent), got a scalar", field="free_bits.kl")
+    per_latent = kl.reshape(-1, kl.shape[-1]).mean(dim=0)
+    return torch.clamp(per_latent, min=floor).sum()
+

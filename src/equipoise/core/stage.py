@@ -1,0 +1,100 @@
+"""Stages: which groups are free, which terms are active, how to optimise them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from equipoise.core.balancers import Balancer, FixedBalancer
+from equipoise.errors import InputError
+
+__all__ = ["Stage", "OPTIMIZERS"]
+
+OPTIMIZERS = ("adam", "lbfgs", "sgd")
+#: L-BFGS defaults: one Fit step = one L-BFGS iteration with a strong-Wolfe line search
+LBFGS_DEFAULTS = {"max_iter": 1, "history_size": 10, "line_search_fn": "strong_wolfe"}
+
+
+@dataclass
+class Stage:
+    """One stage (macro-cycle) of a fit.
+
+    ``free``: names of the parameter groups optimised in this stage; all other groups are frozen
+    (``requires_grad=False``, not given to the optimiser, bitwise unchanged). ``terms``: active
+    term names (None: all). ``optimizer``: "adam", "lbfgs" (strong-Wolfe line search; one step =
+    one ``optimizer.step(closure)`` call, by default one L-BFGS iteration; ``lr=1`` is the usual
+    choice) or "sgd". ``steps``: step budget (>= 1). ``tol``/``patience``: the stage converges
+    when the relative change of the weighted total between consecutive steps stays below ``tol``
+    for ``patience`` steps. ``balancer``: how effective weights are set (default fixed);
+    ``rebalance_every``: recompute them every this many steps of the stage (they are always
+    computed at the start of the stage, on this stage's free parameters).
+    ``optimizer_options``: extra keyword arguments of the torch optimiser.
+    """
+
+    name: str
+    free: Sequence[str]
+    terms: Sequence[str] | None = None
+    optimizer: str = "adam"
+    lr: float = 1e-2
+    steps: int = 100
+    tol: float | None = None
+    patience: int = 5
+    balancer: Balancer | None = None
+    rebalance_every: int | None = None
+    optimizer_options: dict | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        where = f"Stage {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"a stage needs a non-empty string name, got {self.name!r}", field="Stage.name")
+        if isinstance(self.free, str):
+            self.free = [self.free]
+        self.free = list(self.free)
+        if not self.free:
+            raise InputError(f"{where}: at least one free parameter group is needed", field="Stage.free")
+        if self.terms is not None:
+            self.terms = [self.terms] if isinstance(self.terms, str) else list(self.terms)
+            if not self.terms:
+                raise InputError(f"{where}: terms=[] leaves nothing to fit (use None for all)", field="Stage.terms")
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"{where}: optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}",
+                             field="Stage.optimizer")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"{where}: lr must be a positive number, got {self.lr!r}", field="Stage.lr")
+        for name, value, low in (("steps", self.steps, 1), ("patience", self.patience, 1)):
+            if not isinstance(value, int) or value < low:
+                raise InputError(f"{where}: {name} must be an integer >= {low}, got {value!r}", field=f"Stage.{name}")
+        if self.tol is not None and not self.tol > 0:
+            raise InputError(f"{where}: tol must be > 0 or None, got {self.tol!r}", field="Stage.tol")
+        if self.rebalance_every is not None and (not isinstance(self.rebalance_every, int) or self.rebalance_every < 1):
+            raise InputError(f"{where}: rebalance_every must be an integer >= 1 or None, got {self.rebalance_every!r}",
+                             field="Stage.rebalance_every")
+        if self.balancer is None:
+            self.balancer = FixedBalancer()
+        elif not isinstance(self.balancer, Balancer):
+            raise InputError(f"{where}: balancer must be a Balancer, got {type(self.balancer).__name__}",
+                             field="Stage.balancer")
+
+    def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
+        """A fresh torch optimiser of this stage over ``params``."""
+        options = dict(self.optimizer_options or {})
+        try:
+            if self.optimizer == "adam":
+                return torch.optim.Adam(params, lr=self.lr, **options)
+            if self.optimizer == "sgd":
+                return torch.optim.SGD(params, lr=self.lr, **options)
+            return torch.optim.LBFGS(params, lr=self.lr, **{**LBFGS_DEFAULTS, **options})
+        except TypeError as exc:
+            raise InputError(f"Stage {self.name!r}: bad optimizer_options {options}: {exc}",
+                             field="Stage.optimizer_options") from exc
+
+    def describe(self) -> dict:
+        """Settings, for config.json."""
+        return {"name": self.name, "free": self.free, "terms": self.terms, "optimizer": self.optimizer,
+                "lr": self.lr, "steps": self.steps, "tol": self.tol, "patience": self.patience,
+                "balancer": self.balancer.describe(), "rebalance_every": self.rebalance_every,
+                "optimizer_options": self.optimizer_options}

@@ -1,0 +1,51 @@
+"""Rotations of 3-vectors as nanoBragg.c performs them, differentiable in torch.
+
+Two operations are used throughout nanoBragg.c (PHYSICS.md §1.2, §1.8, §1.10):
+
+* ``rotate(v, rotx, roty, rotz)``: rotation about the lab X axis, then Y, then Z
+  (``Rz·Ry·Rx·v``; right-handed, active).
+* ``rotate_axis(v, axis, phi)``: Rodrigues rotation by ``phi`` about a unit ``axis``
+  (right-handed: ``v cos φ + (axis × v) sin φ + axis (axis·v)(1 − cos φ)``).
+
+Angles are in radians. All functions broadcast over leading dimensions and keep the dtype and
+device of their inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rotation_xyz(angles: Tensor) -> Tensor:
+    """Matrix ``Rz(γ)·Ry(β)·Rx(α)`` for ``angles = (α, β, γ)`` in radians, shape (3,) -> (3, 3).
+
+    nanoBragg.c ``rotate()``: X rotation applied first, right-handed, active (PHYSICS.md §1.2).
+    """
+    c = torch.cos(angles)
+    s = torch.sin(angles)
+    one = torch.ones_like(angles[0])
+    zero = torch.zeros_like(angles[0])
+    rx = torch.stack([torch.stack([one, zero, zero]),
+                      torch.stack([zero, c[0], -s[0]]),
+                      torch.stack([zero, s[0], c[0]])])
+    ry = torch.stack([torch.stack([c[1], zero, s[1]]),
+                      torch.stack([zero, one, zero]),
+                      torch.stack([-s[1], zero, c[1]])])
+    rz = torch.stack([torch.stack([c[2], -s[2], zero]),
+                      torch.stack([s[2], c[2], zero]),
+                      torch.stack([zero, zero, one])])
+    return rz @ ry @ rx
+
+
+def rotate_axis(v: Tensor, axis: Tensor, phi: Tensor) -> Tensor:
+    """Rodrigues rotation of ``v`` (..., 3) by ``phi`` (broadcastable to v[..., 0]) about unit ``axis`` (..., 3).
+
+    nanoBragg.c ``rotate_axis()`` (PHYSICS.md §1.2, §1.8): the axis is used as given (not unitised).
+    """
+    phi = torch.as_tensor(phi, dtype=v.dtype, device=v.device)
+    cos_phi = torch.cos(phi)[..., None]
+    sin_phi = torch.sin(phi)[..., None]
+    axis, v = torch.broadcast_tensors(axis, v)
+    dot = (axis * v).sum(-1, keepdim=True)
+    return axis * dot * (1.0 - cos_phi) + v * cos_phi + torch.linalg.cross(axis, v, dim=-1) * sin_phi

@@ -1,0 +1,282 @@
+"""The still-image diffraction simulator (nanoBragg's ``add_nanoBragg_spots``), differentiable and chunked.
+
+Model (PHYSICS.md §1.1, §1.3, §1.13), for pixel (s, f):
+
+    I = r_e² Φ / steps · Σ_subpixels Σ_layers Σ_sources Σ_φ Σ_mosaic F_cell(h)² F_latt(h)² · P · Ω · capture
+    steps = N_sources · N_mosaic · N_φ · oversample²      (thickness layers are not counted)
+
+with ``h = a·q``, ``q = (d̂ − î)/λ``, ``a = U_mos · R_spindle(φ) · a0`` (crystal.py), F_latt from
+lattice.py, F_cell from structure_factors.py, P/Ω/capture/positions/sources from geometry.py and
+sources.py. ``r_e² = 7.94079248018965e-30 m²``. The result is in photons/pixel; pixels outside
+``-roi`` or masked by ``-mask`` are 0.
+
+Modes: ``config.mode``
+----------------------
+``"physical"`` (default) computes the model above, with every factor evaluated where it belongs.
+``"nanobragg"`` reproduces the C program's documented quirks, for parity with its images. The
+differences, all of which exist only in ``"nanobragg"`` mode:
+
+1. **Solid angle and polarization** are taken once per pixel, from the first subpixel (first
+   layer) and the first source, and multiply the whole sum (PHYSICS.md §1.1). Physical: Ω and P
+   are evaluated per subpixel, layer and source inside the sum.
+2. **Detector absorption**: the F² sum over layers is multiplied by the *last* layer's capture
+   fraction (of the first subpixel), i.e. ≈ N_t·capture_last instead of Σ_t capture_t (§1.7).
+   Physical: each layer's term is multiplied by its own capture fraction, and the layers tile the
+   sensor (step T/N_t instead of nanoBragg's T/(N_t−1), which spans T·N_t/(N_t−1)), so the
+   layers absorb 1 − exp(−T·μ/ρ) in total: for 450 µm, μ = 1/500 µm, 5 layers at normal
+   incidence 0.593 (physical) against 0.411 (nanoBragg).
+3. **Water background** (§1.11): nanoBragg starts each pixel's accumulator at
+   ``I_bg = F_bg² r_e² Φ w³ 1e6 N_A/18`` and then multiplies it again by ``r_e² Φ/steps · P Ω capture``.
+   Physical: ``I_water = r_e² Φ F_bg² N_molecules · ⟨P Ω Σ_t capture_t⟩`` (mean over subpixels and
+   sources), with ``N_molecules = w³ · 1e6 g/m³ · N_A / 18 g/mol``.
+4. **φ = 0 reuse** (C-PARITY-001, §1.10): a φ step whose angle is exactly 0 is not rotated and
+   reuses the previously rotated vectors, i.e. those of the last φ step of the previous subpixel.
+   Reproduced as "the φ = 0 step uses the last step's rotation" (not reproduced: the very first
+   evaluation of each of the C program's OpenMP threads, which uses a0 — two pixels of an image).
+   Physical: the φ = 0 step uses the unrotated crystal.
+
+Reproduced in both modes (they are properties of the C model rather than errors of accounting):
+GAUSS/TOPHAT spot sizes in Å⁻¹ scaled by (NaNbNc)² and not rotated (§1.4); ``steps`` counting;
+the ``-dmin`` cut skipping a source's whole contribution; the cell setup that gives slightly
+different angles than requested for triclinic cells (crystal.py). Not reproduced in either mode:
+the ``-oversample_thick/_polar/_omega`` running-sum bug (those flags are not in the config), the
+global switch-off of tricubic interpolation after the first out-of-grid point (see
+structure_factors.py), the ``Fdump.bin`` cache.
+
+Evaluation
+----------
+Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` (forward and backward:
+with autograd on, each chunk runs under ``torch.utils.checkpoint`` so that activations are
+recomputed per chunk during the backward pass and peak memory does not grow with the image).
+The per-chunk kernel can be compiled with ``torch.compile`` (``compile=True``; falls back to eager
+if compilation fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from equipoise.errors import InputError
+
+from . import crystal as xtal
+from .config import SimulationConfig
+from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
+from .lattice import lattice_factor
+from .sources import beam_sources, fluence, polarization_factor, wavelength_m
+from .structure_factors import StructureFactors
+
+R_E_SQR = 7.94079248018965e-30  # m², Thomson cross section r_e² (PHYSICS.md §1.1)
+WATER_F = 2.57  # electrons, F of a water molecule used by nanoBragg (§1.11)
+AVOGADRO = 6.02214179e23  # mol⁻¹ (nanoBragg.c value)
+
+# bytes of live intermediates per innermost evaluation and per byte of dtype (forward + backward,
+# measured on the square/nearest-neighbour kernel, with margin); tricubic adds 64-value gathers.
+_WORK_PER_EVAL = 48
+_WORK_PER_EVAL_TRICUBIC = 48 + 64 * 6
+
+
+def _param(params: Mapping[str, Tensor], name: str, default, dtype: torch.dtype, device: torch.device) -> Tensor:
+    if name in params:
+        return torch.as_tensor(params[name]).to(dtype=dtype, device=device)
+    return torch.as_tensor(np.asarray(default, dtype=np.float64), dtype=dtype, device=device)
+
+
+class Simulator:
+    """Simulate still diffraction images of one configuration for many parameter values.
+
+    Parameters
+    ----------
+    config: the nanoBragg-style configuration (units of the flags).
+    dtype, device: arithmetic precision and device of every tensor (CPU or CUDA).
+    compile: compile the per-chunk kernel with ``torch.compile`` (default False: see
+        benchmarks/diffraction_forward.py for the measured trade-off).
+    chunk_evals: override the number of innermost evaluations per chunk (default: from
+        ``config.memory_budget_bytes``).
+
+    Static work (configuration checks, pixel list, oversampling, random mosaic draws, the HKL grid)
+    is done once here; ``__call__(params)`` evaluates the image, differentiably in ``params``
+    (names and shapes in docs/TEAM_NOTES.md: cell, misset_deg, mosaic_spread_deg, n_cells,
+    wavelength_A, distance_mm, beam_center_mm, detector_rot_deg, twotheta_deg, fluence, F,
+    default_F).
+
+    Attributes: ``shape`` (spixels, fpixels); ``oversample`` (resolved, nanoBragg's automatic rule
+    when not given); ``steps`` (nanoBragg's normalisation count); ``n_sources``, ``n_phi``,
+    ``n_mosaic``.
+    """
+
+    def __init__(self, config: SimulationConfig, *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None, compile: bool = False,
+                 chunk_evals: int | None = None) -> None:
+        self.config = config
+        self.dtype = dtype
+        self.device = torch.device("cpu" if device is None else device)
+        self.physical = config.mode != "nanobragg"
+        if config.mode not in ("physical", "nanobragg"):
+            raise InputError(f"mode must be 'physical' or 'nanobragg', got {config.mode!r}", field="mode")
+        geom = self._geometry(None)
+        self.shape = (geom.spixels, geom.fpixels)
+        lam0 = wavelength_m(config, None, dtype=dtype, device=self.device)
+        vecs = xtal.crystal_vectors(config, None, lam0 * 1e10, dtype=dtype, device=self.device)
+        self.n_cells = xtal.n_cells(config, vecs.real)
+        self.oversample = self._oversample(geom, vecs.real, float(lam0))
+        self.phi0, self.phistep, self.n_phi = xtal.phi_steps(config)
+        axes, fracs = xtal.mosaic_samples(config)
+        self.n_mosaic = len(fracs)
+        self._mos_axes = torch.as_tensor(axes, dtype=dtype, device=self.device)
+        self._mos_fracs = torch.as_tensor(fracs, dtype=dtype, device=self.device)
+        self.n_sources = int(beam_sources(config, geom, None, dtype=dtype, device=self.device).incident.shape[0])
+        self.steps = self.n_sources * self.n_mosaic * self.n_phi * self.oversample ** 2
+        cr = config.crystal
+        self.interpolate = cr.interpolate if cr.interpolate is not None else min(self.n_cells) <= 2
+        self._hkl_values = None if cr.hkl is None else torch.as_tensor(cr.hkl.values, dtype=dtype, device=self.device)
+        # pixel list: -roi (inclusive) and -mask
+        fmin, fmax, smin, smax = geom.roi
+        keep = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
+        keep[max(smin, 0):smax + 1, max(fmin, 0):fmax + 1] = True
+        if geom.mask is not None:
+            keep &= geom.mask.to(device=self.device, dtype=torch.bool)
+        self._flat_index = torch.nonzero(keep.reshape(-1)).reshape(-1)
+        per_pixel = self.oversample ** 2 * geom.n_layers * self.n_sources * self.n_phi * self.n_mosaic
+        work = _WORK_PER_EVAL_TRICUBIC if self.interpolate and cr.hkl is not None else _WORK_PER_EVAL
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if chunk_evals is None:
+            chunk_evals = max(1, int(config.memory_budget_bytes * 0.5) // (work * itemsize))
+        self.chunk_pixels = max(1, min(chunk_evals // per_pixel, int(self._flat_index.numel()) or 1))
+        self._kernel = self._chunk_kernel
+        self.compiled = False
+        if compile:
+            try:
+                self._kernel = torch.compile(self._chunk_kernel, dynamic=False)
+                self.compiled = True
+            except Exception as err:  # pragma: no cover - depends on the toolchain
+                warnings.warn(f"torch.compile unavailable ({err}); using eager evaluation")
+
+    # ------------------------------------------------------------------ static helpers
+    def _geometry(self, params: Mapping[str, Tensor] | None) -> DetectorGeometry:
+        geom = detector_geometry(self.config, params, dtype=self.dtype, device=self.device)
+        thick = self.config.detector.thickness_um
+        if self.physical and geom.n_layers > 1 and thick:
+            # physical mode: layers tile the sensor, step T/N_t (nanoBragg: T/(N_t-1)); see module doc (2)
+            geom = dataclasses.replace(geom, layer_step=thick * 1e-6 / geom.n_layers)
+        return geom
+
+    def _oversample(self, geom: DetectorGeometry, real: Tensor, lam0_m: float) -> int:
+        """-oversample, or nanoBragg's ``ceil(3·max(N_i |a_i|) / (λ0·distance/Δ))`` (PHYSICS.md §1.4)."""
+        given = self.config.detector.oversample
+        if given is not None and given > 0:
+            return int(given)
+        size = max(n * float(v) for n, v in zip(self.n_cells, real.detach().norm(dim=1).cpu().tolist()))
+        recommended = math.ceil(3.0 * size / (lam0_m * float(geom.distance) / geom.pixel_size))
+        return max(1, recommended)
+
+    # ------------------------------------------------------------------ evaluation
+    def __call__(self, params: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Image (spixels, fpixels) in photons/pixel for the parameter values ``params``."""
+        p = dict(params or {})
+        cfg, dtype, dev = self.config, self.dtype, self.device
+        geom = self._geometry(p)
+        src = beam_sources(cfg, geom, p, dtype=dtype, device=dev)
+        lam0_A = wavelength_m(cfg, p, dtype=dtype, device=dev) * 1e10
+        vecs = xtal.crystal_vectors(cfg, p, lam0_A, dtype=dtype, device=dev)
+        n_cells = _param(p, "n_cells", self.n_cells, dtype, dev)
+        if bool((n_cells.detach() < 1).any()):
+            raise InputError(f"number of unit cells must be >= 1, got {n_cells.detach().cpu().tolist()}",
+                             field="n_cells")
+        spread = _param(p, "mosaic_spread_deg", cfg.crystal.mosaic_spread_deg, dtype, dev)
+        umats = xtal.mosaic_matrices(spread, self._mos_axes, self._mos_fracs)
+        phis = [self.phi0 + self.phistep * i for i in range(self.n_phi)]
+        rot = xtal.rotated_real_vectors(vecs.real, geom.spindle, phis, umats, reuse_phi0=not self.physical)
+        default_F = _param(p, "default_F", cfg.crystal.default_F, dtype, dev)
+        fvals = p["F"].to(dtype=dtype, device=dev) if "F" in p else self._hkl_values
+        if fvals is not None and self._hkl_values is not None and fvals.shape != self._hkl_values.shape:
+            raise InputError(f"F must have the HKL grid's shape {tuple(self._hkl_values.shape)}, "
+                             f"got {tuple(fvals.shape)}", field="F")
+        lower = cfg.crystal.hkl.lower if cfg.crystal.hkl is not None else (0, 0, 0)
+        scale = R_E_SQR * fluence(cfg, p, dtype=dtype, device=dev) / self.steps
+        water = self._water_molecules()
+        tensors = (geom.pix0, geom.fdet, geom.sdet, geom.odet, geom.beam, geom.close_distance, geom.distance,
+                   src.incident, src.wavelength, rot, vecs.recip_A, n_cells, default_F, scale,
+                   fvals if fvals is not None else default_F)
+        has_grid = fvals is not None
+        n = self._flat_index.numel()
+        outs = []
+        for start in range(0, n, self.chunk_pixels):
+            idx = self._flat_index[start:start + self.chunk_pixels]
+            count = idx.numel()
+            if count < self.chunk_pixels and self.compiled:  # constant shapes for the compiled kernel
+                idx = torch.cat([idx, idx[-1:].expand(self.chunk_pixels - count)])
+            args = (idx, geom, lower, has_grid, water) + tensors
+            if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+                out = checkpoint(self._kernel, *args, use_reentrant=False)
+            else:
+                out = self._kernel(*args)
+            outs.append(out[:count])
+        values = torch.cat(outs) if outs else torch.zeros(0, dtype=dtype, device=dev)
+        image = torch.zeros(self.shape[0] * self.shape[1], dtype=dtype, device=dev)
+        image = image.index_put((self._flat_index,), values)
+        return image.reshape(self.shape)
+
+    def _water_molecules(self) -> float:
+        """Molecules of water in the beam: w³ · 1e6 g/m³ · N_A / 18 g/mol (PHYSICS.md §1.11)."""
+        w = self.config.water_um * 1e-6
+        return w ** 3 * 1e6 * AVOGADRO / 18.0
+
+    def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, lower, has_grid: bool, water: float,
+                      pix0, fdet, sdet, odet, beam, close_distance, distance, incident, wavelength, rot,
+                      recip_A, n_cells, default_F, scale, fvals) -> Tensor:
+        """Photons (n,) for the flat pixel indices ``idx`` (n,)."""
+        cfg = self.config
+        geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
+                                   close_distance=close_distance, distance=distance)
+        s_idx = torch.div(idx, self.shape[1], rounding_mode="floor")
+        f_idx = idx - s_idx * self.shape[1]
+        pos = subpixel_positions(geom, s_idx, f_idx, self.oversample)          # (n, O², T, 3) m
+        r = torch.sqrt((pos * pos).sum(-1, keepdim=True))
+        diffracted = pos / r                                                   # (n, O², T, 3)
+        omega = solid_angle(geom, pos)                                         # (n, O², T)
+        cap = torch.diagonal(capture_fractions(geom, diffracted), dim1=-2, dim2=-1)  # (n, O², T)
+        q = (diffracted.unsqueeze(-2) - incident) / wavelength.unsqueeze(-1)   # (n, O², T, S, 3) 1/m
+        hkl = torch.einsum("...x,kix->...ki", q, rot)                          # (n, O², T, S, K, 3)
+        f_latt = lattice_factor(hkl, n_cells, cfg.crystal.shape, cfg.crystal.fudge, recip_A)
+        if has_grid:
+            sf = StructureFactors(fvals, lower, default_F, self.interpolate)
+            intensity = (sf(hkl) * f_latt) ** 2
+        else:
+            intensity = default_F * default_F * f_latt * f_latt
+        i_src = intensity.sum(-1)                                              # (n, O², T, S)
+        dmin = cfg.detector.dmin_A
+        if dmin is not None and dmin > 0:
+            stol = 0.5 * torch.sqrt((q * q).sum(-1))
+            cut = (stol > 0) & (stol * (2.0 * dmin * 1e-10) > 1.0)  # 0.5/stol < dmin: skip this source
+            i_src = torch.where(cut, torch.zeros_like(i_src), i_src)
+        kahn = cfg.beam.polarization
+        polar = polarization_factor(incident, diffracted.unsqueeze(-2), geom.polar, kahn,
+                                    nopolar=cfg.beam.nopolar)                  # (n, O², T, S)
+        if self.physical:
+            weight = polar * (omega * cap).unsqueeze(-1)
+            total = (i_src * weight).sum((1, 2, 3)) * scale
+            if water > 0:
+                mean_w = weight.sum((1, 2, 3)) / (weight.shape[1] * weight.shape[3])
+                total = total + scale * self.steps * WATER_F ** 2 * water * mean_w
+            return total
+        # nanobragg: P, Ω of the first subpixel/layer/source, capture of the last layer (PHYSICS.md §1.1, §1.7)
+        factor = polar[:, 0, 0, 0] * omega[:, 0, 0] * cap[:, 0, -1]
+        acc = i_src.sum((1, 2, 3))
+        if water > 0:
+            acc = acc + scale * self.steps * WATER_F ** 2 * water  # I_bg, scaled again below (§1.11)
+        return acc * scale * factor
+
+
+def simulate(config: SimulationConfig, params: Mapping[str, Tensor] | None = None, *,
+             dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+             compile: bool = False) -> Tensor:
+    """One image (spixels, fpixels) in photons/pixel: ``Simulator(config, ...)(params)``."""
+    return Simulator(config, dtype=dtype, device=device, compile=compile)(params)
