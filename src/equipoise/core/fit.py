@@ -28,7 +28,7 @@ from equipoise.core import diagnostics as diag
 from equipoise.core.balancers import Balancer, FixedBalancer, Weight
 from equipoise.core.gradients import Grads, combine, cosines, gradient_norms, term_gradients
 from equipoise.core.groups import ParamGroups
-from equipoise.core.progress import Progress
+from equipoise.core.progress import MODES, Progress
 from equipoise.core.record import RunDir
 from equipoise.core.stage import Stage
 from equipoise.core.terms import Term
@@ -258,6 +258,8 @@ class Fit:
                 raise InputError(f"must be an integer >= 1, got {value!r}", field=name)
         if nonfinite not in NONFINITE_POLICIES:
             raise InputError(f"must be one of {NONFINITE_POLICIES}, got {nonfinite!r}", field="nonfinite")
+        if progress not in MODES:
+            raise InputError(f"must be one of {MODES}, got {progress!r}", field="progress")
         if not 0 < dominance_threshold <= 1:
             raise InputError(f"must lie in (0, 1], got {dominance_threshold!r}", field="dominance_threshold")
         self.forward, self.summarize, self.progress_mode = forward, summarize, progress
@@ -453,7 +455,7 @@ class Fit:
         if grad_step:
             norms = evaluation.norms()
             line["grad_norms"] = {t: {g: n for g, n in per.items() if g != "*"} for t, per in norms.items()}
-            pair_cosines = cosines(evaluation.grads())
+            pair_cosines = cosines(evaluation.grads(), norms)
             line["cosines"] = {f"{a}|{b}": c for (a, b), c in pair_cosines.items()}
             depends = {t: v.requires_grad for t, v in evaluation.values.items()}
             flags += diag.dead_gradient_flags(raw, weights, norms, depends, step)
@@ -572,7 +574,7 @@ class Fit:
                 self._progress.event(f"stage {stage.name!r} starts at step {state.global_step}: free {stage.free}, "
                                      f"{stage.optimizer} lr {stage.lr:g}, {stage.steps} steps; weights: {listing}")
             else:
-                pass
+                run.optimizer.load_state_dict(checkpoint["optimizer"])
                 run.balancer.load_state_dict(checkpoint["balancer"])
                 run.weights = {t: Weight(v, r) for t, (v, r) in checkpoint["weights"].items()}
             converged = stage.tol is not None and state.calm_steps >= stage.patience

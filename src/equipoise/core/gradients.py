@@ -6,6 +6,7 @@ same numbers (a helper that calls ``backward()`` without zeroing accumulates ins
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -32,57 +33,51 @@ def term_gradients(values: Mapping[str, Tensor], params: Sequence[Tensor]) -> di
     return out
 
 
+def _dots(grads: Mapping[str, Grads], pairs: Sequence[tuple[str, str]]) -> list[list[float]]:
+    """``dots[k][i]``: dot product of the gradients of ``pairs[k]`` on tensor ``i`` (0 if either is
+    missing). Computed in the gradients' own dtype on flat views (no copies); one synchronisation."""
+    rows = []
+    for a, b in pairs:
+        row = []
+        for ga, gb in zip(grads[a], grads[b], strict=True):
+            if ga is None or gb is None:
+                row.append(None)
+            else:
+                row.append(torch.dot(ga.reshape(-1), gb.reshape(-1)).to(torch.float64))
+        rows.append(row)
+    present = [d for row in rows for d in row if d is not None]
+    values = iter(torch.stack(present).cpu().tolist() if present else [])
+    return [[0.0 if d is None else next(values) for d in row] for row in rows]
+
+
 def gradient_norms(grads: Mapping[str, Grads], layout: Sequence[str]) -> dict[str, dict[str, float]]:
     """Euclidean norm of each term's gradient on each group, and on all of them (key ``"*"``).
 
-    ``layout[i]`` is the group of tensor ``i``. One host synchronisation in all.
-    """
-    groups = list(dict.fromkeys(layout))
-    rows = []
-    for term_grads in grads.values():
-        squares = {g: [] for g in groups}
-        for group, grad in zip(layout, term_grads, strict=True):
-            if grad is not None:
-                squares[group].append(torch.linalg.vector_norm(grad, dtype=torch.float64) ** 2)
-        rows.append(torch.stack([torch.stack(s).sum() if s else _zero(grads) for s in squares.values()]))
-    if not rows:
-        return {}
-    table = torch.stack(rows).cpu()
-    per_group = table.sqrt().tolist()
-    totals = table.sum(dim=1).sqrt().tolist()
-    return {term: {**dict(zip(groups, row)), "*": total}
-            for term, row, total in zip(grads, per_group, totals)}
-
-
-def _zero(grads: Mapping[str, Grads]) -> Tensor:
-    """A float64 zero on the device of the gradients (CPU if there are none)."""
-    for term_grads in grads.values():
-        for grad in term_grads:
-            if grad is not None:
-                return torch.zeros((), dtype=torch.float64, device=grad.device)
-    return torch.zeros((), dtype=torch.float64)
-
-
-def cosines(grads: Mapping[str, Grads]) -> dict[tuple[str, str], float]:
-    """Cosine between the gradients of every pair of terms on all the given tensors.
-
-    Pairs where either gradient is zero are left out. One host synchronisation in all.
+    ``layout[i]`` is the group of tensor ``i``.
     """
     names = list(grads)
-    pairs, dots = [], []
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            terms = [(ga, gb) for ga, gb in zip(grads[a], grads[b]) if ga is not None and gb is not None]
-            if terms:
-                pairs.append((a, b))
-                dots.append(torch.stack([(ga.to(torch.float64) * gb).sum() for ga, gb in terms]).sum())
+    squares = _dots(grads, [(t, t) for t in names])
+    out = {}
+    for name, row in zip(names, squares):
+        per_group: dict[str, float] = dict.fromkeys(layout, 0.0)
+        for group, value in zip(layout, row):
+            per_group[group] += value
+        out[name] = {g: math.sqrt(v) for g, v in per_group.items()}
+        out[name]["*"] = math.sqrt(sum(row))
+    return out
+
+
+def cosines(grads: Mapping[str, Grads], norms: Mapping[str, Mapping[str, float]]) -> dict[tuple[str, str], float]:
+    """Cosine between the gradients of every pair of terms on all the given tensors.
+
+    ``norms`` are from :func:`gradient_norms`. Pairs where either gradient is zero are left out.
+    """
+    names = [t for t in grads if norms[t]["*"] > 0]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
     if not pairs:
         return {}
-    norms = {name: torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) ** 2
-                                for g in grads[name] if g is not None]).sum().sqrt()
-             for name in {n for pair in pairs for n in pair}}
-    values = torch.stack([d / (norms[a] * norms[b]) for d, (a, b) in zip(dots, pairs)]).cpu().tolist()
-    return {pair: value for pair, value in zip(pairs, values) if value == value}  # drop 0/0
+    dots = _dots(grads, pairs)
+    return {(a, b): sum(row) / (norms[a]["*"] * norms[b]["*"]) for (a, b), row in zip(pairs, dots)}
 
 
 def combine(grads: Mapping[str, Grads], weights: Mapping[str, float | Tensor], n_params: int) -> Grads:
@@ -94,5 +89,5 @@ def combine(grads: Mapping[str, Grads], weights: Mapping[str, float | Tensor], n
             weight = weight.detach()
         for i, grad in enumerate(term_grads):
             if grad is not None:
-                out[i] = grad * weight if out[i] is None else out[i] + grad * weight
+                out[i] = grad * weight if out[i] is None else out[i].add_(grad * weight)
     return out

@@ -7,13 +7,12 @@ gradients). Each transform is scaled so that a unit change of ``u`` is a typical
 parameter (one degree, one pixel, a factor e), which keeps the variables comparably conditioned
 for L-BFGS and Adam.
 
-All functions act elementwise on tensors of any shape; ``inverse`` takes numbers or arrays in
-user units and returns the starting ``u`` (float64 numpy array).
+Transforms act elementwise on tensors of any shape; :meth:`Transform.inverse` takes numbers or
+arrays in user units and returns the matching ``u`` as a float64 numpy array.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 
-__all__ = ["Transform", "Shift", "Positive", "Above", "Interval"]
+__all__ = ["Transform", "Shift", "Positive", "Above", "Interval", "Split"]
 
 
 class Transform:
@@ -32,8 +31,15 @@ class Transform:
         raise NotImplementedError
 
     def inverse(self, value, field: str) -> np.ndarray:
-        """Starting ``u`` for ``value``; InputError naming ``field`` if ``value`` is out of bounds."""
+        """``u`` for ``value``; InputError naming ``field`` if ``value`` is outside the bounds."""
         raise NotImplementedError
+
+
+def _array(value, field: str) -> np.ndarray:
+    v = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise InputError(f"must be finite, got {v.tolist()}", field=field)
+    return v
 
 
 @dataclass(frozen=True)
@@ -47,7 +53,7 @@ class Shift(Transform):
         return torch.as_tensor(self.origin, dtype=u.dtype, device=u.device) + self.unit * u
 
     def inverse(self, value, field: str) -> np.ndarray:
-        return (np.asarray(value, dtype=np.float64) - np.asarray(self.origin, dtype=np.float64)) / self.unit
+        return (_array(value, field) - np.asarray(self.origin, dtype=np.float64)) / self.unit
 
 
 @dataclass(frozen=True)
@@ -60,15 +66,10 @@ class Positive(Transform):
         return torch.as_tensor(self.ref, dtype=u.dtype, device=u.device) * torch.exp(u)
 
     def inverse(self, value, field: str) -> np.ndarray:
-        v = np.asarray(value, dtype=np.float64)
-        if not np.all(v > 0) or not np.all(np.isfinite(v)):
-            raise InputError(f"must be > 0 and finite, got {v.tolist()}", field=field)
+        v = _array(value, field)
+        if not np.all(v > 0):
+            raise InputError(f"must be > 0, got {v.tolist()}", field=field)
         return np.log(v / np.asarray(self.ref, dtype=np.float64))
-
-
-def _softplus_inverse(y: np.ndarray) -> np.ndarray:
-    """``x`` with ``log(1 + exp(x)) = y`` (y > 0), stable for large y."""
-    return y + np.log(-np.expm1(-y))
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,11 @@ class Above(Transform):
         return self.lower + self.unit * torch.nn.functional.softplus(u)
 
     def inverse(self, value, field: str) -> np.ndarray:
-        v = np.asarray(value, dtype=np.float64)
-        if not np.all(v > self.lower) or not np.all(np.isfinite(v)):
-            raise InputError(f"must be > {self.lower:g} and finite, got {v.tolist()}", field=field)
-        return _softplus_inverse((v - self.lower) / self.unit)
+        v = _array(value, field)
+        if not np.all(v > self.lower):
+            raise InputError(f"must be > {self.lower:g}, got {v.tolist()}", field=field)
+        y = (v - self.lower) / self.unit
+        return y + np.log(-np.expm1(-y))  # softplus⁻¹(y) = log(exp(y) − 1), stable for large y
 
 
 @dataclass(frozen=True)
@@ -99,18 +101,33 @@ class Interval(Transform):
         return self.low + (self.high - self.low) * torch.sigmoid(u)
 
     def inverse(self, value, field: str) -> np.ndarray:
-        v = np.asarray(value, dtype=np.float64)
+        v = _array(value, field)
         if not np.all((v > self.low) & (v < self.high)):
             raise InputError(f"must lie in ({self.low:g}, {self.high:g}), got {v.tolist()}", field=field)
         p = (v - self.low) / (self.high - self.low)
         return np.log(p) - np.log1p(-p)
 
 
-def check_finite(u: np.ndarray, field: str) -> np.ndarray:
-    """``u`` unchanged, or InputError if a starting value maps to an infinite variable."""
-    if not np.all(np.isfinite(u)):
-        raise InputError(f"starting value maps to a non-finite variable {u.tolist()} (too close to a bound)",
-                         field=field)
-    return u
+@dataclass(frozen=True)
+class Split(Transform):
+    """Different transforms for consecutive parts of a vector: ``parts`` = ((length, transform), ...).
 
+    E.g. a unit cell (6,): lengths ``Positive`` and angles ``Interval(0, 180)``.
+    """
 
+    parts: tuple[tuple[int, Transform], ...]
+
+    def __call__(self, u: Tensor) -> Tensor:
+        pieces, start = [], 0
+        for length, transform in self.parts:
+            pieces.append(transform(u[..., start:start + length]))
+            start += length
+        return torch.cat(pieces, dim=-1)
+
+    def inverse(self, value, field: str) -> np.ndarray:
+        v = _array(value, field)
+        pieces, start = [], 0
+        for length, transform in self.parts:
+            pieces.append(transform.inverse(v[..., start:start + length], field))
+            start += length
+        return np.concatenate(pieces, axis=-1)

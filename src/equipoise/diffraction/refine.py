@@ -1,0 +1,482 @@
+"""Refinement of crystal, beam and detector parameters against one still diffraction image.
+
+The model image is ``scale · simulate(config, params) + background`` (photons/pixel, shape
+(spixels, fpixels)) where ``params`` are the refined simulator parameters in user units (names of
+docs/TEAM_NOTES.md), each the image of an unconstrained variable under a smooth transform
+(:mod:`equipoise.diffraction.transforms`). The fit is an :class:`equipoise.core.Fit`:
+
+* terms: ``data`` (Poisson deviance or least squares over the unmasked pixels), optionally
+  ``data_coarse`` (the same on both images blurred by a Gaussian of ``coarse_blur_px`` pixels:
+  a smoother landscape with a wider capture range) and ``cell_restraint`` (a weak Gaussian prior
+  of the cell toward its starting value, when the cell is refined);
+* stages: staged release (misset first, then mosaic, then the cell, then the detector, then
+  everything), L-BFGS with a strong-Wolfe line search; each stage is balanced with
+  :class:`~equipoise.core.GradNormRatioBalancer` (reference ``data``) on exactly its free
+  parameters when it has more than one term.
+
+The Poisson data term is the deviance ``Σ_p w_p [μ_p − y_p + y_p log(y_p/μ_p)]`` with
+``μ = model + ε`` and ``y = observed + ε`` (ε = 1e-3 × mean observed photons/pixel, so that
+pixels the lattice transform leaves at exactly zero stay finite): the Poisson negative
+log-likelihood minus its value at a perfect fit, hence zero at a perfect fit and comparable
+between starts.
+
+See docs/refinement.md for the command line, the Python API and measured capture ranges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from equipoise.core import Balancer, Fit, FitResult, FixedBalancer, GradNormRatioBalancer, Stage, Term, plot_run
+from equipoise.diffraction import io
+from equipoise.diffraction.config import SimulationConfig
+from equipoise.diffraction.geometry import detector_geometry, detector_size
+from equipoise.diffraction.simulate import Simulator
+from equipoise.diffraction.sources import fluence as resolved_fluence
+from equipoise.diffraction.sources import wavelength_m
+from equipoise.diffraction.transforms import Above, Interval, Positive, Shift, Split, Transform
+from equipoise.errors import InputError
+
+__all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
+           "plan_stages", "poisson_deviance", "least_squares", "image_shape", "starting_config"]
+
+#: ``--refine`` name -> key of the refined value (user units) in params and summaries
+REFINABLE: dict[str, str] = {
+    "mosaic": "mosaic_spread_deg",
+    "misset": "misset_deg",
+    "cell": "cell",
+    "ncells": "n_cells",
+    "distance": "distance_mm",
+    "beam_center": "beam_center_mm",
+    "detector_rotation": "detector_rot_deg",
+    "twotheta": "twotheta_deg",
+    "wavelength": "wavelength_A",
+    "fluence": "fluence",
+    "scale": "scale",
+    "background": "background",
+}
+#: parameters of the image model rather than of the simulator
+IMAGE_LEVEL = ("scale", "background")
+LOSSES = ("poisson", "lsq")
+#: image-intensity groups, free in every stage
+INTENSITY = ("scale", "background", "fluence")
+#: staged release: each stage frees its own groups (and the intensity groups), then ``all`` frees all
+RELEASE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("orient", ("misset",)),
+    ("mosaic", ("mosaic", "ncells")),
+    ("cell", ("cell", "wavelength")),
+    ("detector", ("distance", "beam_center", "detector_rotation", "twotheta")),
+)
+#: stage plans of :func:`plan_stages`
+STRATEGIES = ("orient", "staged", "joint")
+#: Poisson floor ε relative to the mean observed photons/pixel (see module docstring)
+POISSON_FLOOR = 1e-3
+
+
+def parse_refine(names: str | Sequence[str]) -> list[str]:
+    """``"mosaic,misset"`` or a sequence of names -> validated list in canonical order.
+
+    InputError (field ``--refine``) naming the unknown names and listing the valid ones.
+    """
+    items = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
+    items = [n for n in items if n]
+    unknown = [n for n in items if n not in REFINABLE]
+    if unknown:
+        raise InputError(f"unknown parameter(s) {unknown}; valid names are {', '.join(REFINABLE)}",
+                         field="--refine")
+    if not items:
+        raise InputError(f"nothing to refine; choose from {', '.join(REFINABLE)}", field="--refine")
+    return [n for n in REFINABLE if n in items]
+
+
+# ----------------------------------------------------------------------------------- images
+def load_image(path: str | Path, shape: tuple[int, int], what: str = "image") -> np.ndarray:
+    """Read an observed image (or mask) of ``shape`` = (spixels, fpixels) as float64.
+
+    ``.npy`` arrays, SMV files (``.img``, ``.smv``, ``.cbf``-less ADSC) and raw little-endian
+    float32 (anything else, ``.gz`` allowed). InputError naming the file for a shape that does not
+    match the geometry flags (expected vs found) or for NaN/Inf pixels.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what} file not found", path=p)
+    suffix = p.suffix.lower()
+    slow, fast = shape
+    if suffix == ".npy":
+        data = io.read_npy(p)
+    elif suffix in (".img", ".smv"):
+        data = io.read_smv(p)[1]
+    else:
+        size = p.stat().st_size if suffix != ".gz" else None
+        if size is not None and size != slow * fast * 4:
+            raise InputError(f"{what} size mismatch: the geometry flags give {fast}x{slow} pixels (fast x slow), "
+                             f"i.e. {slow * fast * 4} bytes of raw float32; found {size} bytes "
+                             f"({size / 4:g} floats)", path=p)
+        data = io.read_raw_float32(p, shape)
+    if data.shape != (slow, fast):
+        raise InputError(f"{what} shape mismatch: the geometry flags give (slow, fast) = {(slow, fast)}, "
+                         f"found {tuple(data.shape)}", path=p)
+    data = np.asarray(data, dtype=np.float64)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        s, f = np.argwhere(bad)[0]
+        raise InputError(f"{what} has {int(bad.sum())} NaN/Inf pixel(s), first at (slow {s}, fast {f}); "
+                         "expected finite photons/pixel", path=p)
+    return data
+
+
+# ----------------------------------------------------------------------------------- model
+def _gaussian_blur(image: Tensor, sigma_px: float) -> Tensor:
+    """Separable Gaussian blur (truncated at 3σ, zero padding) of a (S, F) image."""
+    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
+    kernel = kernel / kernel.sum()
+    img = image.reshape(1, 1, *image.shape)
+    img = torch.nn.functional.conv2d(img, kernel.reshape(1, 1, 1, -1), padding=(0, radius))
+    img = torch.nn.functional.conv2d(img, kernel.reshape(1, 1, -1, 1), padding=(radius, 0))
+    return img.reshape(image.shape)
+
+
+class ImageModel:
+    """Model image ``scale · Simulator(config)(params(u)) + background`` of the refined names.
+
+    ``config`` gives the fixed model and the starting values (it must have a mosaic spread > 0 when
+    ``mosaic`` is refined: the spread fixes the number of domains). ``variables`` holds one leaf
+    tensor (unconstrained, dtype/device of the model) per refined name; ``params()`` maps them to
+    user units. ``background_start`` (photons/pixel) is the starting constant background.
+    """
+
+    def __init__(self, config: SimulationConfig, names: Sequence[str], *, dtype: torch.dtype = torch.float64,
+                 device: torch.device | str | None = None, background_start: float = 1e-3) -> None:
+        self.names = parse_refine(list(names))
+        self.config = config
+        if "mosaic" in self.names and not config.crystal.mosaic_spread_deg > 0:
+            raise InputError("refining the mosaic spread needs a starting -mosaic > 0 (deg): a spread of 0 "
+                             "makes a single unrotated domain", field="-mosaic")
+        if "misset" in self.names and config.crystal.misset_random:
+            raise InputError("-misset random cannot be refined; give -misset rx ry rz as the start", field="-misset")
+        self.simulator = Simulator(config, dtype=dtype, device=device)
+        self.dtype, self.device = dtype, self.simulator.device
+        self.shape = self.simulator.shape
+        starts = self._starts(background_start)
+        self.transforms: dict[str, Transform] = {n: self._transform(n, starts[n]) for n in self.names}
+        self.variables: dict[str, Tensor] = {}
+        for n in self.names:
+            u = self.transforms[n].inverse(starts[n], field=REFINABLE[n])
+            self.variables[n] = torch.tensor(u, dtype=dtype, device=self.device)
+        self.start_values = {REFINABLE[n]: _plain(starts[n]) for n in self.names}
+
+    def _starts(self, background: float) -> dict[str, float | tuple]:
+        cfg = self.config
+        cr, det = cfg.crystal, cfg.detector
+        out: dict[str, float | tuple] = {"scale": 1.0, "background": background,
+                                         "mosaic": cr.mosaic_spread_deg,
+                                         "misset": tuple(cr.misset_deg or (0.0, 0.0, 0.0)),
+                                         "n_cells": None, "detector_rotation": tuple(det.rot_deg),
+                                         "twotheta": det.twotheta_deg}
+        if "cell" in self.names:
+            if cr.cell is None:
+                raise InputError("refining the cell needs -cell a b c alpha beta gamma (not -mat)", field="-cell")
+            out["cell"] = tuple(cr.cell)
+        out["ncells"] = tuple(self.simulator.n_cells)
+        with torch.no_grad():
+            geom = detector_geometry(cfg, dtype=torch.float64, device=torch.device("cpu"))
+            out["distance"] = float(geom.distance) * 1000.0 if det.distance_mm is None else det.distance_mm
+            out["beam_center"] = (geom.values["Xbeam"], geom.values["Ybeam"])
+            out["wavelength"] = float(wavelength_m(cfg, None, dtype=torch.float64, device=torch.device("cpu"))) * 1e10
+            out["fluence"] = float(resolved_fluence(cfg, None, dtype=torch.float64, device=torch.device("cpu")))
+        return out
+
+    def _transform(self, name: str, start) -> Transform:
+        """Transform of ``name``; units chosen so that u = 1 is a typical step (see transforms.py)."""
+        pixel = self.config.detector.pixel_mm
+        if name in ("misset", "detector_rotation", "twotheta"):
+            return Shift(start, 1.0)  # degrees
+        if name == "beam_center":
+            return Shift(start, pixel)  # pixels
+        if name == "cell":
+            return Split(((3, Positive(tuple(start[:3]))), (3, Interval(0.0, 180.0))))
+        if name == "ncells":
+            return Above(1.0, 1.0)  # N > 1 cells, softplus
+        if name == "background":
+            return Above(0.0, max(start, 1e-12))
+        return Positive(start)  # mosaic, distance, wavelength, fluence, scale
+
+    def params(self) -> dict[str, Tensor]:
+        """Refined values in user units, by key of :data:`REFINABLE` (simulator and image-level)."""
+        return {REFINABLE[n]: self.transforms[n](self.variables[n]) for n in self.names}
+
+    def __call__(self) -> Tensor:
+        """The model image (spixels, fpixels), photons/pixel."""
+        p = self.params()
+        image = self.simulator({k: v for k, v in p.items() if k not in IMAGE_LEVEL})
+        if "scale" in p:
+            image = image * p["scale"]
+        if "background" in p:
+            image = image + p["background"]
+        return image
+
+    def values(self) -> dict[str, float | list[float]]:
+        """Refined values in user units as plain numbers (one host synchronisation)."""
+        with torch.no_grad():
+            p = self.params()
+            flat = torch.cat([v.detach().reshape(-1).to(torch.float64) for v in p.values()]).cpu().tolist()
+        out, i = {}, 0
+        for key, v in p.items():
+            n = v.numel()
+            out[key] = flat[i] if v.dim() == 0 else flat[i:i + n]
+            i += n
+        return out
+
+
+def _plain(value) -> float | list[float]:
+    return [float(x) for x in value] if isinstance(value, (tuple, list)) else float(value)
+
+
+# ----------------------------------------------------------------------------------- losses
+def poisson_deviance(model: Tensor, observed: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``Σ w [μ − y + y log(y/μ)]``, μ = model + ε, y = observed + ε (y ≥ 0): Poisson NLL minus its minimum."""
+    mu = model + eps
+    y = observed + eps
+    return (weight * (mu - y + y * (torch.log(y) - torch.log(mu)))).sum()
+
+
+def least_squares(model: Tensor, observed: Tensor, weight: Tensor) -> Tensor:
+    """``½ Σ w (model − observed)²`` (photons²)."""
+    r = model - observed
+    return 0.5 * (weight * r * r).sum()
+
+
+# ----------------------------------------------------------------------------------- stages
+def plan_stages(names: Sequence[str], *, strategy: str = "orient", steps: int = 25, tol: float = 1e-6,
+                patience: int = 1,
+                coarse: bool = False, restraint: bool = False, optimizer: str = "lbfgs",
+                lr: float | None = None, restraint_ratio: float = 0.1, lbfgs_iters: int = 4) -> list[Stage]:
+    """The staged release of :data:`RELEASE` for the refined ``names``.
+
+    Stage k frees the groups of release steps 1..k that are refined; steps that free nothing new
+    are skipped and a final stage ``all`` frees every refined group. The first stage fits the
+    ``data_coarse`` term when ``coarse``. With a ``restraint`` (cell refined), the stage that
+    releases the cell is always followed by ``all``, and stages with several terms are balanced
+    by GradNormRatioBalancer (reference ``data``, restraint ratio ``restraint_ratio``), recomputed
+    at each stage start on that stage's free groups.
+    """
+    names = parse_refine(list(names))
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}", field="--strategy")
+    lr = (1.0 if optimizer == "lbfgs" else 0.05) if lr is None else lr
+    intensity = [g for g in INTENSITY if g in names]
+    plan: list[tuple[str, list[str]]] = []
+    release = {"staged": RELEASE, "orient": RELEASE[:1], "joint": ()}[strategy]
+    for stage_name, groups in release:
+        added = [g for g in groups if g in names and g not in INTENSITY]
+        if added:
+            plan.append((stage_name, added + intensity))
+    covered = {g for _, groups in plan for g in groups}
+    if not plan or len(plan) > 1 or covered != set(names) or (restraint and plan[-1][0] == "cell"):
+        plan.append(("all", list(names)))
+    stages = []
+    for i, (stage_name, groups) in enumerate(plan):
+        terms = ["data_coarse"] if coarse and i == 0 and len(plan) > 1 else ["data"]
+        if restraint and "cell" in groups:
+            terms.append("cell_restraint")
+        balancer: Balancer = (GradNormRatioBalancer("data", {"cell_restraint": restraint_ratio})
+                              if len(terms) > 1 else FixedBalancer())
+        # max_eval: core's LBFGS_DEFAULTS leave torch's max_eval = max_iter*5//4 = 1, which disables
+        # the line search's bracketing and zoom (max_ls = 0): L-BFGS then stalls on a rejected step.
+        options = {"max_iter": lbfgs_iters, "max_eval": 25 * lbfgs_iters} if optimizer == "lbfgs" else None
+        stages.append(Stage(stage_name, groups, terms=terms, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
+                            patience=patience, balancer=balancer, optimizer_options=options))
+    return stages
+
+
+# ----------------------------------------------------------------------------------- refine
+@dataclass
+class RefineResult:
+    """Outcome of :func:`refine`.
+
+    ``parameters`` / ``start``: refined / starting values in user units (keys of
+    :data:`REFINABLE`'s values: ``mosaic_spread_deg``, ``misset_deg`` ...). ``initial_loss`` and
+    ``final_loss``: the ``data`` term (deviance or least squares) at the start and at the end;
+    ``iterations``: optimiser steps of all stages; ``evaluations``: model evaluations (forward
+    passes, line search included); ``wall_s``: seconds spent in the fit; ``image``: refined model
+    image (spixels, fpixels) float32; ``fit``: the core's FitResult.
+    """
+
+    parameters: dict[str, float | list[float]]
+    start: dict[str, float | list[float]]
+    initial_loss: float
+    final_loss: float
+    iterations: int
+    evaluations: int
+    converged: bool
+    wall_s: float
+    image: np.ndarray
+    fit: FitResult
+    run_dir: Path | None = None
+    stages: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """JSON-ready summary (what summary.json holds, besides the core's fields)."""
+        return {"parameters": self.parameters, "start": self.start, "initial_loss": self.initial_loss,
+                "final_loss": self.final_loss, "iterations": self.iterations, "evaluations": self.evaluations,
+                "converged": self.converged, "wall_s": self.wall_s, "stages": self.stages}
+
+
+def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str | Sequence[str] = ("mosaic", "misset"),
+           *, loss: str = "poisson", mask: np.ndarray | None = None, out_dir: str | Path | None = None,
+           stages: Sequence[Stage] | None = None, strategy: str = "orient", steps: int = 25, tol: float = 1e-6,
+           patience: int = 1,
+           optimizer: str = "lbfgs", coarse_blur_px: float = 0.0, cell_sigma: tuple[float, float] = (1.0, 1.0),
+           restraint_ratio: float = 0.1, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
+           progress: str = "quiet", log_every: int = 1, grad_every: int = 10,
+           diagnostics: bool = True) -> RefineResult:
+    """Refine ``names`` so that the model image of ``config`` matches ``observed``.
+
+    Parameters
+    ----------
+    observed: (spixels, fpixels) photons/pixel (finite; >= 0 for the Poisson loss).
+    config: the model and the starting values (e.g. from ``parse_nanobragg_args``).
+    names: refined parameters (:data:`REFINABLE` keys), a list or "mosaic,misset".
+    loss: "poisson" (deviance, default) or "lsq".
+    mask: (spixels, fpixels), 0 = ignore the pixel; pixels outside ``-roi``/``-mask`` are ignored too.
+    out_dir: run directory (config.json, record.jsonl, summary.json, plots/, refined.bin, refined.npy);
+        None writes nothing.
+    stages: explicit stages (default :func:`plan_stages` with ``strategy``, ``steps``, ``tol``,
+        ``patience``, ``optimizer``); groups are the refined names, terms ``data``, ``data_coarse``, ``cell_restraint``.
+    coarse_blur_px: σ (pixels) of the blurred ``data_coarse`` term fitted in the first stage (0: off).
+    cell_sigma: (Å, deg) widths of the cell restraint ``½ Σ ((cell − cell0)/σ)²`` (cell refined only).
+    restraint_ratio: the restraint's gradient-norm ratio to ``data`` at each stage start.
+    dtype, device: of every tensor. progress, log_every, grad_every, diagnostics: see core.Fit.
+    """
+    names = parse_refine(names)
+    if loss not in LOSSES:
+        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}", field="--loss")
+    obs_np = observed.detach().cpu().numpy() if isinstance(observed, Tensor) else np.asarray(observed)
+    obs_np = obs_np.astype(np.float64)
+    model_shape = image_shape(config)
+    if obs_np.shape != model_shape:
+        raise InputError(f"observed image has shape {obs_np.shape}, the geometry gives (slow, fast) = {model_shape}",
+                         field="observed")
+    if not np.all(np.isfinite(obs_np)):
+        raise InputError(f"observed image has {int((~np.isfinite(obs_np)).sum())} NaN/Inf pixels", field="observed")
+    weight_np = _pixel_weights(config, mask, model_shape)
+    if not weight_np.any():
+        raise InputError("every pixel is masked: nothing to fit", field="--mask")
+    if loss == "poisson" and (obs_np[weight_np > 0] < 0).any():
+        raise InputError(f"the Poisson loss needs photon counts >= 0; the image has values down to "
+                         f"{obs_np[weight_np > 0].min():g} (subtract no pedestal, or use --loss lsq)", field="--loss")
+    mean_obs = float(obs_np[weight_np > 0].mean())
+    background_start = max(float(np.median(obs_np[weight_np > 0])), 1e-3 * max(mean_obs, 1e-12))
+    model = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start)
+    dev = model.device
+    obs = torch.as_tensor(obs_np, dtype=dtype, device=dev)
+    weight = torch.as_tensor(weight_np, dtype=dtype, device=dev)
+    eps = POISSON_FLOOR * max(mean_obs, 1e-12)
+
+    def data_loss(image: Tensor, target: Tensor, w: Tensor) -> Tensor:
+        return poisson_deviance(image, target, w, eps) if loss == "poisson" else least_squares(image, target, w)
+
+    terms = [Term("data", lambda image: data_loss(image, obs, weight))]
+    if coarse_blur_px > 0:
+        obs_blur = _gaussian_blur(obs * weight, coarse_blur_px)
+        w_blur = (_gaussian_blur(weight, coarse_blur_px) > 1e-6).to(dtype)
+        terms.append(Term("data_coarse", lambda image: data_loss(_gaussian_blur(image * weight, coarse_blur_px),
+                                                               obs_blur, w_blur)))
+    restraint = "cell" in names
+    if restraint:
+        cell0 = torch.as_tensor(config.crystal.cell, dtype=dtype, device=dev)
+        sigma = torch.as_tensor([cell_sigma[0]] * 3 + [cell_sigma[1]] * 3, dtype=dtype, device=dev)
+        cell_of = model.transforms["cell"]
+        terms.append(Term("cell_restraint",
+                          lambda _image: 0.5 * (((cell_of(model.variables["cell"]) - cell0) / sigma) ** 2).sum()))
+    if stages is None:
+        stages = plan_stages(names, strategy=strategy, steps=steps, tol=tol, patience=patience, coarse=coarse_blur_px > 0,
+                             restraint=restraint, optimizer=optimizer, restraint_ratio=restraint_ratio)
+
+    counter = {"n": 0}
+
+    def forward() -> Tensor:
+        counter["n"] += 1
+        return model()
+
+    run_config = {"refine": names, "loss": loss, "coarse_blur_px": coarse_blur_px, "dtype": str(dtype),
+                  "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int((weight_np > 0).sum())}
+    fit = Fit(dict(model.variables), terms, stages, forward=forward, run_dir=out_dir, log_every=log_every,
+              grad_every=grad_every, summarize=model.values, progress=progress, config=run_config,
+              diagnostics=diagnostics)
+    with torch.no_grad():
+        initial_loss = float(data_loss(model(), obs, weight))
+    started = time.perf_counter()
+    result = fit.run(resume=False)
+    wall = time.perf_counter() - started
+    with torch.no_grad():
+        image = model()
+        final_loss = float(data_loss(image, obs, weight))
+    image_np = image.detach().cpu().numpy().astype(np.float32)
+    out = RefineResult(parameters=model.values(), start=model.start_values, initial_loss=initial_loss,
+                       final_loss=final_loss, iterations=result.steps, evaluations=counter["n"],
+                       converged=result.converged, wall_s=wall, image=image_np, fit=result,
+                       run_dir=None if out_dir is None else Path(out_dir),
+                       stages=[{"name": s.name, "steps": s.steps, "converged": s.converged,
+                                "final_loss": s.final_loss, "weights": s.weights, "reasons": s.reasons}
+                               for s in result.stages])
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), out)
+    return out
+
+
+def image_shape(config: SimulationConfig) -> tuple[int, int]:
+    """(spixels, fpixels) of ``config``'s detector, without building a simulator."""
+    _, _, _, fpixels, spixels = detector_size(config.detector)
+    return (int(spixels), int(fpixels))
+
+
+def _pixel_weights(config: SimulationConfig, mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """1 for fitted pixels, 0 for ignored ones: inside ``-roi``, not ``-mask``ed, ``mask`` != 0."""
+    with torch.no_grad():
+        geom = detector_geometry(config, dtype=torch.float64, device=torch.device("cpu"))
+    fmin, fmax, smin, smax = geom.roi
+    keep = np.zeros(shape, dtype=bool)
+    keep[max(smin, 0):smax + 1, max(fmin, 0):fmax + 1] = True
+    if geom.mask is not None:
+        keep &= geom.mask.cpu().numpy().astype(bool)
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != shape:
+            raise InputError(f"mask has shape {m.shape}, the geometry gives (slow, fast) = {shape}", field="--mask")
+        keep &= m != 0
+    return keep.astype(np.float64)
+
+
+def _write_outputs(run_dir: Path, result: RefineResult) -> None:
+    """summary.json (core's fields plus the refinement's), plots/, refined.bin and refined.npy."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(result.summary())
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
+    io.write_raw_float32(run_dir / "refined.bin", result.image)
+    np.save(run_dir / "refined.npy", result.image)
+    try:
+        plot_run(run_dir)
+    except InputError:  # diagnostics=False: no logged terms to plot
+        pass
+
+
+def starting_config(config: SimulationConfig, **crystal: object) -> SimulationConfig:
+    """A copy of ``config`` with crystal fields replaced (e.g. ``mosaic_spread_deg=0.2``)."""
+    return dataclasses.replace(config, crystal=dataclasses.replace(config.crystal, **crystal))
+
