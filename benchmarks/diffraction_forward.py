@@ -2,17 +2,24 @@
 
 Cases: simple_cubic (1024², one evaluation per pixel) and a 1000² × 10-domain mosaic case
 (``-cell 100 100 100 90 90 90 -default_F 100 -lambda 6.2 -N 5 -distance 100 -detsize 100
--pixel 0.1 -mosaic 1.0 -mosaic_domains 10``), float32 and float64, eager and torch.compile.
-The C figures are the wall times of TIMINGS.md (gcc -O3 -fopenmp, 2 threads, this machine kind);
-they were not measured in this process, so the ratios carry the machines' noise.
+-pixel 0.1 -mosaic 1.0 -mosaic_domains 10``), float32 and float64, eager (and torch.compile with
+``--compile``). The C figures are the wall times of TIMINGS.md (gcc -O3 -fopenmp, 2 threads, this
+machine kind); they were not measured in this process, so those ratios carry the machines' noise.
+The ratio measured in this process is fwd+bwd / fwd. Timings are medians of ``--repeats`` rounds,
+each round running every configuration once (interleaved, so that load from other jobs hits all
+of them alike), after one warm-up call each (which includes any compilation). The 1-minute load
+average is printed before and after: on a shared 2-core machine a second intra-op thread that is
+descheduled stalls every operation, so compare ``--threads 1`` and ``--threads 2``.
 
-Run: ``.venv/bin/python benchmarks/diffraction_forward.py [--no-compile] [--repeats N]``.
+Run: ``.venv/bin/python benchmarks/diffraction_forward.py [--compile] [--repeats N] [--threads T]``.
 Backward is the gradient of the image sum w.r.t. (cell, distance_mm, mosaic_spread_deg).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
 
 import torch
@@ -36,50 +43,60 @@ def config(case: str) -> SimulationConfig:
     return cfg
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def runners(case: str, dtype: torch.dtype, compiled: bool):
+    """(forward, forward_backward) callables for one configuration."""
+    cfg = config(case)
+    sim = Simulator(cfg, dtype=dtype, compile=compiled)
+
+    def forward():
+        with torch.no_grad():
+            return sim()
+
+    def forward_backward():
+        params = {"cell": torch.tensor(cfg.crystal.cell, dtype=dtype, requires_grad=True),
+                  "distance_mm": torch.tensor(100.0, dtype=dtype, requires_grad=True),
+                  "mosaic_spread_deg": torch.tensor(cfg.crystal.mosaic_spread_deg, dtype=dtype,
+                                                    requires_grad=True)}
+        sim(params).sum().backward()
+
+    return forward, forward_backward
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--no-compile", action="store_true", help="only time eager evaluation")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--compile", action="store_true", help="also time compile=True (first call compiles)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (at most 2 here)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    print(f"{'case':14s} {'dtype':8s} {'kernel':8s} {'fwd s':>8s} {'fwd+bwd s':>10s} {'bwd/fwd':>8s} "
-          f"{'C wall s':>9s} {'fwd/C':>7s}")
-    for case in ("simple_cubic", "mosaic_1000"):
-        for dtype in (torch.float32, torch.float64):
-            for compiled in ((False,) if args.no_compile else (False, True)):
-                cfg = config(case)
-                sim = Simulator(cfg, dtype=dtype, compile=compiled)
-
-                def forward():
-                    with torch.no_grad():
-                        return sim()
-
-                def forward_backward():
-                    params = {"cell": torch.tensor(cfg.crystal.cell, dtype=dtype, requires_grad=True),
-                              "distance_mm": torch.tensor(100.0, dtype=dtype, requires_grad=True),
-                              "mosaic_spread_deg": torch.tensor(cfg.crystal.mosaic_spread_deg, dtype=dtype,
-                                                                requires_grad=True)}
-                    sim(params).sum().backward()
-
-                try:
-                    tf = best_time(forward, args.repeats)
-                    tb = best_time(forward_backward, args.repeats)
-                except Exception as err:  # report and go on (e.g. a compiler failure)
-                    print(f"{case:14s} {str(dtype)[6:]:8s} {'compile' if compiled else 'eager':8s} failed: {err}")
-                    continue
-                c = C_WALL_S[case]
-                print(f"{case:14s} {str(dtype)[6:]:8s} {'compile' if compiled else 'eager':8s} {tf:8.3f} "
-                      f"{tb:10.3f} {tb / tf:8.2f} {c:9.2f} {tf / c:7.2f}", flush=True)
+    torch.set_num_threads(args.threads)
+    keys = [(case, dtype, compiled) for case in ("simple_cubic", "mosaic_1000")
+            for dtype in (torch.float32, torch.float64)
+            for compiled in ((False, True) if args.compile else (False,))]
+    print(f"threads {args.threads}, load average before: {os.getloadavg()[0]:.1f}")
+    fns, first = {}, {}
+    for key in keys:
+        fns[key] = runners(*key)
+        first[key] = (timed(fns[key][0]), timed(fns[key][1]))  # warm-up (and compilation)
+    times = {key: ([], []) for key in keys}
+    for _ in range(args.repeats):
+        for key in keys:
+            for i in (0, 1):
+                times[key][i].append(timed(fns[key][i]))
+    print(f"{'case':13s} {'dtype':8s} {'kernel':8s} {'fwd s':>7s} {'fwd+bwd s':>9s} {'fb/fwd':>7s} "
+          f"{'C wall s':>8s} {'fwd/C':>6s} {'fb/C':>6s} {'1st fwd s':>9s}")
+    for key in keys:
+        case, dtype, compiled = key
+        tf, tb = (statistics.median(t) for t in times[key])
+        c = C_WALL_S[case]
+        print(f"{case:13s} {str(dtype)[6:]:8s} {'compile' if compiled else 'eager':8s} {tf:7.3f} {tb:9.3f} "
+              f"{tb / tf:7.2f} {c:8.2f} {tf / c:6.2f} {tb / c:6.2f} {first[key][0]:9.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

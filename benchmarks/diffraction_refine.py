@@ -21,7 +21,7 @@ import torch
 
 from equipoise.diffraction.demo import TRUTH, check_criteria, demo_configs
 from equipoise.diffraction.noise import noise_image
-from equipoise.diffraction.refine import ImageModel, refine, starting_config
+from equipoise.diffraction.refine import ImageModel, evaluate_loss, refine, starting_config
 from equipoise.diffraction.simulate import Simulator
 
 
@@ -40,13 +40,11 @@ def reference_seconds(dtype: torch.dtype, repeat: int) -> float:
     return best
 
 
-def observed_image(extra_truth: list[str] | None = None, noise_seed: int | None = None) -> np.ndarray:
-    truth, _ = demo_configs(extra_truth)
+def observed_image() -> np.ndarray:
+    """The demo's noise-free observed image."""
+    truth, _ = demo_configs()
     with torch.no_grad():
-        image = Simulator(truth)().numpy()
-    if noise_seed is not None:
-        image = noise_image(image, seed=noise_seed, adc=0.0).pixels.astype(np.float64)
-    return image
+        return Simulator(truth)().numpy()
 
 
 def first_success_step(run_dir: str) -> int | None:
@@ -83,27 +81,47 @@ def bench_demo(repeat: int) -> None:
 
 
 def bench_robustness() -> None:
-    _, start = demo_configs()
-    quad = starting_config(start, mosaic_sampling="quadrature", mosaic_domains=10)
-    cases = [
-        ("same draws (demo)", [], None, start),
-        ("obs mosaic seed 777", ["-mosaic_seed", "777"], None, start),
-        ("obs 10 domains, seed 777", ["-mosaic_seed", "777", "-mosaic_domains", "10"], None, start),
-        ("obs 25 domains, seed 777", ["-mosaic_seed", "777", "-mosaic_domains", "25"], None, start),
-        ("demo + Poisson noise", [], 1, start),
-        ("obs 25 dom. s777 + noise", ["-mosaic_seed", "777", "-mosaic_domains", "25"], 1, start),
-        ("obs 25 dom. s777; model quadrature 10", ["-mosaic_seed", "777", "-mosaic_domains", "25"], None, quad),
-        ("obs 25 dom. s777 + noise; model quad 10", ["-mosaic_seed", "777", "-mosaic_domains", "25"], 1, quad),
+    """Observed images from other mosaic draws, other domain counts, Poisson noise; model: the demo's
+    start (5 nanoBragg domains, default seed) or a 10-domain quadrature. ``F`` = fluence."""
+    seed25 = ["-mosaic_seed", "777", "-mosaic_domains", "25"]
+    cases = [  # (label, extra truth flags, noise seed, fluence, quadrature model)
+        ("same draws (demo)", [], None, "1e28", False),
+        ("obs mosaic seed 777", ["-mosaic_seed", "777"], None, "1e28", False),
+        ("obs 10 domains, seed 777", ["-mosaic_seed", "777", "-mosaic_domains", "10"], None, "1e28", False),
+        ("obs 25 domains, seed 777", seed25, None, "1e28", False),
+        ("obs 25 domains, seed 777; model quad 10", seed25, None, "1e28", True),
+        ("demo + Poisson noise (F 1e28)", [], 1, "1e28", False),
+        ("demo + Poisson noise (F 1e30)", [], 1, "1e30", False),
+        ("obs 25 dom. s777 + noise (F 1e30)", seed25, 1, "1e30", False),
+        ("obs 25 dom. s777 + noise (F 1e30); quad 10", seed25, 1, "1e30", True),
     ]
-    print(f"{'observed / model':42} {'steps':>5} {'evals':>5} {'loss0':>9} {'loss':>9} {'mosaic':>7} "
+    print("floor: data loss of the observed image against the model at the true values (noise, other draws)")
+    print(f"{'observed / model':44} {'steps':>5} {'evals':>5} {'loss0':>9} {'loss':>9} {'floor':>9} {'mosaic':>7} "
           f"{'misset':>24} {'wall s':>6} pass")
-    for name, extra, noise, model in cases:
-        r = refine(observed_image(extra, noise), model, ("mosaic", "misset"))
-        criteria, _ = check_criteria(r)
+    for name, extra, noise, fluence, quadrature in cases:
+        truth, model = demo_configs(extra + ["-fluence", fluence], ["-fluence", fluence])
+        if quadrature:
+            model = starting_config(model, mosaic_sampling="quadrature", mosaic_domains=10)
+        with torch.no_grad():
+            observed = Simulator(truth)().numpy()
+        if noise is not None:
+            observed = noise_image(observed, seed=noise, adc=0.0).pixels.astype(np.float64)
+        at_truth = starting_config(model, mosaic_spread_deg=TRUTH["mosaic_spread_deg"],
+                                   misset_deg=TRUTH["misset_deg"])
+        floor = evaluate_loss(observed, at_truth)
+        r = refine(observed, model, ("mosaic", "misset"), strategy="orient")
+        criteria, _ = check_criteria(r, floor=floor)
         misset = ", ".join(f"{v:.3f}" for v in r.parameters["misset_deg"])
-        print(f"{name:42} {r.iterations:5d} {r.evaluations:5d} {r.initial_loss:9.4g} {r.final_loss:9.4g} "
-              f"{r.parameters['mosaic_spread_deg']:7.3f} {misset:>24} {r.wall_s:6.1f} {all(criteria.values())}",
-              flush=True)
+        print(f"{name:44} {r.iterations:5d} {r.evaluations:5d} {r.initial_loss:9.4g} {r.final_loss:9.4g} "
+              f"{floor:9.4g} {r.parameters['mosaic_spread_deg']:7.3f} {misset:>24} {r.wall_s:6.1f} "
+              f"{all(criteria.values())}", flush=True)
+
+
+def _refine_with(strategy: str, observed, config, names):
+    """``strategy``: a plan_stages strategy, or ``orient+blur`` (blurred first stage, sigma 1.5 px)."""
+    if strategy == "orient+blur":
+        return refine(observed, config, names, strategy="orient", coarse_blur_px=1.5)
+    return refine(observed, config, names, strategy=strategy)
 
 
 def bench_capture(strategies: list[str]) -> None:
@@ -112,26 +130,26 @@ def bench_capture(strategies: list[str]) -> None:
     truth_misset = np.array(TRUTH["misset_deg"])
     direction = truth_misset / np.linalg.norm(truth_misset)
     print("capture range: starts at distance d from the truth; pass = demo criteria (misset within 1 deg)")
-    print(f"{'varied':10} {'start':>26} {'strategy':>8} {'steps':>5} {'evals':>5} {'mosaic':>7} {'max misset err':>14} pass")
+    print(f"{'start':>34} {'strategy':>11} {'steps':>5} {'evals':>5} {'mosaic':>7} {'max misset err':>14} "
+          f"{'cell err':>8} pass")
     runs = []
     for d in (6.16, 9.0, 12.0):  # misset distance (deg) along the demo's direction; mosaic 0.2
-        runs.append(("misset", f"|d misset| = {d:.2f} deg", starting_config(
-            start, misset_deg=tuple(truth_misset - d * direction)), ("mosaic", "misset")))
-    for d in (3.0, 4.0):  # misset distance along another direction
-        other = np.array([-1.0, 1.0, 1.0]) / math.sqrt(3.0)
-        runs.append(("misset", f"|d misset| = {d:.2f} deg (-,+,+)", starting_config(
-            start, misset_deg=tuple(truth_misset + d * other)), ("mosaic", "misset")))
-    for m in (0.05, 2.0, 3.2):
-        runs.append(("mosaic", f"mosaic {m} deg", starting_config(start, mosaic_spread_deg=m), ("mosaic", "misset")))
-    for c in (101.0, 102.0, 104.0):
-        runs.append(("cell", f"cell {c} A", starting_config(start, cell=(c, c, c, 90.0, 90.0, 90.0)),
-                     ("mosaic", "misset", "cell")))
-    for varied, label, config, names in runs:
-        for strategy in strategies:
-            r = refine(observed, config, names, strategy=strategy)
+        runs.append((f"misset |d| = {d:.2f} deg, mosaic 0.2", starting_config(
+            start, misset_deg=tuple(truth_misset - d * direction)), ("mosaic", "misset"), strategies))
+    for m in (0.05, 3.2):
+        runs.append((f"mosaic {m} deg, misset 0/0/0", starting_config(start, mosaic_spread_deg=m),
+                     ("mosaic", "misset"), strategies[:1]))
+    for c in (102.0, 104.0):
+        runs.append((f"cell {c:g} A, mosaic 0.2, misset 0/0/0",
+                     starting_config(start, cell=(c, c, c, 90.0, 90.0, 90.0)),
+                     ("mosaic", "misset", "cell"), strategies[:1]))
+    for label, config, names, chosen in runs:
+        for strategy in chosen:
+            r = _refine_with(strategy, observed, config, names)
             criteria, errors = check_criteria(r)
-            print(f"{varied:10} {label:>26} {strategy:>8} {r.iterations:5d} {r.evaluations:5d} "
-                  f"{r.parameters['mosaic_spread_deg']:7.3f} {max(errors['misset_deg']):14.3f} "
+            cell_err = abs(r.parameters["cell"][0] - 100.0) if "cell" in r.parameters else 0.0
+            print(f"{label:>34} {strategy:>11} {r.iterations:5d} {r.evaluations:5d} "
+                  f"{r.parameters['mosaic_spread_deg']:7.3f} {max(errors['misset_deg']):14.3f} {cell_err:8.3f} "
                   f"{all(criteria.values())}", flush=True)
 
 
@@ -139,7 +157,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--capture", action="store_true")
-    parser.add_argument("--strategies", default="orient,joint")
+    parser.add_argument("--strategies", default="orient,joint,orient+blur")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(2)

@@ -135,3 +135,13 @@ def test_validation_screen_picks_best_held_out_weight_and_undoes_trials():
     x_fixed, fixed = make(None, weight=best)
     fixed.run()
     assert torch.equal(x.detach(), x_fixed.detach())
+
+
+def test_lbfgs_stage_has_a_working_line_search():
+    """One L-BFGS iteration per step must still get a full strong-Wolfe line search: torch's
+    default max_eval for max_iter=1 leaves the line search no evaluations, and Rosenbrock stalls."""
+    xy = torch.tensor([-1.5, 2.0], dtype=torch.float64, requires_grad=True)
+    rosenbrock = Term("rosenbrock", lambda _: (1 - xy[0]) ** 2 + 100 * (xy[1] - xy[0] ** 2) ** 2)
+    Fit({"xy": xy}, [rosenbrock], [Stage("s", ["xy"], optimizer="lbfgs", lr=1.0, steps=60)],
+        progress="quiet").run()
+    assert torch.allclose(xy.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64), atol=1e-4)

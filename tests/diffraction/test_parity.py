@@ -100,3 +100,22 @@ def test_physical_mode_differs_from_nanobragg_for_phi0_reuse():
     # physical: phi steps 0,0.1,...,0.4 deg; nanoBragg: 0.4 deg counted twice instead of 0
     assert not np.allclose(nb, ph, rtol=1e-3)
     assert abs(ph.sum() / nb.sum() - 1) < 0.2
+
+
+def test_physical_mode_thick_detector_absorbs_the_right_fraction():
+    from equipoise.diffraction.config import SimulationConfig
+
+    cfg = SimulationConfig(mode="nanobragg")
+    cfg.crystal.cell, cfg.crystal.default_F, cfg.crystal.n_cells = (70.0,) * 3 + (90.0,) * 3, 100.0, (5.0,) * 3
+    det = cfg.detector
+    det.fpixels = det.spixels = 8
+    det.pixel_mm, det.distance_mm, det.oversample = 0.2, 90.0, 1
+    det.thickness_um, det.absorption_um, det.thicksteps = 450.0, 500.0, 5
+    nb = float(Simulator(cfg)().sum())
+    det.thickness_um = None
+    bare = float(Simulator(cfg)().sum())
+    det.thickness_um, cfg.mode = 450.0, "physical"
+    ph = float(Simulator(cfg)().sum())
+    # PHYSICS.md §1.7: nanoBragg 5*capture_last = 0.411 of the bare image, physically 1 - exp(-0.9) = 0.593
+    assert abs(nb / bare - 0.411) < 0.005
+    assert abs(ph / bare - 0.593) < 0.005

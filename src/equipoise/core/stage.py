@@ -17,6 +17,10 @@ __all__ = ["Stage", "OPTIMIZERS"]
 OPTIMIZERS = ("adam", "lbfgs", "sgd")
 #: L-BFGS defaults: one Fit step = one L-BFGS iteration with a strong-Wolfe line search
 LBFGS_DEFAULTS = {"max_iter": 1, "history_size": 10, "line_search_fn": "strong_wolfe"}
+#: line-search evaluations allowed per L-BFGS iteration. torch bounds the line search by
+#: ``max_eval - evaluations so far`` and defaults ``max_eval`` to ``max_iter * 5 // 4`` (= 1 for one
+#: iteration), which leaves no line search at all: L-BFGS then stalls on the first rejected step.
+LBFGS_EVALS_PER_ITERATION = 25
 
 
 @dataclass
@@ -87,7 +91,9 @@ class Stage:
                 return torch.optim.Adam(params, lr=self.lr, **options)
             if self.optimizer == "sgd":
                 return torch.optim.SGD(params, lr=self.lr, **options)
-            return torch.optim.LBFGS(params, lr=self.lr, **{**LBFGS_DEFAULTS, **options})
+            lbfgs = {**LBFGS_DEFAULTS, **options}
+            lbfgs.setdefault("max_eval", LBFGS_EVALS_PER_ITERATION * lbfgs["max_iter"])
+            return torch.optim.LBFGS(params, lr=self.lr, **lbfgs)
         except TypeError as exc:
             raise InputError(f"Stage {self.name!r}: bad optimizer_options {options}: {exc}",
                              field="Stage.optimizer_options") from exc

@@ -62,14 +62,19 @@ class DemoResult:
         self.passed = all(self.criteria.values())
 
 
-def check_criteria(result: RefineResult, truth: dict = TRUTH) -> tuple[dict[str, bool], dict]:
-    """The demo's success criteria on a refinement result, and the absolute errors (deg)."""
+def check_criteria(result: RefineResult, truth: dict = TRUTH, floor: float = 0.0) -> tuple[dict[str, bool], dict]:
+    """The demo's success criteria on a refinement result, and the absolute errors (deg).
+
+    ``floor``: the data loss at the true parameters (0 for a noise-free image from the same
+    model; for a noisy image the deviance of the noise, see ``refine.evaluate_loss``): the loss
+    criterion is then that the excess over the floor drops at least 10 times.
+    """
     p = result.parameters
     mosaic_err = abs(p["mosaic_spread_deg"] - truth["mosaic_spread_deg"])
     misset_err = [abs(a - b) for a, b in zip(p["misset_deg"], truth["misset_deg"])]
     values = [result.initial_loss, result.final_loss, p["mosaic_spread_deg"], *p["misset_deg"]]
     criteria = {
-        "loss 10x lower": result.final_loss * LOSS_FACTOR <= result.initial_loss,
+        "loss 10x lower": (result.final_loss - floor) * LOSS_FACTOR <= result.initial_loss - floor,
         "mosaic within 0.1 deg": mosaic_err <= MOSAIC_TOL,
         "misset within 1 deg": max(misset_err) <= MISSET_TOL,
         "all finite": all(math.isfinite(v) for v in values) and bool(np.isfinite(result.image).all()),
@@ -138,9 +143,11 @@ def draw_figure(demo: DemoResult, path: Path, truth: dict = TRUTH) -> Path:
 
 
 def run_demo(out_dir: str | Path | None = "runs/demo", *, dtype: torch.dtype = torch.float64, steps: int = 25,
-             progress: str = "quiet", figure: bool = True, **options) -> DemoResult:
+             strategy: str = "joint", progress: str = "quiet", figure: bool = True, **options) -> DemoResult:
     """Simulate the observed image, refine mosaic and misset, check the criteria, draw the figure.
 
+    ``strategy`` "joint" (one L-BFGS stage): on this problem it captures the same starts as
+    "orient" with fewer evaluations (36 against 43; docs/refinement.md).
     ``options`` go to :func:`equipoise.diffraction.refine.refine` (e.g. ``grad_every``).
     With ``out_dir`` None nothing is written (no record, no figure).
     """
@@ -149,7 +156,7 @@ def run_demo(out_dir: str | Path | None = "runs/demo", *, dtype: torch.dtype = t
         observed = Simulator(truth, dtype=dtype)().cpu().numpy()
         initial = Simulator(start, dtype=dtype)().cpu().numpy()
     result = refine(observed, start, ("mosaic", "misset"), out_dir=out_dir, dtype=dtype, steps=steps,
-                    progress=progress, **options)
+                    strategy=strategy, progress=progress, **options)
     criteria, errors = check_criteria(result)
     demo = DemoResult(result=result, observed=observed, initial=initial, criteria=criteria, errors=errors)
     demo.table = format_table(result, errors)

@@ -6,13 +6,14 @@ docs/TEAM_NOTES.md), each the image of an unconstrained variable under a smooth 
 (:mod:`equipoise.diffraction.transforms`). The fit is an :class:`equipoise.core.Fit`:
 
 * terms: ``data`` (Poisson deviance or least squares over the unmasked pixels), optionally
-  ``data_coarse`` (the same on both images blurred by a Gaussian of ``coarse_blur_px`` pixels:
-  a smoother landscape with a wider capture range) and ``cell_restraint`` (a weak Gaussian prior
+  ``data_coarse`` (the same on both images blurred by a Gaussian of ``coarse_blur_px`` pixels,
+  fitted in the first stage: a smoother landscape; its measured effect is in docs/refinement.md) and ``cell_restraint`` (a weak Gaussian prior
   of the cell toward its starting value, when the cell is refined);
-* stages: staged release (misset first, then mosaic, then the cell, then the detector, then
-  everything), L-BFGS with a strong-Wolfe line search; each stage is balanced with
-  :class:`~equipoise.core.GradNormRatioBalancer` (reference ``data``) on exactly its free
-  parameters when it has more than one term.
+* stages (:func:`plan_stages`): the misset first, then everything (``orient``, default), the full
+  release misset → mosaic → cell → detector → all (``staged``), or one stage (``joint``); L-BFGS
+  with a strong-Wolfe line search; stages with several terms are balanced with
+  :class:`~equipoise.core.GradNormRatioBalancer` (reference ``data``) on exactly their free
+  parameters, at each stage start.
 
 The Poisson data term is the deviance ``Σ_p w_p [μ_p − y_p + y_p log(y_p/μ_p)]`` with
 ``μ = model + ε`` and ``y = observed + ε`` (ε = 1e-3 × mean observed photons/pixel, so that
@@ -48,7 +49,7 @@ from equipoise.diffraction.transforms import Above, Interval, Positive, Shift, S
 from equipoise.errors import InputError
 
 __all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
-           "plan_stages", "poisson_deviance", "least_squares", "image_shape", "starting_config"]
+           "plan_stages", "poisson_deviance", "least_squares", "image_shape", "starting_config", "evaluate_loss"]
 
 #: ``--refine`` name -> key of the refined value (user units) in params and summaries
 REFINABLE: dict[str, str] = {
@@ -79,6 +80,8 @@ RELEASE: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 #: stage plans of :func:`plan_stages`
 STRATEGIES = ("orient", "staged", "joint")
+#: relative change per unit of u for cell lengths, distance and wavelength (1 %)
+RELATIVE_STEP = 0.01
 #: Poisson floor ε relative to the mean observed photons/pixel (see module docstring)
 POISSON_FLOOR = 1e-3
 
@@ -183,7 +186,7 @@ class ImageModel:
         out: dict[str, float | tuple] = {"scale": 1.0, "background": background,
                                          "mosaic": cr.mosaic_spread_deg,
                                          "misset": tuple(cr.misset_deg or (0.0, 0.0, 0.0)),
-                                         "n_cells": None, "detector_rotation": tuple(det.rot_deg),
+                                         "detector_rotation": tuple(det.rot_deg),
                                          "twotheta": det.twotheta_deg}
         if "cell" in self.names:
             if cr.cell is None:
@@ -205,13 +208,15 @@ class ImageModel:
             return Shift(start, 1.0)  # degrees
         if name == "beam_center":
             return Shift(start, pixel)  # pixels
-        if name == "cell":
-            return Split(((3, Positive(tuple(start[:3]))), (3, Interval(0.0, 180.0))))
+        if name == "cell":  # lengths: u = 1 is 1 %; angles in (0, 180) deg
+            return Split(((3, Positive(tuple(start[:3]), RELATIVE_STEP)), (3, Interval(0.0, 180.0))))
         if name == "ncells":
             return Above(1.0, 1.0)  # N > 1 cells, softplus
         if name == "background":
             return Above(0.0, max(start, 1e-12))
-        return Positive(start)  # mosaic, distance, wavelength, fluence, scale
+        if name in ("distance", "wavelength"):
+            return Positive(start, RELATIVE_STEP)  # u = 1 is 1 %
+        return Positive(start)  # mosaic, fluence, scale: u = 1 is a factor e
 
     def params(self) -> dict[str, Tensor]:
         """Refined values in user units, by key of :data:`REFINABLE` (simulator and image-level)."""
@@ -246,7 +251,10 @@ def _plain(value) -> float | list[float]:
 
 # ----------------------------------------------------------------------------------- losses
 def poisson_deviance(model: Tensor, observed: Tensor, weight: Tensor, eps: float) -> Tensor:
-    """``Σ w [μ − y + y log(y/μ)]``, μ = model + ε, y = observed + ε (y ≥ 0): Poisson NLL minus its minimum."""
+    """``Σ w [μ − y + y log(y/μ)]`` with μ = model + ε, y = observed + ε (y ≥ 0); all images (S, F).
+
+    The Poisson negative log-likelihood minus its minimum over μ (half the Poisson deviance).
+    """
     mu = model + eps
     y = observed + eps
     return (weight * (mu - y + y * (torch.log(y) - torch.log(mu)))).sum()
@@ -293,9 +301,7 @@ def plan_stages(names: Sequence[str], *, strategy: str = "orient", steps: int = 
             terms.append("cell_restraint")
         balancer: Balancer = (GradNormRatioBalancer("data", {"cell_restraint": restraint_ratio})
                               if len(terms) > 1 else FixedBalancer())
-        # max_eval: core's LBFGS_DEFAULTS leave torch's max_eval = max_iter*5//4 = 1, which disables
-        # the line search's bracketing and zoom (max_ls = 0): L-BFGS then stalls on a rejected step.
-        options = {"max_iter": lbfgs_iters, "max_eval": 25 * lbfgs_iters} if optimizer == "lbfgs" else None
+        options = {"max_iter": lbfgs_iters} if optimizer == "lbfgs" else None
         stages.append(Stage(stage_name, groups, terms=terms, optimizer=optimizer, lr=lr, steps=steps, tol=tol,
                             patience=patience, balancer=balancer, optimizer_options=options))
     return stages
@@ -337,11 +343,10 @@ class RefineResult:
 def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str | Sequence[str] = ("mosaic", "misset"),
            *, loss: str = "poisson", mask: np.ndarray | None = None, out_dir: str | Path | None = None,
            stages: Sequence[Stage] | None = None, strategy: str = "orient", steps: int = 25, tol: float = 1e-6,
-           patience: int = 1,
-           optimizer: str = "lbfgs", coarse_blur_px: float = 0.0, cell_sigma: tuple[float, float] = (1.0, 1.0),
-           restraint_ratio: float = 0.1, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
-           progress: str = "quiet", log_every: int = 1, grad_every: int = 10,
-           diagnostics: bool = True) -> RefineResult:
+           patience: int = 1, optimizer: str = "lbfgs", coarse_blur_px: float = 0.0,
+           cell_sigma: tuple[float, float] | None = (1.0, 1.0), restraint_ratio: float = 0.1,
+           dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, progress: str = "quiet",
+           log_every: int = 1, grad_every: int = 10, diagnostics: bool = True) -> RefineResult:
     """Refine ``names`` so that the model image of ``config`` matches ``observed``.
 
     Parameters
@@ -356,27 +361,14 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     stages: explicit stages (default :func:`plan_stages` with ``strategy``, ``steps``, ``tol``,
         ``patience``, ``optimizer``); groups are the refined names, terms ``data``, ``data_coarse``, ``cell_restraint``.
     coarse_blur_px: σ (pixels) of the blurred ``data_coarse`` term fitted in the first stage (0: off).
-    cell_sigma: (Å, deg) widths of the cell restraint ``½ Σ ((cell − cell0)/σ)²`` (cell refined only).
+    cell_sigma: (Å, deg) widths of the cell restraint ``½ Σ ((cell − cell0)/σ)²`` toward the starting
+        cell (cell refined only; None: no restraint). It is a prior toward the start: it limits how far
+        a wrong starting cell can move (docs/refinement.md).
     restraint_ratio: the restraint's gradient-norm ratio to ``data`` at each stage start.
     dtype, device: of every tensor. progress, log_every, grad_every, diagnostics: see core.Fit.
     """
     names = parse_refine(names)
-    if loss not in LOSSES:
-        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}", field="--loss")
-    obs_np = observed.detach().cpu().numpy() if isinstance(observed, Tensor) else np.asarray(observed)
-    obs_np = obs_np.astype(np.float64)
-    model_shape = image_shape(config)
-    if obs_np.shape != model_shape:
-        raise InputError(f"observed image has shape {obs_np.shape}, the geometry gives (slow, fast) = {model_shape}",
-                         field="observed")
-    if not np.all(np.isfinite(obs_np)):
-        raise InputError(f"observed image has {int((~np.isfinite(obs_np)).sum())} NaN/Inf pixels", field="observed")
-    weight_np = _pixel_weights(config, mask, model_shape)
-    if not weight_np.any():
-        raise InputError("every pixel is masked: nothing to fit", field="--mask")
-    if loss == "poisson" and (obs_np[weight_np > 0] < 0).any():
-        raise InputError(f"the Poisson loss needs photon counts >= 0; the image has values down to "
-                         f"{obs_np[weight_np > 0].min():g} (subtract no pedestal, or use --loss lsq)", field="--loss")
+    obs_np, weight_np = _check_data(observed, config, loss, mask)
     mean_obs = float(obs_np[weight_np > 0].mean())
     background_start = max(float(np.median(obs_np[weight_np > 0])), 1e-3 * max(mean_obs, 1e-12))
     model = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start)
@@ -394,7 +386,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         w_blur = (_gaussian_blur(weight, coarse_blur_px) > 1e-6).to(dtype)
         terms.append(Term("data_coarse", lambda image: data_loss(_gaussian_blur(image * weight, coarse_blur_px),
                                                                obs_blur, w_blur)))
-    restraint = "cell" in names
+    restraint = "cell" in names and cell_sigma is not None
     if restraint:
         cell0 = torch.as_tensor(config.crystal.cell, dtype=dtype, device=dev)
         sigma = torch.as_tensor([cell_sigma[0]] * 3 + [cell_sigma[1]] * 3, dtype=dtype, device=dev)
@@ -402,8 +394,9 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         terms.append(Term("cell_restraint",
                           lambda _image: 0.5 * (((cell_of(model.variables["cell"]) - cell0) / sigma) ** 2).sum()))
     if stages is None:
-        stages = plan_stages(names, strategy=strategy, steps=steps, tol=tol, patience=patience, coarse=coarse_blur_px > 0,
-                             restraint=restraint, optimizer=optimizer, restraint_ratio=restraint_ratio)
+        stages = plan_stages(names, strategy=strategy, steps=steps, tol=tol, patience=patience,
+                             coarse=coarse_blur_px > 0, restraint=restraint, optimizer=optimizer,
+                             restraint_ratio=restraint_ratio)
 
     counter = {"n": 0}
 
@@ -435,6 +428,46 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     if out_dir is not None:
         _write_outputs(Path(out_dir), out)
     return out
+
+
+def _check_data(observed: np.ndarray | Tensor, config: SimulationConfig, loss: str,
+                mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(observed float64, pixel weights) after checking shape, finiteness, loss name and sign."""
+    if loss not in LOSSES:
+        raise InputError(f"loss must be one of {LOSSES}, got {loss!r}", field="--loss")
+    obs_np = observed.detach().cpu().numpy() if isinstance(observed, Tensor) else np.asarray(observed)
+    obs_np = obs_np.astype(np.float64)
+    shape = image_shape(config)
+    if obs_np.shape != shape:
+        raise InputError(f"observed image has shape {obs_np.shape}, the geometry gives (slow, fast) = {shape}",
+                         field="observed")
+    if not np.all(np.isfinite(obs_np)):
+        raise InputError(f"observed image has {int((~np.isfinite(obs_np)).sum())} NaN/Inf pixels", field="observed")
+    weight_np = _pixel_weights(config, mask, shape)
+    if not weight_np.any():
+        raise InputError("every pixel is masked: nothing to fit", field="--mask")
+    if loss == "poisson" and (obs_np[weight_np > 0] < 0).any():
+        raise InputError(f"the Poisson loss needs photon counts >= 0; the image has values down to "
+                         f"{obs_np[weight_np > 0].min():g} (subtract no pedestal, or use --loss lsq)", field="--loss")
+    return obs_np, weight_np
+
+
+def evaluate_loss(observed: np.ndarray | Tensor, config: SimulationConfig, *, loss: str = "poisson",
+                  mask: np.ndarray | None = None, dtype: torch.dtype = torch.float64,
+                  device: torch.device | str | None = None) -> float:
+    """The ``data`` term of :func:`refine` for the model image of ``config`` (no fitting).
+
+    E.g. the loss at the true parameters: the floor a refinement against a noisy image can reach.
+    """
+    obs_np, weight_np = _check_data(observed, config, loss, mask)
+    with torch.no_grad():
+        image = Simulator(config, dtype=dtype, device=device)()
+        obs = torch.as_tensor(obs_np, dtype=dtype, device=image.device)
+        weight = torch.as_tensor(weight_np, dtype=dtype, device=image.device)
+        if loss == "lsq":
+            return float(least_squares(image, obs, weight))
+        eps = POISSON_FLOOR * max(float(obs_np[weight_np > 0].mean()), 1e-12)
+        return float(poisson_deviance(image, obs, weight, eps))
 
 
 def image_shape(config: SimulationConfig) -> tuple[int, int]:

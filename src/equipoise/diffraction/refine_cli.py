@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+#: = tuple(refine.REFINABLE), repeated here so that registration does not import torch (tested)
 REFINE_NAMES = ("mosaic", "misset", "cell", "ncells", "distance", "beam_center", "detector_rotation", "twotheta",
                 "wavelength", "fluence", "scale", "background")
 

@@ -45,11 +45,17 @@ structure_factors.py), the ``Fdump.bin`` cache.
 
 Evaluation
 ----------
-Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` (forward and backward:
-with autograd on, each chunk runs under ``torch.utils.checkpoint`` so that activations are
-recomputed per chunk during the backward pass and peak memory does not grow with the image).
-The per-chunk kernel can be compiled with ``torch.compile`` (``compile=True``; falls back to eager
-if compilation fails).
+Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` into one preallocated
+image. With autograd on, the whole image is one ``autograd.Function`` (``_ImageFunction``): its
+forward runs every chunk without autograd and saves only the small input tensors; its backward
+evaluates each chunk again with autograd and differentiates it at once, so peak memory is that of
+one chunk whatever the image size (no allocator options are needed: test_memory.py). For the
+square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and mosaic domains
+is the fused kernel of lattice_sum.py, which in the backward pass computes value and analytic
+Jacobians in one pass; other lattice shapes and tricubic interpolation use plain autograd
+(lattice.py, structure_factors.py). The chunk kernel can be compiled with ``torch.compile``
+(``compile=True``, opt-in, falls back to eager if compilation fails; tests never compile).
+Timings against the C program: benchmarks/diffraction_forward.py.
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from equipoise.errors import InputError
 
@@ -70,6 +75,7 @@ from . import crystal as xtal
 from .config import SimulationConfig
 from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
 from .lattice import lattice_factor
+from .lattice_sum import square_lattice_sum
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -77,33 +83,16 @@ R_E_SQR = 7.94079248018965e-30  # m², Thomson cross section r_e² (PHYSICS.md �
 WATER_F = 2.57  # electrons, F of a water molecule used by nanoBragg (§1.11)
 AVOGADRO = 6.02214179e23  # mol⁻¹ (nanoBragg.c value)
 
-# bytes of live intermediates per innermost evaluation and per byte of dtype (forward + backward,
-# measured on the square/nearest-neighbour kernel, with margin); tricubic adds 64-value gathers.
+# values of live intermediates per innermost evaluation (bytes per eval = this × dtype size), with
+# margin for the backward recompute (the square kernel holds ~30: lattice_sum.py); tricubic adds
+# 64-value gathers.
 _WORK_PER_EVAL = 48
 _WORK_PER_EVAL_TRICUBIC = 48 + 64 * 6
 # eager evaluation is memory-bandwidth bound: chunks whose intermediates stay in cache are several
 # times faster than huge ones (measured: 1000² × 10 domains float64, 0.57 s at 65536 evaluations per
-# chunk against 8 s at 1.4 M), so chunks are capped at this many innermost evaluations
+# chunk against 8 s at 1.4 M; 2^16-2^17 fastest for the fused kernel, float32 and float64), so
+# chunks are capped at this many innermost evaluations
 _CHUNK_EVALS_CAP = 1 << 17
-
-
-def _fix_malloc_mmap_threshold() -> None:
-    """Pin glibc's mmap threshold (mallopt M_MMAP_THRESHOLD = -3) at its default 128 KiB.
-
-    glibc raises the threshold dynamically (up to 32 MiB) after large blocks are freed; chunked
-    evaluation then serves its MiB-sized temporaries from the heap, whose fragmentation made the
-    resident set of a 1024²×10-domain float64 forward+backward grow by 1.1 GiB although at most
-    ~110 MiB were live (a 4 MiB threshold still grew by 1.0 GiB). With the threshold pinned, freed
-    temporaries go back to the system and the growth is ~110 MiB. Process-wide setting; no-op
-    where glibc is not the C library.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 128 * 1024)
-    except (OSError, AttributeError):
-        pass
 
 
 def _param(params: Mapping[str, Tensor], name: str, default, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -138,7 +127,6 @@ class Simulator:
     def __init__(self, config: SimulationConfig, *, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None, compile: bool = False,
                  chunk_evals: int | None = None) -> None:
-        _fix_malloc_mmap_threshold()
         self.config = config
         self.dtype = dtype
         self.device = torch.device("cpu" if device is None else device)
@@ -161,6 +149,16 @@ class Simulator:
         cr = config.crystal
         self.interpolate = cr.interpolate if cr.interpolate is not None else min(self.n_cells) <= 2
         self._hkl_values = None if cr.hkl is None else torch.as_tensor(cr.hkl.values, dtype=dtype, device=self.device)
+        self._grid_lower = cr.hkl.lower if cr.hkl is not None else (0, 0, 0)
+        # square lattice with nearest-neighbour F (or none): the fused kernel of lattice_sum.py
+        self._fast = cr.shape == "square" and not (self.interpolate and cr.hkl is not None)
+        self._grid = None
+        if cr.hkl is not None:
+            extent = tuple(self._hkl_values.shape)
+            self._grid = (torch.tensor(self._grid_lower, dtype=dtype, device=self.device),
+                          torch.tensor(extent, dtype=dtype, device=self.device),
+                          torch.tensor([extent[1] * extent[2], extent[2], 1], dtype=torch.int64, device=self.device),
+                          extent[0] * extent[1] * extent[2])
         # pixel list: -roi (inclusive) and -mask
         fmin, fmax, smin, smax = geom.roi
         keep = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
@@ -223,41 +221,48 @@ class Simulator:
         if fvals is not None and self._hkl_values is not None and fvals.shape != self._hkl_values.shape:
             raise InputError(f"F must have the HKL grid's shape {tuple(self._hkl_values.shape)}, "
                              f"got {tuple(fvals.shape)}", field="F")
-        lower = cfg.crystal.hkl.lower if cfg.crystal.hkl is not None else (0, 0, 0)
+        if fvals is not None and self._fast:
+            # nearest-neighbour table for lattice_sum: grid values, then default_F (outside the grid)
+            fvals = torch.cat([fvals.reshape(-1), default_F.reshape(1)])
         scale = R_E_SQR * fluence(cfg, p, dtype=dtype, device=dev) / self.steps
-        water = self._water_molecules()
         tensors = (geom.pix0, geom.fdet, geom.sdet, geom.odet, geom.beam, geom.close_distance, geom.distance,
                    src.incident, src.wavelength, rot, vecs.recip_A, n_cells, default_F, scale,
                    fvals if fvals is not None else default_F)
-        has_grid = fvals is not None
+        static = (geom, fvals is not None)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            flat = _ImageFunction.apply(self, static, *tensors)
+        else:
+            with torch.no_grad():
+                flat = self._evaluate(static, tensors)
+        return flat.reshape(self.shape)
+
+    def _chunks(self):
+        """(flat pixel indices, count) per chunk; compiled kernels get constant shapes (last chunk padded)."""
         n = self._flat_index.numel()
-        outs = []
         for start in range(0, n, self.chunk_pixels):
             idx = self._flat_index[start:start + self.chunk_pixels]
             count = idx.numel()
-            if count < self.chunk_pixels and self.compiled:  # constant shapes for the compiled kernel
+            if count < self.chunk_pixels and self.compiled:
                 idx = torch.cat([idx, idx[-1:].expand(self.chunk_pixels - count)])
-            args = (idx, geom, lower, has_grid, water) + tensors
-            if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-                out = checkpoint(self._kernel, *args, use_reentrant=False)
-            else:
-                out = self._kernel(*args)
-            outs.append(out[:count])
-        values = torch.cat(outs) if outs else torch.zeros(0, dtype=dtype, device=dev)
-        image = torch.zeros(self.shape[0] * self.shape[1], dtype=dtype, device=dev)
-        image = image.index_put((self._flat_index,), values)
-        return image.reshape(self.shape)
+            yield idx, count
+
+    def _evaluate(self, static, tensors: tuple[Tensor, ...]) -> Tensor:
+        """Flat image (spixels·fpixels,) without autograd, chunk by chunk into one preallocated buffer."""
+        image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
+        for idx, count in self._chunks():
+            image.index_copy_(0, idx[:count], self._kernel(idx, *static, *tensors)[:count])
+        return image
 
     def _water_molecules(self) -> float:
         """Molecules of water in the beam: w³ · 1e6 g/m³ · N_A / 18 g/mol (PHYSICS.md §1.11)."""
         w = self.config.water_um * 1e-6
         return w ** 3 * 1e6 * AVOGADRO / 18.0
 
-    def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, lower, has_grid: bool, water: float,
+    def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, has_grid: bool,
                       pix0, fdet, sdet, odet, beam, close_distance, distance, incident, wavelength, rot,
                       recip_A, n_cells, default_F, scale, fvals) -> Tensor:
         """Photons (n,) for the flat pixel indices ``idx`` (n,)."""
-        cfg = self.config
+        cfg, water = self.config, self._water_molecules()
         geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
                                    close_distance=close_distance, distance=distance)
         s_idx = torch.div(idx, self.shape[1], rounding_mode="floor")
@@ -268,14 +273,20 @@ class Simulator:
         omega = solid_angle(geom, pos)                                         # (n, O², T)
         cap = torch.diagonal(capture_fractions(geom, diffracted), dim1=-2, dim2=-1)  # (n, O², T)
         q = (diffracted.unsqueeze(-2) - incident) / wavelength.unsqueeze(-1)   # (n, O², T, S, 3) 1/m
-        hkl = torch.einsum("...x,kix->...ki", q, rot)                          # (n, O², T, S, K, 3)
-        f_latt = lattice_factor(hkl, n_cells, cfg.crystal.shape, cfg.crystal.fudge, recip_A)
-        if has_grid:
-            sf = StructureFactors(fvals, lower, default_F, self.interpolate)
-            intensity = (sf(hkl) * f_latt) ** 2
+        if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
+            i_src = square_lattice_sum(q.reshape(-1, 3), rot, n_cells, fvals if has_grid else None,
+                                       self._grid).view(q.shape[:-1])          # (n, O², T, S)
+            if not has_grid:
+                i_src = i_src * (default_F * default_F)
         else:
-            intensity = default_F * default_F * f_latt * f_latt
-        i_src = intensity.sum(-1)                                              # (n, O², T, S)
+            hkl = torch.einsum("...x,kix->...ki", q, rot)                      # (n, O², T, S, K, 3)
+            f_latt = lattice_factor(hkl, n_cells, cfg.crystal.shape, cfg.crystal.fudge, recip_A)
+            if has_grid:
+                sf = StructureFactors(fvals, self._grid_lower, default_F, self.interpolate)
+                intensity = (sf(hkl) * f_latt) ** 2
+            else:
+                intensity = default_F * default_F * f_latt * f_latt
+            i_src = intensity.sum(-1)                                          # (n, O², T, S)
         dmin = cfg.detector.dmin_A
         if dmin is not None and dmin > 0:
             stol = 0.5 * torch.sqrt((q * q).sum(-1))
@@ -297,6 +308,38 @@ class Simulator:
         if water > 0:
             acc = acc + scale * self.steps * WATER_F ** 2 * water  # I_bg, scaled again below (§1.11)
         return acc * scale * factor
+
+
+class _ImageFunction(torch.autograd.Function):
+    """The flat image as a function of the simulator's input tensors, with a chunked, recomputing backward.
+
+    forward: every chunk without autograd (:meth:`Simulator._evaluate`); only the (small) inputs
+    are saved. backward: each chunk is evaluated again with autograd (the square kernel then saves
+    its analytic Jacobians, lattice_sum.py) and differentiated at once, so peak memory is that of
+    one chunk, whatever the image size. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, sim: Simulator, static, *tensors: Tensor) -> Tensor:
+        ctx.sim, ctx.static = sim, static
+        ctx.save_for_backward(*tensors)
+        return sim._evaluate(static, tensors)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_image: Tensor):
+        sim, static, need = ctx.sim, ctx.static, ctx.needs_input_grad[2:]
+        leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need))
+        wanted = [t for t, n in zip(leaves, need) if n]
+        total: list[Tensor | None] = [None] * len(wanted)
+        grad_flat = grad_image.reshape(-1)
+        for idx, count in sim._chunks():
+            with torch.enable_grad():
+                out = sim._kernel(idx, *static, *leaves)[:count]
+            parts = torch.autograd.grad(out, wanted, grad_flat[idx[:count]], allow_unused=True)
+            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, parts)]
+        grads = iter(total)
+        return (None, None, *(next(grads) if n else None for n in need))
 
 
 def simulate(config: SimulationConfig, params: Mapping[str, Tensor] | None = None, *,

@@ -58,18 +58,19 @@ class Shift(Transform):
 
 @dataclass(frozen=True)
 class Positive(Transform):
-    """``value = ref·exp(u) > 0``: multiplicative steps (u = 1 is a factor e)."""
+    """``value = ref·exp(rate·u) > 0``: multiplicative steps (u = 1 is a factor exp(rate))."""
 
     ref: tuple[float, ...] | float
+    rate: float = 1.0
 
     def __call__(self, u: Tensor) -> Tensor:
-        return torch.as_tensor(self.ref, dtype=u.dtype, device=u.device) * torch.exp(u)
+        return torch.as_tensor(self.ref, dtype=u.dtype, device=u.device) * torch.exp(self.rate * u)
 
     def inverse(self, value, field: str) -> np.ndarray:
         v = _array(value, field)
         if not np.all(v > 0):
             raise InputError(f"must be > 0, got {v.tolist()}", field=field)
-        return np.log(v / np.asarray(self.ref, dtype=np.float64))
+        return np.log(v / np.asarray(self.ref, dtype=np.float64)) / self.rate
 
 
 @dataclass(frozen=True)
