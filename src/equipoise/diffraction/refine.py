@@ -346,7 +346,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
            patience: int = 1, optimizer: str = "lbfgs", coarse_blur_px: float = 0.0,
            cell_sigma: tuple[float, float] | None = (1.0, 1.0), restraint_ratio: float = 0.1,
            dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, progress: str = "quiet",
-           log_every: int = 1, grad_every: int = 10, diagnostics: bool = True) -> RefineResult:
+           log_every: int = 1, grad_every: int = 1, diagnostics: bool = True) -> RefineResult:
     """Refine ``names`` so that the model image of ``config`` matches ``observed``.
 
     Parameters
