@@ -2,7 +2,8 @@
 
     python benchmarks/diffraction_refine.py                # demo: iterations, wall time, ratio
     python benchmarks/diffraction_refine.py --robustness   # other mosaic seeds/domains, noise, quadrature
-    python benchmarks/diffraction_refine.py --capture      # capture range in misset, mosaic, cell
+    python benchmarks/diffraction_refine.py --capture      # capture range in misset, mosaic, cell,
+                                                           # with and without the orientation search
 
 Timings are ratios against a reference measured in the same process: one forward + backward
 pass of the demo's model (mosaic spread and misset requiring gradients). The machine is shared:
@@ -23,6 +24,7 @@ from equipoise.diffraction.demo import TRUTH, check_criteria, demo_configs
 from equipoise.diffraction.noise import noise_image
 from equipoise.diffraction.refine import ImageModel, evaluate_loss, refine, starting_config
 from equipoise.diffraction.simulate import Simulator
+from equipoise.errors import NonFiniteError
 
 
 def reference_seconds(dtype: torch.dtype, repeat: int) -> float:
@@ -117,54 +119,77 @@ def bench_robustness() -> None:
               f"{all(criteria.values())}", flush=True)
 
 
-def _refine_with(strategy: str, observed, config, names):
-    """``strategy``: a plan_stages strategy, or ``orient+blur`` (blurred first stage, sigma 1.5 px)."""
-    if strategy == "orient+blur":
-        return refine(observed, config, names, strategy="orient", coarse_blur_px=1.5)
-    return refine(observed, config, names, strategy=strategy)
+#: capture-range directions of the misset error (start = truth - d·direction)
+DIRECTIONS = {"demo (5,3,-2)": (5.0, 3.0, -2.0), "y": (0.0, 1.0, 0.0), "(-1,1,1)": (-1.0, 1.0, 1.0),
+              "(1,2,0)": (1.0, 2.0, 0.0), "(0,-1,1)": (0.0, -1.0, 1.0)}
+#: the search used for the "with search" rows: radius 20 deg, 5 deg grid (broadened N = 3, 3 fine candidates)
+SEARCH = (20.0, 5.0)
 
 
-def bench_capture(strategies: list[str]) -> None:
+def _capture_row(label: str, observed, config, names, options: dict, label2: str) -> None:
+    try:
+        r = refine(observed, config, names, strategy="joint" if "cell" not in names else "orient", **options)
+    except NonFiniteError as err:  # a line search that diverged: a failed start, not a benchmark error
+        print(f"{label:>34} {label2:>14} failed: {err}", flush=True)
+        return
+    criteria, errors = check_criteria(r)
+    cell = r.parameters.get("cell")
+    cell_text = "" if cell is None else " cell " + "/".join(f"{v:.2f}" for v in cell[:3])
+    found = "" if r.search is None else f" search best err {_misset_error(r.search.best_misset_deg):.2f} deg"
+    evals = f"{r.evaluations}" + ("" if r.search is None else f"+{r.search.evaluations}")
+    print(f"{label:>34} {label2:>14} {r.iterations:5d} {evals:>8} {r.wall_s:6.1f} "
+          f"{r.parameters['mosaic_spread_deg']:7.3f} {max(errors['misset_deg']):8.3f} "
+          f"{all(criteria.values())!s:5}{cell_text}{found}", flush=True)
+
+
+def _misset_error(misset) -> float:
+    return float(np.linalg.norm(np.asarray(misset) - np.asarray(TRUTH["misset_deg"])))
+
+
+def bench_capture(distances: list[float], quick: bool, parts: str) -> None:
+    """Misset starts at distance d along several directions, mosaic starts, cell starts; each with
+    and without the orientation search (``refine(search=SEARCH)``). Strategy joint (cell: orient)."""
     observed = observed_image()
     _, start = demo_configs()
     truth_misset = np.array(TRUTH["misset_deg"])
-    direction = truth_misset / np.linalg.norm(truth_misset)
-    print("capture range: starts at distance d from the truth; pass = demo criteria (misset within 1 deg)")
-    print(f"{'start':>34} {'strategy':>11} {'steps':>5} {'evals':>5} {'mosaic':>7} {'max misset err':>14} "
-          f"{'cell err':>8} pass")
-    runs = []
-    for d in (6.16, 9.0, 12.0):  # misset distance (deg) along the demo's direction; mosaic 0.2
-        runs.append((f"misset |d| = {d:.2f} deg, mosaic 0.2", starting_config(
-            start, misset_deg=tuple(truth_misset - d * direction)), ("mosaic", "misset"), strategies))
-    for m in (0.05, 3.2):
-        runs.append((f"mosaic {m} deg, misset 0/0/0", starting_config(start, mosaic_spread_deg=m),
-                     ("mosaic", "misset"), strategies[:1]))
-    for c in (102.0, 104.0):
-        runs.append((f"cell {c:g} A, mosaic 0.2, misset 0/0/0",
-                     starting_config(start, cell=(c, c, c, 90.0, 90.0, 90.0)),
-                     ("mosaic", "misset", "cell"), strategies[:1]))
-    for label, config, names, chosen in runs:
-        for strategy in chosen:
-            r = _refine_with(strategy, observed, config, names)
-            criteria, errors = check_criteria(r)
-            cell_err = abs(r.parameters["cell"][0] - 100.0) if "cell" in r.parameters else 0.0
-            print(f"{label:>34} {strategy:>11} {r.iterations:5d} {r.evaluations:5d} "
-                  f"{r.parameters['mosaic_spread_deg']:7.3f} {max(errors['misset_deg']):14.3f} {cell_err:8.3f} "
-                  f"{all(criteria.values())}", flush=True)
+    plain, searched = {}, {"search": SEARCH}
+    print("capture range: starts at distance d (deg) from the truth; pass = demo criteria (misset within 1 deg)")
+    print(f"search: radius {SEARCH[0]:g} deg, step {SEARCH[1]:g} deg, coarse model N = 3, 3 fine candidates")
+    print(f"{'start':>34} {'method':>14} {'steps':>5} {'evals':>8} {'wall s':>6} {'mosaic':>7} {'misset err':>8} pass")
+    directions = dict(list(DIRECTIONS.items())[:2]) if quick else DIRECTIONS
+    for name, direction in (directions if "misset" in parts else {}).items():
+        u = np.asarray(direction) / np.linalg.norm(direction)
+        for d in distances:
+            config = starting_config(start, misset_deg=tuple(truth_misset - d * u))
+            for label2, options in (("plain", plain), ("search", searched)):
+                _capture_row(f"misset {name} d = {d:g}", observed, config, ("mosaic", "misset"), options, label2)
+    u = truth_misset / np.linalg.norm(truth_misset)
+    for m in (0.05, 3.2) if "mosaic" in parts else ():
+        config = starting_config(start, mosaic_spread_deg=m, misset_deg=tuple(truth_misset - 12.0 * u))
+        for label2, options in (("plain", plain), ("search", searched)):
+            _capture_row(f"mosaic {m} deg, misset d = 12", observed, config, ("mosaic", "misset"), options, label2)
+    for c in (102.0, 104.0) if "cell" in parts else ():
+        config = starting_config(start, cell=(c, c, c, 90.0, 90.0, 90.0))
+        for label2, options in (("plain", plain), ("search", searched), ("cubic", {"cell_constraint": "cubic"}),
+                                ("cubic+search", {"cell_constraint": "cubic", **searched})):
+            _capture_row(f"cell {c:g} A, misset d = 6.16", observed, config, ("mosaic", "misset", "cell"),
+                         options, label2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--robustness", action="store_true")
     parser.add_argument("--capture", action="store_true")
-    parser.add_argument("--strategies", default="orient,joint,orient+blur")
+    parser.add_argument("--distances", default="4,8,12,16,20", help="misset distances (deg) for --capture")
+    parser.add_argument("--parts", default="misset,mosaic,cell", help="--capture: which starts to vary")
+    parser.add_argument("--quick", action="store_true", help="--capture: two directions only")
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # shared 2-core machine
     if args.robustness:
         bench_robustness()
     elif args.capture:
-        bench_capture(args.strategies.split(","))
+        bench_capture([float(d) for d in args.distances.split(",")], args.quick, args.parts)
     else:
         bench_demo(args.repeat)
 

@@ -16,7 +16,7 @@ from equipoise.diffraction.flags import parse_nanobragg_args
 from equipoise.diffraction.refine import (REFINABLE, ImageModel, load_image, parse_refine, plan_stages, refine,
                                           starting_config)
 from equipoise.diffraction.simulate import Simulator
-from equipoise.diffraction.transforms import Above, Interval, Positive, Shift, Split
+from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positive, Shift, Split
 from equipoise.errors import InputError
 
 #: a small, fast problem: 24x24 pixels, 3 mosaic domains
@@ -41,6 +41,7 @@ def small_observed() -> np.ndarray:
     (Above(1.0, 1.0), [1.001, 5.0, 400.0]),
     (Interval(0.0, 180.0), [1.0, 90.0, 179.0]),
     (Split(((2, Positive((1.0, 2.0))), (1, Interval(0.0, 180.0)))), [3.0, 0.5, 60.0]),
+    (CubicCell(100.0, 0.01), [102.0, 102.0, 102.0, 90.0, 90.0, 90.0]),
 ])
 def test_transform_round_trip_and_gradient(transform, values):
     u = torch.tensor(transform.inverse(values, "x"), dtype=torch.float64, requires_grad=True)

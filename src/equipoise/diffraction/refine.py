@@ -13,7 +13,10 @@ docs/TEAM_NOTES.md), each the image of an unconstrained variable under a smooth 
   release misset → mosaic → cell → detector → all (``staged``), or one stage (``joint``); L-BFGS
   with a strong-Wolfe line search; stages with several terms are balanced with
   :class:`~equipoise.core.GradNormRatioBalancer` (reference ``data``) on exactly their free
-  parameters, at each stage start.
+  parameters, at each stage start;
+* optionally (``search``) an orientation search before the stages: the misset of lowest loss on
+  a grid around the start, with broadened spots (:mod:`equipoise.diffraction.orientation_search`),
+  which widens the capture range of the misset from ~4-10° to the grid's radius.
 
 The Poisson data term is the deviance ``Σ_p w_p [μ_p − y_p + y_p log(y_p/μ_p)]`` with
 ``μ = model + ε`` and ``y = observed + ε`` (ε = 1e-3 × mean observed photons/pixel, so that
@@ -42,10 +45,11 @@ from equipoise.core import Balancer, Fit, FitResult, FixedBalancer, GradNormRati
 from equipoise.diffraction import io
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.geometry import detector_geometry, detector_size
+from equipoise.diffraction.orientation_search import SearchResult, search_misset
 from equipoise.diffraction.simulate import Simulator
 from equipoise.diffraction.sources import fluence as resolved_fluence
 from equipoise.diffraction.sources import wavelength_m
-from equipoise.diffraction.transforms import Above, Interval, Positive, Shift, Split, Transform
+from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positive, Shift, Split, Transform
 from equipoise.errors import InputError
 
 __all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
@@ -84,6 +88,8 @@ STRATEGIES = ("orient", "staged", "joint")
 RELATIVE_STEP = 0.01
 #: Poisson floor ε relative to the mean observed photons/pixel (see module docstring)
 POISSON_FLOOR = 1e-3
+#: lattice constraints of the refined cell: none (6 free values) or cubic (one length, 90° angles)
+CELL_CONSTRAINTS = ("none", "cubic")
 
 
 def parse_refine(names: str | Sequence[str]) -> list[str]:
@@ -158,12 +164,18 @@ class ImageModel:
     ``mosaic`` is refined: the spread fixes the number of domains). ``variables`` holds one leaf
     tensor (unconstrained, dtype/device of the model) per refined name; ``params()`` maps them to
     user units. ``background_start`` (photons/pixel) is the starting constant background.
+    ``cell_constraint`` "cubic" refines one cell length (a = b = c, 90° angles; a cubic start).
     """
 
     def __init__(self, config: SimulationConfig, names: Sequence[str], *, dtype: torch.dtype = torch.float64,
-                 device: torch.device | str | None = None, background_start: float = 1e-3) -> None:
+                 device: torch.device | str | None = None, background_start: float = 1e-3,
+                 cell_constraint: str = "none") -> None:
         self.names = parse_refine(list(names))
         self.config = config
+        if cell_constraint not in CELL_CONSTRAINTS:
+            raise InputError(f"cell constraint must be one of {CELL_CONSTRAINTS}, got {cell_constraint!r}",
+                             field="--cell-constraint")
+        self.cell_constraint = cell_constraint
         if "mosaic" in self.names and not config.crystal.mosaic_spread_deg > 0:
             raise InputError("refining the mosaic spread needs a starting -mosaic > 0 (deg): a spread of 0 "
                              "makes a single unrotated domain", field="-mosaic")
@@ -208,6 +220,8 @@ class ImageModel:
             return Shift(start, 1.0)  # degrees
         if name == "beam_center":
             return Shift(start, pixel)  # pixels
+        if name == "cell" and self.cell_constraint == "cubic":  # one length: u = 1 is 1 %
+            return CubicCell(float(start[0]), RELATIVE_STEP)
         if name == "cell":  # lengths: u = 1 is 1 %; angles in (0, 180) deg
             return Split(((3, Positive(tuple(start[:3]), RELATIVE_STEP)), (3, Interval(0.0, 180.0))))
         if name == "ncells":
@@ -316,8 +330,9 @@ class RefineResult:
     :data:`REFINABLE`'s values: ``mosaic_spread_deg``, ``misset_deg`` ...). ``initial_loss`` and
     ``final_loss``: the ``data`` term (deviance or least squares) at the start and at the end;
     ``iterations``: optimiser steps of all stages; ``evaluations``: model evaluations (forward
-    passes, line search included); ``wall_s``: seconds spent in the fit; ``image``: refined model
-    image (spixels, fpixels) float32; ``fit``: the core's FitResult.
+    passes, line search included; the search's are in ``search``); ``wall_s``: seconds spent in
+    the search and the fit; ``image``: refined model image (spixels, fpixels) float32; ``fit``: the
+    core's FitResult; ``search``: the orientation search (None without one).
     """
 
     parameters: dict[str, float | list[float]]
@@ -332,18 +347,22 @@ class RefineResult:
     fit: FitResult
     run_dir: Path | None = None
     stages: list[dict] = field(default_factory=list)
+    search: SearchResult | None = None
 
     def summary(self) -> dict:
         """JSON-ready summary (what summary.json holds, besides the core's fields)."""
         return {"parameters": self.parameters, "start": self.start, "initial_loss": self.initial_loss,
                 "final_loss": self.final_loss, "iterations": self.iterations, "evaluations": self.evaluations,
-                "converged": self.converged, "wall_s": self.wall_s, "stages": self.stages}
+                "converged": self.converged, "wall_s": self.wall_s, "stages": self.stages,
+                "search": None if self.search is None else self.search.summary()}
 
 
 def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str | Sequence[str] = ("mosaic", "misset"),
            *, loss: str = "poisson", mask: np.ndarray | None = None, out_dir: str | Path | None = None,
            stages: Sequence[Stage] | None = None, strategy: str = "orient", steps: int = 25, tol: float = 1e-6,
            patience: int = 1, optimizer: str = "lbfgs", coarse_blur_px: float = 0.0,
+           search: tuple[float, float] | None = None, search_n_cells: float | None = 3.0, search_top: int = 3,
+           cell_constraint: str = "none",
            cell_sigma: tuple[float, float] | None = (1.0, 1.0), restraint_ratio: float = 0.1,
            dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, progress: str = "quiet",
            log_every: int = 1, grad_every: int = 1, diagnostics: bool = True) -> RefineResult:
@@ -361,6 +380,12 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     stages: explicit stages (default :func:`plan_stages` with ``strategy``, ``steps``, ``tol``,
         ``patience``, ``optimizer``); groups are the refined names, terms ``data``, ``data_coarse``, ``cell_restraint``.
     coarse_blur_px: σ (pixels) of the blurred ``data_coarse`` term fitted in the first stage (0: off).
+    search: (range, step) deg: before the fit, the orientation search of
+        :func:`~equipoise.diffraction.orientation_search.search_misset` on the misset grid of that
+        radius and spacing around the start, with ``search_n_cells`` cells per axis in its coarse
+        level (broadened spots; None: the model's N) and ``search_top`` candidates searched again
+        finely; the fit starts from its best point (``misset`` must be refined). None: no search.
+    cell_constraint: "none" (six cell values) or "cubic" (one length; needs a cubic start).
     cell_sigma: (Å, deg) widths of the cell restraint ``½ Σ ((cell − cell0)/σ)²`` toward the starting
         cell (cell refined only; None: no restraint). It is a prior toward the start: it limits how far
         a wrong starting cell can move (docs/refinement.md).
@@ -371,7 +396,11 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     obs_np, weight_np = _check_data(observed, config, loss, mask)
     mean_obs = float(obs_np[weight_np > 0].mean())
     background_start = max(float(np.median(obs_np[weight_np > 0])), 1e-3 * max(mean_obs, 1e-12))
-    model = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start)
+    if search is not None and "misset" not in names:
+        raise InputError("the orientation search needs the misset refined (--refine ...,misset)",
+                         field="--search-misset")
+    model = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start,
+                       cell_constraint=cell_constraint)
     dev = model.device
     obs = torch.as_tensor(obs_np, dtype=dtype, device=dev)
     weight = torch.as_tensor(weight_np, dtype=dtype, device=dev)
@@ -404,16 +433,23 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         counter["n"] += 1
         return model()
 
+    with torch.no_grad():
+        initial_loss = float(data_loss(model(), obs, weight))
+    found = None
+    if search is not None:  # forward-only grid search; the fit then starts from its best misset
+        found = search_misset(obs, weight, config, search[0], search[1], loss=loss, eps=eps,
+                              n_cells=search_n_cells, top=search_top, dtype=dtype, device=dev)
+        u = model.transforms["misset"].inverse(found.best_misset_deg, field="misset_deg")
+        model.variables["misset"] = torch.tensor(u, dtype=dtype, device=dev)
     run_config = {"refine": names, "loss": loss, "coarse_blur_px": coarse_blur_px, "dtype": str(dtype),
-                  "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int((weight_np > 0).sum())}
+                  "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int((weight_np > 0).sum()),
+                  "cell_constraint": cell_constraint, "search": None if found is None else found.summary()}
     fit = Fit(dict(model.variables), terms, stages, forward=forward, run_dir=out_dir, log_every=log_every,
               grad_every=grad_every, summarize=model.values, progress=progress, config=run_config,
               diagnostics=diagnostics)
-    with torch.no_grad():
-        initial_loss = float(data_loss(model(), obs, weight))
     started = time.perf_counter()
     result = fit.run(resume=False)
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started + (0.0 if found is None else found.wall_s)
     with torch.no_grad():
         image = model()
         final_loss = float(data_loss(image, obs, weight))
@@ -424,7 +460,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
                        run_dir=None if out_dir is None else Path(out_dir),
                        stages=[{"name": s.name, "steps": s.steps, "converged": s.converged,
                                 "final_loss": s.final_loss, "weights": s.weights, "reasons": s.reasons}
-                               for s in result.stages])
+                               for s in result.stages], search=found)
     if out_dir is not None:
         _write_outputs(Path(out_dir), out)
     return out

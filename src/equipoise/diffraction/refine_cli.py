@@ -22,8 +22,9 @@ IMAGE comes first, then nanoBragg flags giving the geometry and the starting mod
       -mosaic 0.2 -mosaic_domains 5 -misset 0 0 0 -lambda 1 -detpixels 64 -pixel 0.1 \\
       -distance 100 -fluence 1e28 --refine mosaic,misset --out runs/refine
 --refine names: {", ".join(REFINE_NAMES)}.
+--search-misset 15,5 searches the orientation on a grid before refining (wider capture).
 Writes DIR/summary.json (parameters in user units, initial_loss, final_loss, iterations,
-converged), record.jsonl, config.json, run.log, plots/*.png, refined.bin (float32) and
+converged, search), record.jsonl, config.json, run.log, plots/*.png, refined.bin (float32) and
 refined.npy. See docs/refinement.md.
 """
 
@@ -46,6 +47,14 @@ def register(actions: argparse._SubParsersAction) -> None:
     ref.add_argument("--steps", type=int, default=25, help="optimiser steps per stage (default 25)")
     ref.add_argument("--coarse-blur", type=float, default=0.0, metavar="PX",
                      help="fit Gaussian-blurred images (sigma PX pixels) in the first stage (default 0: off)")
+    ref.add_argument("--search-misset", metavar="RANGE[,STEP]",
+                     help="orientation search before refining: misset offsets within RANGE deg of the start "
+                          "on a grid of STEP deg (default RANGE/3), broadened spots, then a finer grid around "
+                          "the best points; e.g. 15,5 (off by default)")
+    ref.add_argument("--search-ncells", type=float, default=3.0, metavar="N",
+                     help="cells per axis of the coarse search model (broadened spots; default 3)")
+    ref.add_argument("--cell-constraint", default="none", choices=("none", "cubic"),
+                     help="cubic: refine one cell length (a = b = c, 90 deg angles); default none")
     ref.add_argument("--quiet", action="store_true", help="no progress display")
     ref.set_defaults(handler=_refine)
     demo = actions.add_parser("demo", help="run the refinement demonstration",
@@ -61,6 +70,7 @@ def _refine(args: argparse.Namespace) -> int:
     import torch
 
     from equipoise.diffraction.cli import load_config
+    from equipoise.diffraction.orientation_search import parse_search
     from equipoise.diffraction.refine import image_shape, load_image, parse_refine, refine
     from equipoise.errors import InputError
 
@@ -69,6 +79,7 @@ def _refine(args: argparse.Namespace) -> int:
         raise InputError("IMAGE missing: give the observed image first, then the nanoBragg flags", field="IMAGE")
     image_path, flags = Path(tokens[0]), tokens[1:]
     names = parse_refine(args.refine)
+    search = parse_search(args.search_misset) if args.search_misset else None
     config, notes = load_config(flags)
     for note in notes:
         print(f"warning: {note}")
@@ -80,8 +91,14 @@ def _refine(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("CUDA was requested but no CUDA device is available", field="-device")
     result = refine(observed, config, names, loss=args.loss, mask=mask, out_dir=args.out, steps=args.steps,
-                    strategy=args.strategy, coarse_blur_px=args.coarse_blur, dtype=dtype, device=device,
-                    progress="quiet" if args.quiet else "auto")
+                    strategy=args.strategy, coarse_blur_px=args.coarse_blur, search=search,
+                    search_n_cells=args.search_ncells, cell_constraint=args.cell_constraint, dtype=dtype,
+                    device=device, progress="quiet" if args.quiet else "auto")
+    if result.search is not None:
+        found = result.search
+        print(f"orientation search: {len(found.offsets)} + {found.evaluations - len(found.offsets)} grid points "
+              f"(radius {found.range_deg:g} deg, step {found.step_deg:g}); best misset {_fmt(found.best_misset_deg)} "
+              f"(offset {_fmt(found.best_offset_deg)}), loss {found.best_loss:.6g}; {found.wall_s:.2f} s")
     print(f"{'parameter':<20} {'start':>28} {'refined':>28}")
     for key, value in result.parameters.items():
         print(f"{key:<20} {_fmt(result.start[key]):>28} {_fmt(value):>28}")

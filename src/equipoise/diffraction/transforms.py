@@ -21,7 +21,7 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 
-__all__ = ["Transform", "Shift", "Positive", "Above", "Interval", "Split"]
+__all__ = ["Transform", "Shift", "Positive", "Above", "Interval", "Split", "CubicCell"]
 
 
 class Transform:
@@ -132,3 +132,28 @@ class Split(Transform):
             pieces.append(transform.inverse(v[..., start:start + length], field))
             start += length
         return np.concatenate(pieces, axis=-1)
+
+
+@dataclass(frozen=True)
+class CubicCell(Transform):
+    """A cubic unit cell from one variable: ``u`` (1,) -> (a, a, a, 90, 90, 90) with
+    ``a = length·exp(rate·u)`` (Å, deg). The lattice constraint of the cubic system: one free length.
+
+    :meth:`inverse` takes a (6,) cell and needs it cubic (equal lengths, 90° angles).
+    """
+
+    length: float
+    rate: float = 1.0
+
+    def __call__(self, u: Tensor) -> Tensor:
+        a = self.length * torch.exp(self.rate * u)
+        right = torch.full(a.shape, 90.0, dtype=u.dtype, device=u.device)
+        return torch.cat([a, a, a, right, right, right], dim=-1)
+
+    def inverse(self, value, field: str) -> np.ndarray:
+        v = _array(value, field)
+        if v.shape[-1:] != (6,) or not (np.allclose(v[..., :3], v[..., :1], rtol=1e-9)
+                                         and np.allclose(v[..., 3:], 90.0, atol=1e-9) and np.all(v[..., :3] > 0)):
+            raise InputError(f"a cubic cell needs a = b = c > 0 and alpha = beta = gamma = 90, got {v.tolist()}",
+                             field=field)
+        return np.log(v[..., :1] / self.length) / self.rate
