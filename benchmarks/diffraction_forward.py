@@ -5,9 +5,11 @@ Cases: simple_cubic (1024², one evaluation per pixel) and a 1000² × 10-domain
 -pixel 0.1 -mosaic 1.0 -mosaic_domains 10``), float32 and float64, eager (and torch.compile with
 ``--compile``). The C figures are the wall times of TIMINGS.md (gcc -O3 -fopenmp, 2 threads, this
 machine kind); they were not measured in this process, so those ratios carry the machines' noise.
-The ratio measured in this process is fwd+bwd / fwd. Timings are medians of ``--repeats`` rounds,
-each round running every configuration once (interleaved, so that load from other jobs hits all
-of them alike), after one warm-up call each (which includes any compilation). The 1-minute load
+The ratio measured in this process is fwd+bwd / fwd: the median over rounds of each round's
+ratio (the two calls of a round run back to back, so that slow drifts of the load cancel).
+Timings are medians of ``--repeats`` rounds, each round running every configuration once
+(interleaved, so that load from other jobs hits all of them alike), after one warm-up call each
+(which includes any compilation). The 1-minute load
 average is printed before and after: on a shared 2-core machine a second intra-op thread that is
 descheduled stalls every operation, so compare ``--threads 1`` and ``--threads 2``.
 
@@ -93,9 +95,10 @@ def main() -> None:
     for key in keys:
         case, dtype, compiled = key
         tf, tb = (statistics.median(t) for t in times[key])
+        ratio = statistics.median(b / f for f, b in zip(*times[key]))
         c = C_WALL_S[case]
         print(f"{case:13s} {str(dtype)[6:]:8s} {'compile' if compiled else 'eager':8s} {tf:7.3f} {tb:9.3f} "
-              f"{tb / tf:7.2f} {c:8.2f} {tf / c:6.2f} {tb / c:6.2f} {first[key][0]:9.2f}")
+              f"{ratio:7.2f} {c:8.2f} {tf / c:6.2f} {tb / c:6.2f} {first[key][0]:9.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

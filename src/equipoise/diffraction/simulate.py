@@ -46,15 +46,20 @@ structure_factors.py), the ``Fdump.bin`` cache.
 Evaluation
 ----------
 Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` into one preallocated
-image. With autograd on, the whole image is one ``autograd.Function`` (``_ImageFunction``): its
-forward runs every chunk without autograd and saves only the small input tensors; its backward
-evaluates each chunk again with autograd and differentiates it at once, so peak memory is that of
-one chunk whatever the image size (no allocator options are needed: test_memory.py). For the
-square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and mosaic domains
-is the fused kernel of lattice_sum.py, which in the backward pass computes value and analytic
-Jacobians in one pass; other lattice shapes and tricubic interpolation use plain autograd
-(lattice.py, structure_factors.py). The chunk kernel can be compiled with ``torch.compile``
-(``compile=True``, opt-in, falls back to eager if compilation fails; tests never compile).
+image. For the square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and
+mosaic domains is the fused kernel of lattice_sum.py (value, or value and analytic Jacobians in
+one pass), which takes a chunk's rows of q a cache-sized block at a time, so that chunks can be
+large (few per image) and the per-pixel geometry runs on long vectors; other lattice shapes and
+tricubic interpolation use plain autograd (lattice.py, structure_factors.py) on small chunks.
+With autograd on, the whole image is one ``autograd.Function`` (``_ImageFunction``) that keeps
+for its backward pass what fits in ``_SAVE_SHARE`` of the budget: the autograd graph of every
+chunk's geometry with the lattice Jacobians (the backward pass then only differentiates), or the
+Jacobians alone (the backward pass evaluates the geometry again), or only the small input tensors
+(the backward pass evaluates each chunk again, Jacobians included). Peak memory stays under the
+budget whatever the image size (no allocator options are needed: test_memory.py). The chunk
+kernel can be compiled with ``torch.compile`` (``compile=True``, opt-in, falls back to eager if
+compilation fails; used only for evaluations without autograd and the recomputing backward pass;
+tests never compile).
 Timings against the C program: benchmarks/diffraction_forward.py.
 """
 
@@ -75,7 +80,7 @@ from . import crystal as xtal
 from .config import SimulationConfig
 from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
 from .lattice import lattice_factor
-from .lattice_sum import square_lattice_sum
+from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -93,6 +98,22 @@ _WORK_PER_EVAL_TRICUBIC = 48 + 64 * 6
 # chunk against 8 s at 1.4 M; 2^16-2^17 fastest for the fused kernel, float32 and float64), so
 # chunks are capped at this many innermost evaluations
 _CHUNK_EVALS_CAP = 1 << 17
+# square lattice: pixels are taken in blocks of up to this many rows of q (pixel × subpixel × layer ×
+# source), each needing about _GEOMETRY_WORK values of per-row geometry (with autograd in the
+# backward pass) plus its lattice Jacobians; the lattice sum then runs _CHUNK_EVALS_CAP evaluations
+# at a time inside the block (lattice_sum.py). Large blocks keep the per-operation overhead of the
+# geometry small (1000² × 10 domains: 8 chunks rather than 77 of 13107 pixels).
+_GEOMETRY_ROWS_CAP = 1 << 17
+_GEOMETRY_WORK = 128
+# With autograd, the forward pass keeps for the backward pass what fits in this share of
+# config.memory_budget_bytes (_ImageFunction): the lattice Jacobians and the autograd graph of the
+# geometry ("graph"), else the lattice Jacobians alone ("tape"), else nothing ("recompute").
+_SAVE_SHARE = 0.5
+# values per row of q kept by the geometry's autograd graph (measured, float64: 28 in nanobragg
+# mode on a flat detector without sensor absorption, 68 in physical mode with a curved detector,
+# three absorbing layers and Kahn polarization)
+_GRAPH_WORK_FLAT = 32
+_GRAPH_WORK = 80
 
 
 def _param(params: Mapping[str, Tensor], name: str, default, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -166,12 +187,19 @@ class Simulator:
         if geom.mask is not None:
             keep &= geom.mask.to(device=self.device, dtype=torch.bool)
         self._flat_index = torch.nonzero(keep.reshape(-1)).reshape(-1)
-        per_pixel = self.oversample ** 2 * geom.n_layers * self.n_sources * self.n_phi * self.n_mosaic
+        self._rows_per_pixel = self.oversample ** 2 * geom.n_layers * self.n_sources
+        n_orient = self.n_phi * self.n_mosaic
         work = _WORK_PER_EVAL_TRICUBIC if self.interpolate and cr.hkl is not None else _WORK_PER_EVAL
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        self._itemsize = torch.empty((), dtype=dtype).element_size()
         if chunk_evals is None:
-            chunk_evals = min(_CHUNK_EVALS_CAP, max(1, int(config.memory_budget_bytes * 0.5) // (work * itemsize)))
-        self.chunk_pixels = max(1, min(chunk_evals // per_pixel, int(self._flat_index.numel()) or 1))
+            chunk_evals = min(_CHUNK_EVALS_CAP,
+                              max(1, int(config.memory_budget_bytes * 0.5) // (work * self._itemsize)))
+        self.lattice_rows = max(1, chunk_evals // n_orient)
+        block_pixels = chunk_evals // (self._rows_per_pixel * n_orient)
+        if self._fast:
+            rows = int(config.memory_budget_bytes * 0.25) // ((_GEOMETRY_WORK + 3 * n_orient + 8) * self._itemsize)
+            block_pixels = max(block_pixels, min(_GEOMETRY_ROWS_CAP, rows) // self._rows_per_pixel)
+        self.chunk_pixels = max(1, min(block_pixels, int(self._flat_index.numel()) or 1))
         self._kernel = self._chunk_kernel
         self.compiled = False
         if compile:
@@ -246,12 +274,53 @@ class Simulator:
                 idx = torch.cat([idx, idx[-1:].expand(self.chunk_pixels - count)])
             yield idx, count
 
-    def _evaluate(self, static, tensors: tuple[Tensor, ...]) -> Tensor:
-        """Flat image (spixels·fpixels,) without autograd, chunk by chunk into one preallocated buffer."""
+    def _evaluate(self, static, tensors: tuple[Tensor, ...], tape: _LatticeTape | None = None) -> Tensor:
+        """Flat image (spixels·fpixels,) without autograd, chunk by chunk into one preallocated buffer.
+
+        tape: records the lattice sum's Jacobians of every chunk (for :class:`_ImageFunction`).
+        """
         image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
+        kernel = self._kernel if tape is None else self._chunk_kernel
         for idx, count in self._chunks():
-            image.index_copy_(0, idx[:count], self._kernel(idx, *static, *tensors)[:count])
+            image.index_copy_(0, idx[:count], kernel(idx, *static, *tensors, tape=tape)[:count])
         return image
+
+    def _backward_plan(self, has_grid: bool, needs: tuple[bool, ...]) -> tuple[str, tuple[bool, bool, bool, bool]]:
+        """What :class:`_ImageFunction` keeps for its backward pass: ("graph" | "tape" | "recompute", need).
+
+        ``needs`` flags the input tensors (as in ``__call__``) that require grad; ``need`` flags the
+        lattice sum's inputs (q, rot, n_cells, table) whose Jacobians are wanted. "graph" and "tape"
+        only for the fused square-lattice kernel, when they fit in ``_SAVE_SHARE`` of the budget.
+        """
+        # q depends on the geometry and sources (tensors 0-8); rot, n_cells, table are tensors 9, 11, 14
+        need = (any(needs[:9]), needs[9], needs[11], has_grid and needs[14])
+        if not self._fast:
+            return "recompute", need
+        n_orient = self.n_phi * self.n_mosaic
+        jacobians = 1 + 3 * need[0] + 3 * n_orient * need[1] + 3 * need[2] + 3 * n_orient * need[3]
+        det, beam = self.config.detector, self.config.beam
+        flat = not (self.physical or det.curved or det.thickness_um or beam.polarization)
+        graph = _GRAPH_WORK_FLAT if flat else _GRAPH_WORK
+        budget = _SAVE_SHARE * self.config.memory_budget_bytes / self._itemsize
+        rows = int(self._flat_index.numel()) * self._rows_per_pixel
+        if rows * (jacobians + graph) <= budget:
+            return "graph", need
+        return ("tape" if rows * jacobians <= budget else "recompute"), need
+
+    def _evaluate_graph(self, static, tensors: tuple[Tensor, ...], needs: tuple[bool, ...]):
+        """Flat image as :meth:`_evaluate`, and (leaves, [(pixel indices, chunk output with its autograd graph)]).
+
+        The leaves are detached copies of ``tensors`` requiring grad as flagged by ``needs``.
+        """
+        leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(tensors, needs))
+        image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
+        outs = []
+        with torch.enable_grad():
+            for idx, count in self._chunks():
+                out = self._chunk_kernel(idx, *static, *leaves)[:count]
+                image.index_copy_(0, idx[:count], out.detach())
+                outs.append((idx[:count], out))
+        return image, (leaves, outs)
 
     def _water_molecules(self) -> float:
         """Molecules of water in the beam: w³ · 1e6 g/m³ · N_A / 18 g/mol (PHYSICS.md §1.11)."""
@@ -260,8 +329,8 @@ class Simulator:
 
     def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, has_grid: bool,
                       pix0, fdet, sdet, odet, beam, close_distance, distance, incident, wavelength, rot,
-                      recip_A, n_cells, default_F, scale, fvals) -> Tensor:
-        """Photons (n,) for the flat pixel indices ``idx`` (n,)."""
+                      recip_A, n_cells, default_F, scale, fvals, tape: _LatticeTape | None = None) -> Tensor:
+        """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`."""
         cfg, water = self.config, self._water_molecules()
         geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
                                    close_distance=close_distance, distance=distance)
@@ -274,8 +343,9 @@ class Simulator:
         cap = torch.diagonal(capture_fractions(geom, diffracted), dim1=-2, dim2=-1)  # (n, O², T)
         q = (diffracted.unsqueeze(-2) - incident) / wavelength.unsqueeze(-1)   # (n, O², T, S, 3) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
-            i_src = square_lattice_sum(q.reshape(-1, 3), rot, n_cells, fvals if has_grid else None,
-                                       self._grid).view(q.shape[:-1])          # (n, O², T, S)
+            lattice_sum = square_lattice_sum if tape is None else tape.lattice_sum
+            i_src = lattice_sum(q.reshape(-1, 3), rot, n_cells, fvals if has_grid else None, self._grid,
+                                self.lattice_rows).view(q.shape[:-1])          # (n, O², T, S)
             if not has_grid:
                 i_src = i_src * (default_F * default_F)
         else:
@@ -310,36 +380,97 @@ class Simulator:
         return acc * scale * factor
 
 
-class _ImageFunction(torch.autograd.Function):
-    """The flat image as a function of the simulator's input tensors, with a chunked, recomputing backward.
+class _LatticeTape:
+    """The square-lattice sum's values and Jacobians of every chunk, from the forward pass for the backward.
 
-    forward: every chunk without autograd (:meth:`Simulator._evaluate`); only the (small) inputs
-    are saved. backward: each chunk is evaluated again with autograd (the square kernel then saves
-    its analytic Jacobians, lattice_sum.py) and differentiated at once, so peak memory is that of
-    one chunk, whatever the image size. Not twice differentiable.
+    Recording (``cursor`` None): :meth:`lattice_sum` computes the value and the Jacobians flagged by
+    ``need`` = (q, rot, n_cells, table) (lattice_sum.py) and keeps them. Replaying (``cursor`` an
+    int, chunks in the same order): it returns them as a differentiable function of its inputs,
+    computing nothing.
+    """
+
+    def __init__(self, need: tuple[bool, bool, bool, bool]) -> None:
+        self.need = need
+        self.items: list = []
+        self.cursor: int | None = None
+
+    def lattice_sum(self, q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid, rows: int) -> Tensor:
+        if self.cursor is None:
+            value, jacobians = square_lattice_jacobians(q, rot, n_cells, table, grid, self.need, rows)
+            self.items.append((value, jacobians))
+            return value
+        value, jacobians = self.items[self.cursor]
+        self.cursor += 1
+        return square_lattice_sum(q, rot, n_cells, table, grid, rows, jacobians=jacobians, value=value)
+
+
+class _ImageFunction(torch.autograd.Function):
+    """The flat image as a function of the simulator's input tensors, with a chunked backward.
+
+    forward: saves the (small) inputs, and what :meth:`Simulator._backward_plan` says fits in part
+    of the memory budget. "graph": every chunk is evaluated with autograd on the geometry (the
+    square kernel's analytic Jacobians, lattice_sum.py, stand in for its graph) and the graphs are
+    kept; backward differentiates them chunk by chunk. "tape": every chunk without autograd, keeping
+    the lattice Jacobians; backward evaluates each chunk's geometry again with autograd and replays
+    them. "recompute": every chunk without autograd; backward evaluates each chunk again with
+    autograd (Jacobians included) and differentiates it at once, so peak memory is that of one
+    chunk, whatever the image size. Not twice differentiable.
     """
 
     @staticmethod
     def forward(ctx, sim: Simulator, static, *tensors: Tensor) -> Tensor:
         ctx.sim, ctx.static = sim, static
         ctx.save_for_backward(*tensors)
-        return sim._evaluate(static, tensors)
+        needs = ctx.needs_input_grad[2:]
+        plan, need = sim._backward_plan(static[1], needs)
+        ctx.graph = ctx.tape = None
+        if plan == "graph":
+            image, ctx.graph = sim._evaluate_graph(static, tensors, needs)
+            return image
+        ctx.tape = _LatticeTape(need) if plan == "tape" else None
+        return sim._evaluate(static, tensors, ctx.tape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image: Tensor):
         sim, static, need = ctx.sim, ctx.static, ctx.needs_input_grad[2:]
-        leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need))
-        wanted = [t for t, n in zip(leaves, need) if n]
-        total: list[Tensor | None] = [None] * len(wanted)
         grad_flat = grad_image.reshape(-1)
-        for idx, count in sim._chunks():
-            with torch.enable_grad():
-                out = sim._kernel(idx, *static, *leaves)[:count]
-            parts = torch.autograd.grad(out, wanted, grad_flat[idx[:count]], allow_unused=True)
-            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, parts)]
+        if ctx.graph is not None:
+            leaves, outs = ctx.graph
+            ctx.graph = None  # each chunk's graph is freed once differentiated; a second backward recomputes
+            parts = (torch.autograd.grad(out, _wanted(leaves, need), grad_flat[idx], allow_unused=True)
+                     for idx, out in _drain(outs))
+        else:
+            leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, need))
+            tape, ctx.tape = ctx.tape, None  # released after use; a second backward recomputes
+            parts = _recomputed_grads(sim, static, leaves, need, grad_flat, tape)
+        total: list[Tensor | None] = [None] * sum(need)
+        for part in parts:
+            total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, part)]
         grads = iter(total)
         return (None, None, *(next(grads) if n else None for n in need))
+
+
+def _wanted(leaves: tuple[Tensor, ...], need: tuple[bool, ...]) -> list[Tensor]:
+    return [t for t, n in zip(leaves, need) if n]
+
+
+def _drain(items: list):
+    """Yield and drop the items of ``items`` one by one (what they hold is freed as the loop goes)."""
+    while items:
+        yield items.pop(0)
+
+
+def _recomputed_grads(sim: Simulator, static, leaves: tuple[Tensor, ...], need: tuple[bool, ...],
+                      grad_flat: Tensor, tape: _LatticeTape | None):
+    """Per chunk, the gradients of the wanted leaves from a fresh evaluation with autograd (tape replayed)."""
+    kernel = sim._kernel if tape is None else sim._chunk_kernel
+    if tape is not None:
+        tape.cursor = 0
+    for idx, count in sim._chunks():
+        with torch.enable_grad():
+            out = kernel(idx, *static, *leaves, tape=tape)[:count]
+        yield torch.autograd.grad(out, _wanted(leaves, need), grad_flat[idx[:count]], allow_unused=True)
 
 
 def simulate(config: SimulationConfig, params: Mapping[str, Tensor] | None = None, *,
