@@ -2,7 +2,7 @@
 
 Everything here follows nanoBragg.c (PHYSICS.md §1.2, §1.7, §1.9, §1.12) and is differentiable in
 torch with respect to the parameters ``"distance_mm"``, ``"beam_center_mm"``, ``"detector_rot_deg"``
-and ``"twotheta_deg"`` (see ``docs/TEAM_NOTES.md``). Internal lengths are metres.
+and ``"twotheta_deg"`` (see "Python API" in ``docs/diffraction.md``). Internal lengths are metres.
 
 Reproduced nanoBragg quirks (all documented in PHYSICS.md or below):
 

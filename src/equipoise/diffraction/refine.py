@@ -2,7 +2,7 @@
 
 The model image is ``scale · simulate(config, params) + background`` (photons/pixel, shape
 (spixels, fpixels)) where ``params`` are the refined simulator parameters in user units (names of
-docs/TEAM_NOTES.md), each the image of an unconstrained variable under a smooth transform
+docs/diffraction.md, "Python API"), each the image of an unconstrained variable under a smooth transform
 (:mod:`equipoise.diffraction.transforms`). The fit is an :class:`equipoise.core.Fit`:
 
 * terms: ``data`` (Poisson deviance or least squares over the unmasked pixels), optionally

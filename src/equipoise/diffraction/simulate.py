@@ -136,7 +136,7 @@ class Simulator:
 
     Static work (configuration checks, pixel list, oversampling, random mosaic draws, the HKL grid)
     is done once here; ``__call__(params)`` evaluates the image, differentiably in ``params``
-    (names and shapes in docs/TEAM_NOTES.md: cell, misset_deg, mosaic_spread_deg, n_cells,
+    (names and shapes in docs/diffraction.md, "Python API": cell, misset_deg, mosaic_spread_deg, n_cells,
     wavelength_A, distance_mm, beam_center_mm, detector_rot_deg, twotheta_deg, fluence, F,
     default_F).
 

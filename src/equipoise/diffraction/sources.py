@@ -1,7 +1,7 @@
 """X-ray sources of nanoBragg: wavelength, divergence x dispersion grid or -sourcefile, polarization, fluence.
 
 Follows nanoBragg.c (PHYSICS.md §1.1, §1.6, §1.8). Differentiable with respect to ``"wavelength_A"``
-and ``"fluence"`` (see ``docs/TEAM_NOTES.md``).
+and ``"fluence"`` (see "Python API" in ``docs/diffraction.md``).
 """
 
 from __future__ import annotations
