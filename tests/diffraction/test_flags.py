@@ -17,8 +17,8 @@ from equipoise.diffraction.flags import (
 )
 from equipoise.diffraction.io import write_smv
 from equipoise.errors import InputError
+from tests.diffraction.golden import GOLDEN
 
-GOLDEN = Path(__file__).resolve().parents[3] / "shared" / "golden" / "diffraction"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "diffraction.md"
 
 # case -> (cell, n_cells, wavelength_A, fpixels, pixel_mm, convention, extra checks)

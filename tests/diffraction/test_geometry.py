@@ -14,8 +14,8 @@ from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.geometry import (capture_fractions, detector_geometry, smv_header_fields,
                                             solid_angle, subpixel_positions)
 from equipoise.errors import InputError
+from tests.diffraction.golden import GOLDEN
 
-GOLDEN = Path("/work/shared/golden/diffraction")
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "run.log").exists()) if GOLDEN.is_dir() else []
 F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"

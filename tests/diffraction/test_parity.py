@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from equipoise.diffraction.simulate import Simulator
+from tests.diffraction.golden import GOLDEN
 
-GOLDEN = Path("/work/shared/golden/diffraction")
 CASES = ["cubic_tilted_detector", "gauss_xtal", "hkl_interpolate", "mosaic_domains", "phi_oscillation",
          "polar_divergence_dispersion", "round_xtal", "simple_cubic", "thick_detector_oversample",
          "tophat_spots", "triclinic_P1", "xds_twotheta"]

@@ -15,8 +15,8 @@ from equipoise.diffraction.geometry import detector_geometry
 from equipoise.diffraction.sources import (DEFAULT_FLUENCE, beam_sources, divergence_grid, fluence,
                                            polarization_factor, wavelength_m)
 from equipoise.errors import InputError
+from tests.diffraction.golden import GOLDEN
 
-GOLDEN = Path("/work/shared/golden/diffraction")
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "run.log").exists()) if GOLDEN.is_dir() else []
 F64 = dict(dtype=torch.float64, device=torch.device("cpu"))
 _NUM = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
