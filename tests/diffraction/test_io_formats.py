@@ -44,7 +44,7 @@ def test_hkl_malformed_line_names_file_and_line(tmp_path: Path, line: str, words
     with pytest.raises(InputError) as err:
         read_hkl(path)
     assert err.value.line == 3 and err.value.path == str(path)
-    assert f"bad.hkl:3" in str(err.value) and words in str(err.value)
+    assert "bad.hkl:3" in str(err.value) and words in str(err.value)
 
 
 def test_smv_round_trip_and_header_layout(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ It is compared in full on those rows, and loosely on the whole image.
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
