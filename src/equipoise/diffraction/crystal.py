@@ -39,31 +39,14 @@ from equipoise.errors import InputError
 
 from .config import SimulationConfig
 from .rng import mosaic_draws, random_misset_umat
-from .rotations import rotation_xyz
+from .params import param_tensor
+from .rotations import rotation_about_axis, rotation_xyz
 
 DEG = math.pi / 180.0
 
 
 def _t(x, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=dtype, device=device)
-
-
-def rotation_about_axis(axis: Tensor, angle: Tensor) -> Tensor:
-    """Active right-handed rotation matrices (Rodrigues).
-
-    axis: (..., 3) unit vectors; angle: (...) radians → (..., 3, 3).
-    ``R v = v cos θ + (u×v) sin θ + u (u·v)(1 − cos θ)`` (nanoBragg ``rotate_axis``/``mosaic_rotation_umat``).
-    """
-    axis, angle = torch.broadcast_tensors(axis, angle.unsqueeze(-1))
-    angle = angle[..., 0]
-    c, s = torch.cos(angle), torch.sin(angle)
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
-                     torch.stack([-y, x, zero], -1)], -2)
-    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
-    outer = axis.unsqueeze(-1) * axis.unsqueeze(-2)
-    return c[..., None, None] * eye + s[..., None, None] * k + (1.0 - c)[..., None, None] * outer
 
 
 def check_cell(cell: Tensor, field: str = "cell") -> None:
@@ -136,20 +119,16 @@ def crystal_vectors(config: SimulationConfig, params, wavelength_A: Tensor, *,
         amat = _t(cr.a_matrix, dtype, device)
         recip = amat.T / wavelength_A  # rows a*, b*, c* in Å⁻¹ (A matrix columns divided by λ)
     else:
-        if "cell" in params:
-            cell = params["cell"].to(dtype=dtype, device=device)
-        elif cr.cell is not None:
-            cell = _t(cr.cell, dtype, device)
-        else:
+        if "cell" not in params and cr.cell is None:
             raise InputError("no unit cell: give -cell a b c alpha beta gamma or -mat", field="cell")
+        cell = param_tensor(params, "cell", cr.cell, dtype=dtype, device=device)
         check_cell(cell)
         recip = reciprocal_default_orientation(cell)
     if cr.misset_random:
         seed = cr.misset_seed if cr.misset_seed is not None else (config.output.seed or 0)
         recip = recip @ _t(random_misset_umat(seed), dtype, device).T
     if "misset_deg" in params or cr.misset_deg is not None:
-        mis = params["misset_deg"].to(dtype=dtype, device=device) if "misset_deg" in params \
-            else _t(cr.misset_deg, dtype, device)
+        mis = param_tensor(params, "misset_deg", cr.misset_deg, dtype=dtype, device=device)
         recip = recip @ rotation_xyz(mis * DEG).T
     a_s, b_s, c_s = recip.unbind(0)
     crosses = torch.stack([torch.linalg.cross(b_s, c_s), torch.linalg.cross(c_s, a_s), torch.linalg.cross(a_s, b_s)])

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from equipoise.diffraction.config import DetectorConfig, SimulationConfig
+from equipoise.diffraction.params import param_tensor
 from equipoise.diffraction.rotations import rotate_axis, rotation_xyz
 from equipoise.errors import InputError
 
@@ -106,14 +107,6 @@ def _unit(v: tuple[float, float, float] | np.ndarray, field: str) -> np.ndarray:
     if norm == 0.0:
         raise InputError(f"zero-length vector {tuple(arr)}; expected a non-zero direction", field=field)
     return arr / norm
-
-
-def _param(params: Mapping[str, Tensor] | None, name: str, default, dtype: torch.dtype,
-           device: torch.device) -> Tensor:
-    """``params[name]`` (moved to dtype/device, gradient kept) or ``default`` as a constant tensor."""
-    if params is not None and name in params:
-        return torch.as_tensor(params[name]).to(dtype=dtype, device=device)
-    return torch.tensor(default, dtype=dtype, device=device)
 
 
 def resolved_convention(config: SimulationConfig) -> str:
@@ -288,9 +281,9 @@ def detector_geometry(config: SimulationConfig, params: Mapping[str, Tensor] | N
     axis = const(vec["twotheta"])
 
     # distances (nanoBragg.c: -distance mm/1000, -close_distance)
-    distance = _param(params, "distance_mm",
-                      DEFAULT_DISTANCE_M * 1000 if det.distance_mm is None else det.distance_mm,
-                      dtype, device) / 1000.0
+    distance = param_tensor(params, "distance_mm",
+                            DEFAULT_DISTANCE_M * 1000 if det.distance_mm is None else det.distance_mm,
+                            dtype=dtype, device=device) / 1000.0
     if not float(distance.detach()) > 0.0:
         raise InputError(f"distance must be > 0 mm, got {float(distance.detach()) * 1000:g}", field="distance")
     if det.close_distance_mm is not None and not det.close_distance_mm > 0.0:
@@ -310,7 +303,7 @@ def detector_geometry(config: SimulationConfig, params: Mapping[str, Tensor] | N
         xdef, ydef = xclose, yclose
     xbeam_mm = xdef * 1000.0 if det.xbeam_mm is None else det.xbeam_mm
     ybeam_mm = ydef * 1000.0 if det.ybeam_mm is None else det.ybeam_mm
-    beam_center = _param(params, "beam_center_mm", (xbeam_mm, ybeam_mm), dtype, device) / 1000.0
+    beam_center = param_tensor(params, "beam_center_mm", (xbeam_mm, ybeam_mm), dtype=dtype, device=device) / 1000.0
     xbeam, ybeam = beam_center[0], beam_center[1]
     fclose, sclose = const(fclose0), const(sclose0)
     if convention == "ADXV":
@@ -325,8 +318,8 @@ def detector_geometry(config: SimulationConfig, params: Mapping[str, Tensor] | N
             fclose, sclose = xbeam, ybeam
 
     # detector rotations (radians; nanoBragg.c divides degrees by RTD = 180/pi)
-    rot = _param(params, "detector_rot_deg", det.rot_deg, dtype, device) * (math.pi / 180.0)
-    twotheta = _param(params, "twotheta_deg", det.twotheta_deg, dtype, device) * (math.pi / 180.0)
+    rot = param_tensor(params, "detector_rot_deg", det.rot_deg, dtype=dtype, device=device) * (math.pi / 180.0)
+    twotheta = param_tensor(params, "twotheta_deg", det.twotheta_deg, dtype=dtype, device=device) * (math.pi / 180.0)
     rmat = rotation_xyz(rot)
 
     # nanoBragg.c: ratio = beam . rotate(odet); close_distance = |ratio*distance|; distance = close/ratio

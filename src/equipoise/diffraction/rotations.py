@@ -49,3 +49,22 @@ def rotate_axis(v: Tensor, axis: Tensor, phi: Tensor) -> Tensor:
     axis, v = torch.broadcast_tensors(axis, v)
     dot = (axis * v).sum(-1, keepdim=True)
     return axis * dot * (1.0 - cos_phi) + v * cos_phi + torch.linalg.cross(axis, v, dim=-1) * sin_phi
+
+
+def rotation_about_axis(axis: Tensor, angle: Tensor) -> Tensor:
+    """Active right-handed rotation matrices (Rodrigues).
+
+    axis: (..., 3) unit vectors; angle: (...) radians → (..., 3, 3).
+    ``R v = v cos θ + (u×v) sin θ + u (u·v)(1 − cos θ)`` (nanoBragg ``rotate_axis``/``mosaic_rotation_umat``):
+    the matrix form of :func:`rotate_axis`, for many axes and angles at once.
+    """
+    axis, angle = torch.broadcast_tensors(axis, angle.unsqueeze(-1))
+    angle = angle[..., 0]
+    c, s = torch.cos(angle), torch.sin(angle)
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack([torch.stack([zero, -z, y], -1), torch.stack([z, zero, -x], -1),
+                     torch.stack([-y, x, zero], -1)], -2)
+    eye = torch.eye(3, dtype=axis.dtype, device=axis.device)
+    outer = axis.unsqueeze(-1) * axis.unsqueeze(-2)
+    return c[..., None, None] * eye + s[..., None, None] * k + (1.0 - c)[..., None, None] * outer

@@ -70,7 +70,6 @@ import math
 import warnings
 from collections.abc import Mapping
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -81,6 +80,7 @@ from .config import SimulationConfig
 from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
 from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
+from .params import param_tensor
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -116,12 +116,6 @@ _GRAPH_WORK_FLAT = 32
 _GRAPH_WORK = 80
 
 
-def _param(params: Mapping[str, Tensor], name: str, default, dtype: torch.dtype, device: torch.device) -> Tensor:
-    if name in params:
-        return torch.as_tensor(params[name]).to(dtype=dtype, device=device)
-    return torch.as_tensor(np.asarray(default, dtype=np.float64), dtype=dtype, device=device)
-
-
 class Simulator:
     """Simulate still diffraction images of one configuration for many parameter values.
 
@@ -136,7 +130,7 @@ class Simulator:
 
     Static work (configuration checks, pixel list, oversampling, random mosaic draws, the HKL grid)
     is done once here; ``__call__(params)`` evaluates the image, differentiably in ``params``
-    (names and shapes in docs/diffraction.md, "Python API": cell, misset_deg, mosaic_spread_deg, n_cells,
+    (names and shapes in equipoise.diffraction.params: cell, misset_deg, mosaic_spread_deg, n_cells,
     wavelength_A, distance_mm, beam_center_mm, detector_rot_deg, twotheta_deg, fluence, F,
     default_F).
 
@@ -236,15 +230,15 @@ class Simulator:
         src = beam_sources(cfg, geom, p, dtype=dtype, device=dev)
         lam0_A = wavelength_m(cfg, p, dtype=dtype, device=dev) * 1e10
         vecs = xtal.crystal_vectors(cfg, p, lam0_A, dtype=dtype, device=dev)
-        n_cells = _param(p, "n_cells", self.n_cells, dtype, dev)
+        n_cells = param_tensor(p, "n_cells", self.n_cells, dtype=dtype, device=dev)
         if bool((n_cells.detach() < 1).any()):
             raise InputError(f"number of unit cells must be >= 1, got {n_cells.detach().cpu().tolist()}",
                              field="n_cells")
-        spread = _param(p, "mosaic_spread_deg", cfg.crystal.mosaic_spread_deg, dtype, dev)
+        spread = param_tensor(p, "mosaic_spread_deg", cfg.crystal.mosaic_spread_deg, dtype=dtype, device=dev)
         umats = xtal.mosaic_matrices(spread, self._mos_axes, self._mos_fracs)
         phis = [self.phi0 + self.phistep * i for i in range(self.n_phi)]
         rot = xtal.rotated_real_vectors(vecs.real, geom.spindle, phis, umats, reuse_phi0=not self.physical)
-        default_F = _param(p, "default_F", cfg.crystal.default_F, dtype, dev)
+        default_F = param_tensor(p, "default_F", cfg.crystal.default_F, dtype=dtype, device=dev)
         fvals = p["F"].to(dtype=dtype, device=dev) if "F" in p else self._hkl_values
         if fvals is not None and self._hkl_values is not None and fvals.shape != self._hkl_values.shape:
             raise InputError(f"F must have the HKL grid's shape {tuple(self._hkl_values.shape)}, "

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.geometry import DEFAULT_WAVELENGTH_A, DetectorGeometry
+from equipoise.diffraction.params import param_tensor
 from equipoise.diffraction.rotations import rotate_axis
 from equipoise.errors import InputError
 
@@ -114,11 +115,8 @@ def dispersion_factors(config: SimulationConfig) -> list[float]:
 def wavelength_m(config: SimulationConfig, params: Mapping[str, Tensor] | None = None, *,
                  dtype: torch.dtype, device: torch.device) -> Tensor:
     """Central wavelength λ0 () in metres from ``params["wavelength_A"]`` or -lambda/-energy (default 1 Å)."""
-    if params is not None and "wavelength_A" in params:
-        lam = torch.as_tensor(params["wavelength_A"]).to(dtype=dtype, device=device)
-    else:
-        value = DEFAULT_WAVELENGTH_A if config.beam.wavelength_A is None else config.beam.wavelength_A
-        lam = torch.tensor(value, dtype=dtype, device=device)
+    default = DEFAULT_WAVELENGTH_A if config.beam.wavelength_A is None else config.beam.wavelength_A
+    lam = param_tensor(params, "wavelength_A", default, dtype=dtype, device=device)
     if not float(lam.detach()) > 0.0 or not math.isfinite(float(lam.detach())):
         raise InputError(f"wavelength must be > 0 A, got {float(lam.detach())!r}", field="lambda")
     return lam * 1e-10
