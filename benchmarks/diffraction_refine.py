@@ -20,9 +20,8 @@ import time
 import numpy as np
 import torch
 
-from equipoise.diffraction.demo import TRUTH, check_criteria, demo_configs
-from equipoise.diffraction.noise import noise_image
-from equipoise.diffraction.refine import ImageModel, evaluate_loss, refine, starting_config
+from equipoise.diffraction.demo import TRUTH, check_criteria, demo_configs, mismatch_case
+from equipoise.diffraction.refine import ImageModel, refine, starting_config
 from equipoise.diffraction.simulate import Simulator
 from equipoise.errors import NonFiniteError
 
@@ -101,16 +100,7 @@ def bench_robustness() -> None:
     print(f"{'observed / model':44} {'steps':>5} {'evals':>5} {'loss0':>9} {'loss':>9} {'floor':>9} {'mosaic':>7} "
           f"{'misset':>24} {'wall s':>6} pass")
     for name, extra, noise, fluence, quadrature in cases:
-        truth, model = demo_configs(extra + ["-fluence", fluence], ["-fluence", fluence])
-        if quadrature:
-            model = starting_config(model, mosaic_sampling="quadrature", mosaic_domains=10)
-        with torch.no_grad():
-            observed = Simulator(truth)().numpy()
-        if noise is not None:
-            observed = noise_image(observed, seed=noise, adc=0.0).pixels.astype(np.float64)
-        at_truth = starting_config(model, mosaic_spread_deg=TRUTH["mosaic_spread_deg"],
-                                   misset_deg=TRUTH["misset_deg"])
-        floor = evaluate_loss(observed, at_truth)
+        observed, model, floor = mismatch_case(extra, noise, fluence, quadrature)
         r = refine(observed, model, ("mosaic", "misset"), strategy="orient")
         criteria, _ = check_criteria(r, floor=floor)
         misset = ", ".join(f"{v:.3f}" for v in r.parameters["misset_deg"])

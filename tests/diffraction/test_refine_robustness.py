@@ -8,14 +8,10 @@ can meet the 0.1 deg criterion there (docs/refinement.md).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
-from equipoise.diffraction.demo import TRUTH, check_criteria, demo_configs
-from equipoise.diffraction.noise import noise_image
-from equipoise.diffraction.refine import evaluate_loss, refine, starting_config
-from equipoise.diffraction.simulate import Simulator
+from equipoise.diffraction.demo import check_criteria, mismatch_case
+from equipoise.diffraction.refine import refine
 
 pytestmark = pytest.mark.slow
 
@@ -28,15 +24,7 @@ pytestmark = pytest.mark.slow
     (["-mosaic_seed", "777", "-mosaic_domains", "25"], 1, "1e30", True),
 ])
 def test_refinement_meets_demo_criteria_despite_mismatch(extra, noise_seed, fluence, quadrature):
-    truth, model = demo_configs(extra + ["-fluence", fluence], ["-fluence", fluence])
-    if quadrature:
-        model = starting_config(model, mosaic_sampling="quadrature", mosaic_domains=10)
-    with torch.no_grad():
-        observed = Simulator(truth)().numpy()
-    if noise_seed is not None:
-        observed = noise_image(observed, seed=noise_seed, adc=0.0).pixels.astype(np.float64)
-    floor = evaluate_loss(observed, starting_config(model, mosaic_spread_deg=TRUTH["mosaic_spread_deg"],
-                                                    misset_deg=TRUTH["misset_deg"]))
+    observed, model, floor = mismatch_case(extra, noise_seed, fluence, quadrature)
     result = refine(observed, model, ("mosaic", "misset"), strategy="orient")  # as measured in the benchmark
     criteria, errors = check_criteria(result, floor=floor)
     assert all(criteria.values()), (criteria, errors)

@@ -19,7 +19,8 @@ import torch
 
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.flags import parse_nanobragg_args
-from equipoise.diffraction.refine import RefineResult, refine
+from equipoise.diffraction.noise import noise_image
+from equipoise.diffraction.refine import RefineResult, evaluate_loss, refine, starting_config
 from equipoise.diffraction.simulate import Simulator
 
 __all__ = ["GEOMETRY_FLAGS", "TRUTH", "START", "DemoResult", "demo_configs", "run_demo", "check_criteria",
@@ -60,6 +61,29 @@ class DemoResult:
 
     def __post_init__(self) -> None:
         self.passed = all(self.criteria.values())
+
+
+def mismatch_case(extra_truth: list[str], noise_seed: int | None, fluence: str, quadrature: bool
+                  ) -> tuple[np.ndarray, SimulationConfig, float]:
+    """A robustness case of the demo: the observed image differs from the model.
+
+    extra_truth: nanoBragg flags added to the truth only (e.g. another ``-mosaic_seed`` or
+    ``-mosaic_domains``); noise_seed: Poisson noise on the observed image (None: noise-free);
+    fluence: ``-fluence`` of both (photons/m²); quadrature: the model uses the 10-domain mosaic
+    quadrature instead of the demo's 5 nanoBragg domains. Returns the observed image (spixels,
+    fpixels) in photons, the starting model, and the floor: the data loss of the model at the true
+    values.
+    """
+    truth, model = demo_configs(extra_truth + ["-fluence", fluence], ["-fluence", fluence])
+    if quadrature:
+        model = starting_config(model, mosaic_sampling="quadrature", mosaic_domains=10)
+    with torch.no_grad():
+        observed = Simulator(truth)().numpy()
+    if noise_seed is not None:
+        observed = noise_image(observed, seed=noise_seed, adc=0.0).pixels.astype(np.float64)
+    floor = evaluate_loss(observed, starting_config(model, mosaic_spread_deg=TRUTH["mosaic_spread_deg"],
+                                                    misset_deg=TRUTH["misset_deg"]))
+    return observed, model, floor
 
 
 def check_criteria(result: RefineResult, truth: dict = TRUTH, floor: float = 0.0) -> tuple[dict[str, bool], dict]:
