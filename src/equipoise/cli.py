@@ -18,6 +18,9 @@ from equipoise.errors import EquipoiseError
 #: application name -> module exposing ``register(subparsers)``
 APPLICATIONS: dict[str, str] = {
     "diffraction": "equipoise.diffraction.cli",
+    "xtal": "equipoise.xtal.cli",
+    "peptide": "equipoise.peptide.cli",
+    "ensemble": "equipoise.ensemble.cli",
 }
 
 
