@@ -12,13 +12,12 @@ Usage: python benchmarks/core_overhead.py [--repeats 9] [--steps 20] [--device c
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 
 import torch
 
 from equipoise.core import Fit, Stage, Term, robust
+from fit_timing import median_step_seconds
 
 
 def build(diagnostics: bool, run_dir: str, steps: int, device: str) -> Fit:
@@ -48,21 +47,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
-        fits = {flag: build(flag, f"{tmp}/{'on' if flag else 'off'}", args.steps, args.device) for flag in (True, False)}
-        for flag in (True, False):  # warm-up
-            fits[flag].run(resume=False)
-        for _ in range(args.repeats):
-            for flag in (False, True):
-                if args.device != "cpu":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                fits[flag].run(resume=False)
-                if args.device != "cpu":
-                    torch.cuda.synchronize()
-                times[flag].append((time.perf_counter() - start) / args.steps)
-    on, off = statistics.median(times[True]), statistics.median(times[False])
+        fits = {name: build(name == "on", f"{tmp}/{name}", args.steps, args.device) for name in ("off", "on")}
+        seconds = median_step_seconds(fits, args.steps, args.repeats, args.device)
+    on, off = seconds["on"], seconds["off"]
     print(f"parameters: 1,001,000; terms: 4; steps per run: {args.steps}; repeats: {args.repeats}; device: {args.device}")
     print(f"median step time: diagnostics off {off * 1e3:.2f} ms, default diagnostics {on * 1e3:.2f} ms")
     print(f"ratio on/off: {on / off:.3f} (goal <= 1.05)")

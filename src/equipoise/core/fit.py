@@ -97,6 +97,22 @@ def _scalar(value: Any, name: str) -> Tensor:
     return value.reshape(())
 
 
+def _finite_norm(grads: Grads, n_params: int) -> Tensor | None | bool:
+    """Euclidean norm of the first ``n_params`` gradients (the free parameters; a 0-dim tensor,
+    None if all are None), or False if any gradient is not finite. One fused norm over all
+    tensors (``torch.nn.utils.get_total_norm``) instead of one reduction per tensor; a non-finite
+    norm is confirmed per tensor, since squares of huge finite values can overflow."""
+    model = [g for g in grads[:n_params] if g is not None]
+    norm = torch.nn.utils.get_total_norm(model) if model else None
+    checks = [g.sum() for g in grads[n_params:] if g is not None]
+    if norm is not None:
+        checks.append(norm.to(checks[0].dtype) if checks else norm)
+    if not checks or bool(torch.isfinite(torch.stack(checks)).all()):
+        return norm
+    present = [g.sum() for g in grads if g is not None]
+    return norm if bool(torch.isfinite(torch.stack(present)).all()) else False
+
+
 def _rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -486,18 +502,14 @@ class Fit:
                 self._nonfinite(flag or diag.Flag("nonfinite", step, f"total loss is {loss} at step {step}",
                                                   value=loss), outcome, run)
             grads = self._gradients(run, evaluation, total, effective, per_term and first)
-            present = [g.sum() for g in grads if g is not None]
-            if present and not bool(torch.isfinite(torch.stack(present)).all()):
+            norm = _finite_norm(grads, len(run.params))
+            if norm is False:
                 culprit = evaluation if evaluation.has_grads else _Evaluation(self, run, batch)
                 flag = diag.nonfinite_gradient(culprit.grads(), run.layout, step)
                 self._nonfinite(flag or diag.Flag("nonfinite", step, f"total gradient is not finite at step {step}"),
                                 outcome, run)
-            norm = None
-            if clip is not None or (first and grad_step):
-                model_grads = [g for g in grads[:len(run.params)] if g is not None]
-                norm = torch.nn.utils.get_total_norm(model_grads) if model_grads else None
-                if first:
-                    outcome.grad_norm = norm
+            if first:
+                outcome.grad_norm = norm
             if first and logged:
                 outcome.line = self._observe(run, evaluation, effective, loss, step, stage_step, grad_step, outcome)
             for p, g in zip(run.opt_params, grads):
