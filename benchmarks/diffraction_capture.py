@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -28,35 +27,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from equipoise.diffraction.flags import parse_nanobragg_args  # noqa: E402
-from equipoise.diffraction.noise import noise_image  # noqa: E402
-from equipoise.diffraction.refine import refine, starting_config  # noqa: E402
-from equipoise.diffraction.simulate import Simulator  # noqa: E402
+from equipoise.diffraction.demo import CAPTURE_DETECTORS as DETECTORS  # noqa: E402
+from equipoise.diffraction.demo import capture_case as case  # noqa: E402
+from equipoise.diffraction.refine import refine  # noqa: E402
 
-#: detector name -> (pixels per side, pixel mm)
-DETECTORS = {64: (64, 0.1), 128: (128, 0.4), 512: (512, 0.1), 1024: (1024, 0.1)}
 MOSAIC_TOL, MISSET_TOL = 0.1, 0.2
-START_MOSAIC = 0.3
-FLUENCE = "1e30"
-
-
-def case(size: int, offset_deg: float, seed: int):
-    """(observed photons (S, F), starting model config, truth dict) of one table cell."""
-    rng = np.random.default_rng(1000 * size + 10 * int(offset_deg) + seed)
-    mosaic = float(math.exp(rng.uniform(math.log(0.05), math.log(2.0))))
-    direction = rng.normal(size=3)
-    misset = (offset_deg * direction / np.linalg.norm(direction)).tolist()
-    pixels, pixel_mm = DETECTORS[size]
-    geometry = (f"-cell 100 100 100 90 90 90 -N 5 -default_F 100 -lambda 1 -distance 100 -detpixels {pixels} "
-                f"-pixel {pixel_mm} -fluence {FLUENCE} -mosaic_domains 10").split()
-    truth = parse_nanobragg_args(geometry + ["-mosaic", f"{mosaic}", "-mosaic_seed", str(1000 + seed),
-                                             "-misset", *[f"{v}" for v in misset]])
-    with torch.no_grad():
-        clean = Simulator(truth)().numpy()
-    observed = noise_image(clean, seed=seed + 1, adc=0.0).pixels.astype(np.float64)
-    start = parse_nanobragg_args(geometry + ["-mosaic", str(START_MOSAIC), "-misset", "0", "0", "0"])
-    start = starting_config(start, mosaic_sampling="quadrature")
-    return observed, start, {"mosaic_spread_deg": mosaic, "misset_deg": misset}
 
 
 def main() -> None:

@@ -59,11 +59,13 @@ def test_sigint_then_same_command_resumes_to_the_uninterrupted_result(observed_f
     record = interrupted / "record.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait for a few steps
-        if record.exists() and sum(1 for _ in record.open()) >= 3:
+        if record.exists() and sum(1 for _ in record.open()) >= 2:
+            proc.send_signal(signal.SIGSTOP)  # freeze it at once: a step takes only milliseconds here
             break
-        time.sleep(0.05)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be interrupted: " + proc.stdout.read()
     proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGCONT)
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, output
     assert "to resume" in output
