@@ -15,6 +15,12 @@ descheduled stalls every operation, so compare ``--threads 1`` and ``--threads 2
 
 Run: ``.venv/bin/python benchmarks/diffraction_forward.py [--compile] [--repeats N] [--threads T]``.
 Backward is the gradient of the image sum w.r.t. (cell, distance_mm, mosaic_spread_deg).
+
+``--pilatus``: the whole ``equipoise diffraction simulate`` process at Pilatus 6M size (2463 × 2527
+pixels of 0.172 mm, 10 mosaic domains, writing the float and int images, ``-nonoise -nopgm``),
+``--repeats`` runs, against the C program's time for the same 62 M inner evaluations. The C
+program is not installed here, so that time is extrapolated from TIMINGS.md (its 10 M-evaluation
+mosaic case, 0.53 s wall with 2 threads: 0.53 × 6.22 = 3.3 s), not measured side by side.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -70,13 +79,44 @@ def timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+#: Pilatus 6M, 10 domains (nanoBragg flags)
+PILATUS = ("-cell 100 100 100 90 90 90 -default_F 100 -lambda 1 -N 5 -distance 200 -pixel 0.172 "
+           "-detpixels_f 2463 -detpixels_s 2527 -mosaic 1.0 -mosaic_domains 10 -oversample 1 -nonoise -nopgm").split()
+PILATUS_EVALS = 2463 * 2527 * 10
+C_PILATUS_WALL_S = C_WALL_S["mosaic_1000"] * PILATUS_EVALS / 10_000_000  # extrapolated (module docstring)
+
+
+def pilatus(repeats: int, threads: int) -> None:
+    """Whole-process simulate at Pilatus 6M size against the extrapolated C time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    walls = []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "equipoise.cli", "diffraction", "simulate", *PILATUS, "--quiet",
+                            "-floatfile", "f.bin", "-intfile", "i.img"], cwd=folder, env=env, check=True)
+            walls.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch, equipoise.diffraction.simulate"], env=env, check=True)
+        startup = time.perf_counter() - t0
+    wall = statistics.median(walls)
+    print(f"pilatus 6M x 10 domains, {threads} threads: whole process {wall:.2f} s (runs {walls}), of which "
+          f"~{startup:.2f} s import; C extrapolated {C_PILATUS_WALL_S:.2f} s; process/C {wall / C_PILATUS_WALL_S:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compile", action="store_true", help="also time compile=True (first call compiles)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (at most 2 here)")
+    ap.add_argument("--pilatus", action="store_true", help="whole-process simulate at Pilatus 6M size only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.pilatus:
+        print(f"load average before: {os.getloadavg()[0]:.1f}")
+        pilatus(args.repeats, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
+        return
     keys = [(case, dtype, compiled) for case in ("simple_cubic", "mosaic_1000")
             for dtype in (torch.float32, torch.float64)
             for compiled in ((False, True) if args.compile else (False,))]

@@ -125,8 +125,8 @@ def _capture_row(label: str, observed, config, names, options: dict, label2: str
     criteria, errors = check_criteria(r)
     cell = r.parameters.get("cell")
     cell_text = "" if cell is None else " cell " + "/".join(f"{v:.2f}" for v in cell[:3])
-    found = "" if r.search is None else f" search best err {_misset_error(r.search.best_misset_deg):.2f} deg"
-    evals = f"{r.evaluations}" + ("" if r.search is None else f"+{r.search.evaluations}")
+    found = "" if r.search is None else f" search best err {_misset_error(r.search['best_misset_deg']):.2f} deg"
+    evals = f"{r.evaluations}" + ("" if r.search is None else f"+{r.search['evaluations']}")
     print(f"{label:>34} {label2:>14} {r.iterations:5d} {evals:>8} {r.wall_s:6.1f} "
           f"{r.parameters['mosaic_spread_deg']:7.3f} {max(errors['misset_deg']):8.3f} "
           f"{all(criteria.values())!s:5}{cell_text}{found}", flush=True)

@@ -86,3 +86,28 @@ def test_help_does_not_import_torch() -> None:
             "print('torch' in sys.modules, 'equipoise.diffraction.simulate' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# ------------------------------------------------------------------ checked before any work
+def test_unwritable_outputs_are_reported_before_simulating(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["diffraction", "simulate", *SMALL, "-floatfile", str(tmp_path / "nonexistent" / "x.bin")]) == 2
+    err = capsys.readouterr().err
+    assert "-floatfile" in err and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "adir").mkdir()
+    assert main(["diffraction", "simulate", *SMALL, "-intfile", "adir"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / "floatimage.bin").exists(), "nothing written before the checks pass"
+
+
+def test_all_zero_image_is_an_error_unless_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    no_f = [a for i, a in enumerate(SMALL) if a != "-default_F" and SMALL[i - 1] != "-default_F"]
+    assert main(["diffraction", "simulate", *no_f, "-nonoise", "-nopgm"]) == 2
+    assert "neither -hkl nor -default_F" in capsys.readouterr().err
+    assert not (tmp_path / "floatimage.bin").exists()
+    assert main(["diffraction", "simulate", *no_f, "-nonoise", "-nopgm", "--allow-zero-image"]) == 0
+    assert "warning: neither -hkl nor -default_F" in capsys.readouterr().err
+    assert not read_raw_float32(tmp_path / "floatimage.bin", (32, 32)).any()

@@ -31,4 +31,4 @@ def test_demo_command_meets_criteria_and_writes_record(tmp_path, capsys):
         assert all(f["kind"] != "nonfinite" for f in entry.get("flags", []))
     assert np.isfinite(np.load(out_dir / "refined.npy")).all()
     assert (out_dir / "demo.png").stat().st_size > 10_000
-    assert (out_dir / "plots" / "loss_terms.png").is_file()
+    assert (out_dir / "plots" / "loss.png").is_file()

@@ -81,6 +81,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("--config", metavar="FILE.toml", help="TOML simulation description (flags override it)")
     sim.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
+    sim.add_argument("--allow-zero-image", action="store_true",
+                     help="write an image that is zero everywhere (no -hkl and no -default_F, or nothing "
+                          "diffracts) with a warning instead of stopping with an error")
     sim.set_defaults(handler=_simulate)
     if importlib.util.find_spec(REFINE_MODULE) is not None:
         importlib.import_module(REFINE_MODULE).register(actions)
@@ -88,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _simulate(args: argparse.Namespace) -> int:
     run_simulation(list(args.flags), config_file=None if args.config is None else Path(args.config),
-                   quiet=bool(args.quiet))
+                   quiet=bool(args.quiet), allow_zero=bool(args.allow_zero_image))
     return 0
 
 
@@ -184,11 +187,15 @@ def _print_setup(console: Any, config: Any, geom: Any, sources: Any, simulator: 
     console.print(f"  {simulator.oversample}x{simulator.oversample} pixel oversample steps")
 
 
-def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, quiet: bool = False) -> dict[str, str]:
+def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, quiet: bool = False,
+                   allow_zero: bool = False) -> dict[str, str]:
     """Simulate the image a nanoBragg command line describes and write its files.
 
     ``flags`` excludes the program name; input files are read relative to the current directory,
-    outputs written there. Returns {"float"|"int"|"pgm"|"noise": path written}.
+    outputs written there. Returns {"float"|"int"|"pgm"|"noise": path written}. Before any work:
+    every output path must be writable, and an image that would be zero everywhere (no ``-hkl``
+    and ``-default_F`` 0) is an InputError; ``allow_zero`` makes both zero-image cases (that one,
+    and an image that comes out all zero) a warning with the reason instead.
     """
     import numpy as np
     import torch
@@ -197,7 +204,9 @@ def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, qui
     from equipoise.diffraction import io
     from equipoise.diffraction.geometry import detector_geometry, smv_header_fields
     from equipoise.diffraction.noise import int_image, intfile_scale, noise_image
+    from equipoise.diffraction.run_settings import check_output_file
     from equipoise.diffraction.simulate import Simulator
+    from equipoise.errors import InputError
     from equipoise.diffraction.sources import beam_sources
 
     console = Console(quiet=quiet, highlight=False)
@@ -209,6 +218,15 @@ def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, qui
                      "running-sum treatment is not reproduced (physical mode evaluates every factor per subpixel)")
     for note in notes:
         errors.print(f"warning: {note}")
+    paths = _output_paths(config)
+    for kind, path in paths.items():
+        check_output_file(path, f"-{kind}file")
+    if config.crystal.hkl is None and not config.crystal.default_F:
+        reason = ("neither -hkl nor -default_F is given: every structure factor is 0, so the image would be "
+                  "zero everywhere; give -hkl FILE or -default_F F (electrons)")
+        if not allow_zero:
+            raise InputError(reason, field="-default_F")
+        errors.print(f"warning: {reason} (written anyway: --allow-zero-image)")
     dtype, device = _resolve_runtime(config)
     with torch.no_grad():
         geom = detector_geometry(config, dtype=dtype, device=device)
@@ -221,7 +239,12 @@ def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, qui
             image = simulator().detach().cpu().numpy().astype(np.float32)
     computed = _computed_pixels(geom)
     stats = io.image_stats(image, computed)
-    paths = _output_paths(config)
+    if not np.any(image) and config.crystal.default_F:
+        reason = "the simulated image is zero everywhere (no Bragg spot or background reaches a computed pixel)"
+        if not allow_zero:
+            raise InputError(f"{reason}; check the geometry, -roi and -mask, or pass --allow-zero-image",
+                             field="image")
+        errors.print(f"warning: {reason} (written anyway: --allow-zero-image)")
     slow_i, fast_i = stats.max_index
     console.print(f"max_I = {stats.max_I:g}  at pixel (fast {fast_i}, slow {slow_i})")
     console.print(f"mean= {stats.mean:g} rms= {stats.rms:g} rmsd= {stats.rmsd:g}")

@@ -24,7 +24,7 @@ from equipoise.diffraction.refine import RefineResult, evaluate_loss, refine, st
 from equipoise.diffraction.simulate import Simulator
 
 __all__ = ["GEOMETRY_FLAGS", "TRUTH", "START", "DemoResult", "demo_configs", "run_demo", "check_criteria",
-           "format_table", "draw_figure"]
+           "format_table", "draw_figure", "CAPTURE_DETECTORS", "capture_case"]
 
 #: model and geometry shared by truth and start (nanoBragg flags)
 GEOMETRY_FLAGS = ("-cell 100 100 100 90 90 90 -N 5 -default_F 100 -mosaic_domains 5 -lambda 1 "
@@ -189,3 +189,32 @@ def run_demo(out_dir: str | Path | None = "runs/demo", *, dtype: torch.dtype = t
         if figure:
             demo.figure = draw_figure(demo, Path(out_dir) / "demo.png")
     return demo
+
+
+#: capture-table detectors: name -> (pixels per side, pixel mm)
+CAPTURE_DETECTORS = {64: (64, 0.1), 128: (128, 0.4), 512: (512, 0.1), 1024: (1024, 0.1)}
+CAPTURE_START_MOSAIC = 0.3
+CAPTURE_FLUENCE = "1e30"
+
+
+def capture_case(size: int, offset_deg: float, seed: int):
+    """(observed photons (S, F), starting model config, truth dict) of one capture-table cell
+    (benchmarks/diffraction_capture.py): truth mosaic log-uniform in [0.05, 2] deg, misset
+    ``offset_deg`` from (0, 0, 0) in a random direction, the observed image from its own 10
+    nanoBragg domains (``-mosaic_seed`` 1000 + seed) with Poisson noise; the model a 10-domain
+    quadrature starting at mosaic 0.3 deg."""
+    rng = np.random.default_rng(1000 * size + 10 * int(offset_deg) + seed)
+    mosaic = float(math.exp(rng.uniform(math.log(0.05), math.log(2.0))))
+    direction = rng.normal(size=3)
+    misset = (offset_deg * direction / np.linalg.norm(direction)).tolist()
+    pixels, pixel_mm = CAPTURE_DETECTORS[size]
+    geometry = (f"-cell 100 100 100 90 90 90 -N 5 -default_F 100 -lambda 1 -distance 100 -detpixels {pixels} "
+                f"-pixel {pixel_mm} -fluence {CAPTURE_FLUENCE} -mosaic_domains 10").split()
+    truth = parse_nanobragg_args(geometry + ["-mosaic", f"{mosaic}", "-mosaic_seed", str(1000 + seed),
+                                             "-misset", *[f"{v}" for v in misset]])
+    with torch.no_grad():
+        clean = Simulator(truth)().numpy()
+    observed = noise_image(clean, seed=seed + 1, adc=0.0).pixels.astype(np.float64)
+    start = parse_nanobragg_args(geometry + ["-mosaic", str(CAPTURE_START_MOSAIC), "-misset", "0", "0", "0"])
+    start = starting_config(start, mosaic_sampling="quadrature")
+    return observed, start, {"mosaic_spread_deg": mosaic, "misset_deg": misset}

@@ -45,7 +45,11 @@ from equipoise.core import Balancer, Fit, FitResult, FixedBalancer, GradNormRati
 from equipoise.diffraction import io
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.geometry import detector_geometry, detector_size
-from equipoise.diffraction.orientation_search import SearchResult, search_misset
+from equipoise.diffraction.fit_quality import assess_fit
+from equipoise.diffraction.orientation_search import search_misset
+from equipoise.diffraction.pixels import pixel_resolution_A, select_pixels
+from equipoise.diffraction.refine_figures import draw_images, draw_loss, draw_parameters
+from equipoise.diffraction.run_settings import fingerprint, note_interrupt, prepare_run_dir
 from equipoise.diffraction.simulate import Simulator
 from equipoise.diffraction.sources import fluence as resolved_fluence
 from equipoise.diffraction.sources import wavelength_m
@@ -53,7 +57,7 @@ from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positiv
 from equipoise.errors import InputError
 
 __all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
-           "plan_stages", "poisson_deviance", "least_squares", "image_shape", "starting_config", "evaluate_loss"]
+           "plan_stages", "capture_stages", "poisson_deviance", "least_squares", "image_shape", "starting_config", "evaluate_loss"]
 
 #: ``--refine`` name -> key of the refined value (user units) in params and summaries
 REFINABLE: dict[str, str] = {
@@ -82,8 +86,12 @@ RELEASE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cell", ("cell", "wavelength")),
     ("detector", ("distance", "beam_center", "detector_rotation", "twotheta")),
 )
-#: stage plans of :func:`plan_stages`
-STRATEGIES = ("orient", "staged", "joint")
+#: stage plans: "capture" (default, :func:`capture_stages` on strong-pixel subsets) and those of :func:`plan_stages`
+STRATEGIES = ("capture", "orient", "staged", "joint")
+#: the default orientation search of the capture strategy: (radius, step) deg around the start
+AUTO_SEARCH = (12.0, 4.0)
+#: upper bound (deg) of the refined mosaic spread: at least this, or twice the start
+MOSAIC_MAX_DEG = 5.0
 #: relative change per unit of u for cell lengths, distance and wavelength (1 %)
 RELATIVE_STEP = 0.01
 #: Poisson floor ε relative to the mean observed photons/pixel (see module docstring)
@@ -230,7 +238,9 @@ class ImageModel:
             return Above(0.0, max(start, 1e-12))
         if name in ("distance", "wavelength"):
             return Positive(start, RELATIVE_STEP)  # u = 1 is 1 %
-        return Positive(start)  # mosaic, fluence, scale: u = 1 is a factor e
+        if name == "mosaic":  # bounded: a blurring parameter must not absorb an orientation error
+            return Interval(0.0, max(MOSAIC_MAX_DEG, 2.0 * float(start)))  # log-like well below the bound
+        return Positive(start)  # fluence, scale: u = 1 is a factor e
 
     def params(self) -> dict[str, Tensor]:
         """Refined values in user units, by key of :data:`REFINABLE` (simulator and image-level)."""
@@ -295,8 +305,8 @@ def plan_stages(names: Sequence[str], *, strategy: str = "orient", steps: int = 
     at each stage start on that stage's free groups.
     """
     names = parse_refine(list(names))
-    if strategy not in STRATEGIES:
-        raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}", field="--strategy")
+    if strategy not in STRATEGIES[1:]:
+        raise InputError(f"strategy must be one of {STRATEGIES[1:]}, got {strategy!r}", field="--strategy")
     lr = (1.0 if optimizer == "lbfgs" else 0.05) if lr is None else lr
     intensity = [g for g in INTENSITY if g in names]
     plan: list[tuple[str, list[str]]] = []
@@ -321,6 +331,24 @@ def plan_stages(names: Sequence[str], *, strategy: str = "orient", steps: int = 
     return stages
 
 
+def capture_stages(names: Sequence[str], *, steps: int = 25, tol: float = 1e-6, patience: int = 1,
+                   lbfgs_iters: int = 4) -> list[Stage]:
+    """The default plan (strategy "capture"): with the misset refined, ``orient_low`` (misset and
+    intensity groups on the low-resolution strong pixels, term ``data_low``), ``orient`` (the same
+    on every selected pixel, term ``data``), then ``all`` (every refined group, ``data``): the
+    mosaic spread is released only once the orientation is locked. Without the misset: ``all``.
+    """
+    names = parse_refine(list(names))
+    intensity = [g for g in INTENSITY if g in names]
+    plan: list[tuple[str, list[str], str]] = []
+    if "misset" in names:
+        plan += [("orient_low", ["misset"] + intensity, "data_low"), ("orient", ["misset"] + intensity, "data")]
+    plan.append(("all", list(names), "data"))
+    return [Stage(name, groups, terms=[term], optimizer="lbfgs", lr=1.0, steps=steps, tol=tol, patience=patience,
+                  balancer=FixedBalancer(), optimizer_options={"max_iter": lbfgs_iters})
+            for name, groups, term in plan]
+
+
 # ----------------------------------------------------------------------------------- refine
 @dataclass
 class RefineResult:
@@ -329,10 +357,13 @@ class RefineResult:
     ``parameters`` / ``start``: refined / starting values in user units (keys of
     :data:`REFINABLE`'s values: ``mosaic_spread_deg``, ``misset_deg`` ...). ``initial_loss`` and
     ``final_loss``: the ``data`` term (deviance or least squares) at the start and at the end;
-    ``iterations``: optimiser steps of all stages; ``evaluations``: model evaluations (forward
-    passes, line search included; the search's are in ``search``); ``wall_s``: seconds spent in
-    the search and the fit; ``image``: refined model image (spixels, fpixels) float32; ``fit``: the
-    core's FitResult; ``search``: the orientation search (None without one).
+    ``iterations``: optimiser steps of all stages; ``evaluations``: model evaluations in this call
+    (forward passes, line search included; the search's are in ``search``); ``wall_s``: seconds
+    spent in the search and the fit; ``image``: refined model image (spixels, fpixels) float32;
+    ``fit``: the core's FitResult; ``search``: the orientation search summary (None without one).
+    ``optimizer_converged``: every stage met its tolerance; ``fit_ok``: no quality flag
+    (:mod:`equipoise.diffraction.fit_quality`); ``converged`` = both; ``quality``: the flags and
+    the numbers behind them; ``pixels``: the strong-pixel subsets (capture strategy).
     """
 
     parameters: dict[str, float | list[float]]
@@ -347,25 +378,58 @@ class RefineResult:
     fit: FitResult
     run_dir: Path | None = None
     stages: list[dict] = field(default_factory=list)
-    search: SearchResult | None = None
+    search: dict | None = None
+    optimizer_converged: bool = False
+    fit_ok: bool = True
+    quality: dict = field(default_factory=dict)
+    pixels: dict | None = None
+    resumed: bool = False
+
+    @property
+    def reasons(self) -> list[str]:
+        """One line per quality flag: what was measured, then the likely fix."""
+        return [f"{f['name']}: {f['message']}; fix: {f['fix']}" for f in self.quality.get("flags", [])]
 
     def summary(self) -> dict:
         """JSON-ready summary (what summary.json holds, besides the core's fields)."""
         return {"parameters": self.parameters, "start": self.start, "initial_loss": self.initial_loss,
                 "final_loss": self.final_loss, "iterations": self.iterations, "evaluations": self.evaluations,
-                "converged": self.converged, "wall_s": self.wall_s, "stages": self.stages,
-                "search": None if self.search is None else self.search.summary()}
+                "converged": self.converged, "optimizer_converged": self.optimizer_converged,
+                "fit_ok": self.fit_ok, "reasons": self.reasons, "quality": self.quality,
+                "wall_s": self.wall_s, "stages": self.stages, "search": self.search, "pixels": self.pixels,
+                "resumed": self.resumed}
+
+
+class _Images:
+    """Forward output of the capture fit: model images of the two pixel subsets, each evaluated
+    at most once per forward pass, only when a term of the stage asks for it."""
+
+    def __init__(self, models: dict[str, ImageModel]) -> None:
+        self._models, self._done = models, {}
+
+    def __getitem__(self, key: str) -> Tensor:
+        if key not in self._done:
+            self._done[key] = self._models[key]()
+        return self._done[key]
+
+
+def _with_mask(config: SimulationConfig, keep: np.ndarray) -> SimulationConfig:
+    """A copy of ``config`` whose simulator evaluates only the pixels ``keep`` (spixels, fpixels)."""
+    return dataclasses.replace(config, detector=dataclasses.replace(config.detector,
+                                                                    mask=keep.astype(np.float32), mask_file=None))
 
 
 def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str | Sequence[str] = ("mosaic", "misset"),
            *, loss: str = "poisson", mask: np.ndarray | None = None, out_dir: str | Path | None = None,
-           stages: Sequence[Stage] | None = None, strategy: str = "orient", steps: int = 25, tol: float = 1e-6,
+           stages: Sequence[Stage] | None = None, strategy: str = "capture", steps: int = 25, tol: float = 1e-6,
            patience: int = 1, optimizer: str = "lbfgs", coarse_blur_px: float = 0.0,
-           search: tuple[float, float] | None = None, search_n_cells: float | None = 3.0, search_top: int = 3,
-           cell_constraint: str = "none",
+           search: tuple[float, float] | str | None = "auto", search_n_cells: float | None = 3.0,
+           search_top: int = 3, cell_constraint: str = "none",
            cell_sigma: tuple[float, float] | None = (1.0, 1.0), restraint_ratio: float = 0.1,
            dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, progress: str = "quiet",
-           log_every: int = 1, grad_every: int = 1, diagnostics: bool = True) -> RefineResult:
+           log_every: int = 1, grad_every: int = 1, diagnostics: bool = True, overwrite: bool = False,
+           checkpoint_every: int = 1, max_steps: int | None = None, full_image: bool = True,
+           plots: bool = True) -> RefineResult:
     """Refine ``names`` so that the model image of ``config`` matches ``observed``.
 
     Parameters
@@ -375,95 +439,179 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     names: refined parameters (:data:`REFINABLE` keys), a list or "mosaic,misset".
     loss: "poisson" (deviance, default) or "lsq".
     mask: (spixels, fpixels), 0 = ignore the pixel; pixels outside ``-roi``/``-mask`` are ignored too.
-    out_dir: run directory (config.json, record.jsonl, summary.json, plots/, refined.bin, refined.npy);
-        None writes nothing.
-    stages: explicit stages (default :func:`plan_stages` with ``strategy``, ``steps``, ``tol``,
-        ``patience``, ``optimizer``); groups are the refined names, terms ``data``, ``data_coarse``, ``cell_restraint``.
-    coarse_blur_px: σ (pixels) of the blurred ``data_coarse`` term fitted in the first stage (0: off).
+    out_dir: run directory (config.json, record.jsonl, summary.json, plots/, refined.bin, refined.npy,
+        search.json); None writes nothing. An existing run with the same settings is resumed from its
+        checkpoint; other settings are an InputError unless ``overwrite`` (then it starts over).
+    strategy: "capture" (default): strong-pixel subsets (:mod:`equipoise.diffraction.pixels`) and
+        :func:`capture_stages`; or the whole-image plans of :func:`plan_stages` ("orient", "staged",
+        "joint"). ``stages``: explicit stages instead (terms ``data``, ``data_low`` (capture),
+        ``data_coarse``, ``cell_restraint``).
+    coarse_blur_px: σ (pixels) of the blurred ``data_coarse`` term fitted in the first stage (0: off;
+        whole-image strategies).
     search: (range, step) deg: before the fit, the orientation search of
-        :func:`~equipoise.diffraction.orientation_search.search_misset` on the misset grid of that
-        radius and spacing around the start, with ``search_n_cells`` cells per axis in its coarse
-        level (broadened spots; None: the model's N) and ``search_top`` candidates searched again
-        finely; the fit starts from its best point (``misset`` must be refined). None: no search.
+        :func:`~equipoise.diffraction.orientation_search.search_misset` on that grid around the
+        start, ``search_n_cells`` cells per axis in its coarse level (broadened spots; None: the
+        model's N) and ``search_top`` candidates searched again finely. "auto" (default):
+        :data:`AUTO_SEARCH` with the capture strategy when the misset is refined, else none.
+        None: no search.
     cell_constraint: "none" (six cell values) or "cubic" (one length; needs a cubic start).
-    cell_sigma: (Å, deg) widths of the cell restraint ``½ Σ ((cell − cell0)/σ)²`` toward the starting
-        cell (cell refined only; None: no restraint). It is a prior toward the start: it limits how far
-        a wrong starting cell can move (docs/refinement.md).
+    cell_sigma: (Å, deg) widths of the cell restraint toward the starting cell (cell refined only;
+        None: no restraint).
     restraint_ratio: the restraint's gradient-norm ratio to ``data`` at each stage start.
+    checkpoint_every: steps between checkpoints; ``max_steps``: stop after this many steps (a
+        checkpoint; resume by calling again). ``full_image``: evaluate the refined model on the whole
+        detector for ``image`` (False: only the fitted pixel subset, zero elsewhere). ``plots``: draw
+        the figures of :mod:`equipoise.diffraction.refine_figures` into out_dir/plots.
     dtype, device: of every tensor. progress, log_every, grad_every, diagnostics: see core.Fit.
     """
     names = parse_refine(names)
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy must be one of {STRATEGIES}, got {strategy!r}", field="--strategy")
     obs_np, weight_np = _check_data(observed, config, loss, mask)
-    mean_obs = float(obs_np[weight_np > 0].mean())
-    background_start = max(float(np.median(obs_np[weight_np > 0])), 1e-3 * max(mean_obs, 1e-12))
+    if search == "auto":
+        search = AUTO_SEARCH if strategy == "capture" and "misset" in names else None
     if search is not None and "misset" not in names:
         raise InputError("the orientation search needs the misset refined (--refine ...,misset)",
                          field="--search-misset")
-    model = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start,
-                       cell_constraint=cell_constraint)
+    settings = fingerprint(observed=obs_np, mask=weight_np, config=config, names=names, loss=loss,
+                           strategy=strategy, stages=None if stages is None else [s.describe() for s in stages],
+                           steps=steps, tol=tol, patience=patience, optimizer=optimizer,
+                           coarse_blur_px=coarse_blur_px, search=None if search is None else list(search),
+                           search_n_cells=search_n_cells, search_top=search_top, cell_constraint=cell_constraint,
+                           cell_sigma=cell_sigma, restraint_ratio=restraint_ratio, dtype=str(dtype))
+    resuming = out_dir is not None and prepare_run_dir(out_dir, settings, overwrite)
+    started = time.perf_counter()
+    fitted = weight_np > 0
+    mean_obs = float(obs_np[fitted].mean())
+    background_start = max(float(np.median(obs_np[fitted])), 1e-3 * max(mean_obs, 1e-12))
+    eps = POISSON_FLOOR * max(mean_obs, 1e-12)
+    subsets = None
+    if strategy == "capture":
+        subsets = select_pixels(obs_np, weight_np, pixel_resolution_A(config))
+        sets = {"data": subsets.full, "data_low": subsets.low}
+    else:
+        sets = {"data": fitted}
+    models = {key: ImageModel(_with_mask(config, keep) if strategy == "capture" else config, names, dtype=dtype,
+                              device=device, background_start=background_start, cell_constraint=cell_constraint)
+              for key, keep in sets.items()}
+    model = models["data"]
+    for other in models.values():  # one set of variables shared by the subsets' models
+        other.variables = model.variables
     dev = model.device
     obs = torch.as_tensor(obs_np, dtype=dtype, device=dev)
-    weight = torch.as_tensor(weight_np, dtype=dtype, device=dev)
-    eps = POISSON_FLOOR * max(mean_obs, 1e-12)
+    weights = {key: torch.as_tensor(weight_np * keep, dtype=dtype, device=dev) for key, keep in sets.items()}
+    weight = weights["data"]
 
     def data_loss(image: Tensor, target: Tensor, w: Tensor) -> Tensor:
         return poisson_deviance(image, target, w, eps) if loss == "poisson" else least_squares(image, target, w)
 
-    terms = [Term("data", lambda image: data_loss(image, obs, weight))]
-    if coarse_blur_px > 0:
+    terms = [Term(key, (lambda images, key=key: data_loss(images[key], obs, weights[key]))) for key in sets]
+    if coarse_blur_px > 0 and strategy != "capture":
         obs_blur = _gaussian_blur(obs * weight, coarse_blur_px)
         w_blur = (_gaussian_blur(weight, coarse_blur_px) > 1e-6).to(dtype)
-        terms.append(Term("data_coarse", lambda image: data_loss(_gaussian_blur(image * weight, coarse_blur_px),
-                                                               obs_blur, w_blur)))
+        terms.append(Term("data_coarse", lambda images: data_loss(
+            _gaussian_blur(images["data"] * weight, coarse_blur_px), obs_blur, w_blur)))
     restraint = "cell" in names and cell_sigma is not None
     if restraint:
         cell0 = torch.as_tensor(config.crystal.cell, dtype=dtype, device=dev)
         sigma = torch.as_tensor([cell_sigma[0]] * 3 + [cell_sigma[1]] * 3, dtype=dtype, device=dev)
         cell_of = model.transforms["cell"]
         terms.append(Term("cell_restraint",
-                          lambda _image: 0.5 * (((cell_of(model.variables["cell"]) - cell0) / sigma) ** 2).sum()))
-    if stages is None:
+                          lambda _images: 0.5 * (((cell_of(model.variables["cell"]) - cell0) / sigma) ** 2).sum()))
+    if stages is None and strategy == "capture":
+        stages = capture_stages(names, steps=steps, tol=tol, patience=patience)
+        if restraint:
+            stages = [dataclasses.replace(s, terms=[*s.terms, "cell_restraint"],
+                                          balancer=GradNormRatioBalancer(s.terms[0],
+                                                                         {"cell_restraint": restraint_ratio}))
+                      if "cell" in s.free else s for s in stages]
+    elif stages is None:
         stages = plan_stages(names, strategy=strategy, steps=steps, tol=tol, patience=patience,
                              coarse=coarse_blur_px > 0, restraint=restraint, optimizer=optimizer,
                              restraint_ratio=restraint_ratio)
-
     counter = {"n": 0}
 
-    def forward() -> Tensor:
+    def forward() -> _Images:
         counter["n"] += 1
-        return model()
+        return _Images(models)
 
     with torch.no_grad():
         initial_loss = float(data_loss(model(), obs, weight))
-    found = None
-    if search is not None:  # forward-only grid search; the fit then starts from its best misset
-        found = search_misset(obs, weight, config, search[0], search[1], loss=loss, eps=eps,
-                              n_cells=search_n_cells, top=search_top, dtype=dtype, device=dev)
-        u = model.transforms["misset"].inverse(found.best_misset_deg, field="misset_deg")
+    found = _load_search(out_dir) if resuming else None
+    if search is not None and found is None:  # forward-only grid search; the fit then starts from its best misset
+        low = sets.get("data_low", sets["data"])
+        result_search = search_misset(obs, weights.get("data_low", weight),
+                                      _with_mask(config, low) if strategy == "capture" else config,
+                                      search[0], search[1], loss=loss, eps=eps, n_cells=search_n_cells,
+                                      top=search_top, dtype=dtype, device=dev)
+        found = result_search.summary()
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(out_dir) / "search.json").write_text(json.dumps(found, indent=2) + "\n")
+    if found is not None:
+        u = model.transforms["misset"].inverse(found["best_misset_deg"], field="misset_deg")
         model.variables["misset"] = torch.tensor(u, dtype=dtype, device=dev)
     run_config = {"refine": names, "loss": loss, "coarse_blur_px": coarse_blur_px, "dtype": str(dtype),
-                  "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int((weight_np > 0).sum()),
-                  "cell_constraint": cell_constraint, "search": None if found is None else found.summary()}
+                  "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int(fitted.sum()),
+                  "cell_constraint": cell_constraint, "search": found, "settings": settings,
+                  "pixels": None if subsets is None else subsets.summary()}
     fit = Fit(dict(model.variables), terms, stages, forward=forward, run_dir=out_dir, log_every=log_every,
               grad_every=grad_every, summarize=model.values, progress=progress, config=run_config,
-              diagnostics=diagnostics)
-    started = time.perf_counter()
-    result = fit.run(resume=False)
-    wall = time.perf_counter() - started + (0.0 if found is None else found.wall_s)
+              diagnostics=diagnostics, checkpoint_every=checkpoint_every)
+    try:
+        result = fit.run(resume=resuming, max_steps=max_steps)
+    except KeyboardInterrupt:
+        if out_dir is not None:
+            note_interrupt(out_dir, _checkpoint_step(out_dir))
+        raise
+    wall = time.perf_counter() - started
     with torch.no_grad():
         image = model()
         final_loss = float(data_loss(image, obs, weight))
+        if full_image and strategy == "capture":
+            whole = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start,
+                               cell_constraint=cell_constraint)
+            whole.variables = model.variables
+            image = whole()
     image_np = image.detach().cpu().numpy().astype(np.float32)
-    out = RefineResult(parameters=model.values(), start=model.start_values, initial_loss=initial_loss,
+    parameters = model.values()
+    flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), weight_np * sets["data"],
+                                final_loss if loss == "poisson" else None, names=names, parameters=parameters,
+                                start=model.start_values, mosaic_bound=_upper_bound(model))
+    quality = {"flags": [f.to_dict() for f in flags], **numbers}
+    optimizer_converged = bool(result.converged)
+    out = RefineResult(parameters=parameters, start=model.start_values, initial_loss=initial_loss,
                        final_loss=final_loss, iterations=result.steps, evaluations=counter["n"],
-                       converged=result.converged, wall_s=wall, image=image_np, fit=result,
+                       converged=optimizer_converged and not flags, wall_s=wall, image=image_np, fit=result,
                        run_dir=None if out_dir is None else Path(out_dir),
                        stages=[{"name": s.name, "steps": s.steps, "converged": s.converged,
                                 "final_loss": s.final_loss, "weights": s.weights, "reasons": s.reasons}
-                               for s in result.stages], search=found)
-    if out_dir is not None:
-        _write_outputs(Path(out_dir), out)
+                               for s in result.stages], search=found, optimizer_converged=optimizer_converged,
+                       fit_ok=not flags, quality=quality, pixels=None if subsets is None else subsets.summary(),
+                       resumed=resuming)
+    if out_dir is not None and result.completed:
+        _write_outputs(Path(out_dir), out, config, obs_np, plots)
     return out
+
+
+def _upper_bound(model: ImageModel) -> float | None:
+    """Upper bound (deg) of the refined mosaic spread, None when it is not refined."""
+    transform = model.transforms.get("mosaic")
+    return float(transform.high) if isinstance(transform, Interval) else None
+
+
+def _load_search(out_dir: str | Path | None) -> dict | None:
+    """The orientation search of a resumed run (search.json), None if it had none."""
+    path = None if out_dir is None else Path(out_dir) / "search.json"
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def _checkpoint_step(out_dir: str | Path) -> int | None:
+    """Global step of ``out_dir``'s checkpoint, None if there is none."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    return int(torch.load(path, map_location="cpu", weights_only=False)["state"]["global_step"])
 
 
 def _check_data(observed: np.ndarray | Tensor, config: SimulationConfig, loss: str,
@@ -529,20 +677,32 @@ def _pixel_weights(config: SimulationConfig, mask: np.ndarray | None, shape: tup
     return keep.astype(np.float64)
 
 
-def _write_outputs(run_dir: Path, result: RefineResult) -> None:
-    """summary.json (core's fields plus the refinement's), plots/, refined.bin and refined.npy."""
+def _write_outputs(run_dir: Path, result: RefineResult, config: SimulationConfig, observed: np.ndarray,
+                   plots: bool) -> None:
+    """summary.json (core's fields plus the refinement's), the quality flags as a record line,
+    plots/ (refine_figures; core's plot_run when a stage balances several terms), refined.bin and
+    refined.npy."""
+    from equipoise.core.record import RunDir, dumps
+
     path = run_dir / "summary.json"
     summary = json.loads(path.read_text()) if path.is_file() else {}
     summary.update(result.summary())
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    RunDir(run_dir).write_json(path, summary)
+    if result.quality.get("flags") and not result.resumed:
+        with open(run_dir / "record.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(dumps({"step": result.iterations, "stage": "final", "loss": result.final_loss,
+                                 "quality_flags": result.quality["flags"]})
+                         + "\n")
     io.write_raw_float32(run_dir / "refined.bin", result.image)
     np.save(run_dir / "refined.npy", result.image)
-    try:
+    if not plots:
+        return
+    folder = run_dir / "plots"
+    draw_images(observed, result.image.astype(np.float64), config, folder / "images.png")
+    draw_parameters(run_dir, folder / "parameters.png")
+    draw_loss(run_dir, folder / "loss.png")
+    if any(len(s.get("weights", {})) > 1 for s in result.stages):
         plot_run(run_dir)
-    except InputError:  # diagnostics=False: no logged terms to plot
-        pass
 
 
 def starting_config(config: SimulationConfig, **crystal: object) -> SimulationConfig:
