@@ -79,3 +79,17 @@ def test_missing_dictionary_is_listed_or_unrestrained(tmp_path):
         Restraints.build(model)
     r = Restraints.build(model, unrestrained=True)
     assert r.unrestrained == ["XQX"] and 0 < len(r.sets["bond"]) < 46
+
+
+def test_symmetry_contacts_use_the_nearest_image(peptide):
+    model, r = peptide
+    s = r.sets["nonbonded"]
+    x2 = (s.rot @ model.xyz[s.index[:, 1]].unsqueeze(-1)).squeeze(-1) + s.shift
+    ours = (model.xyz[s.index[:, 0]] - x2).norm(dim=-1)
+    pos = [a.pos for ch in model.structure[0] for res in ch for a in res]
+    theirs = torch.tensor([model.cell.find_nearest_image(pos[i], pos[j], gemmi.Asu.Any).dist()
+                           for i, j in s.index.tolist()], dtype=torch.float64)
+    assert torch.allclose(ours, theirs, atol=1e-9)
+    # no bonded pair is listed as a contact, in the same unit or across a cell edge
+    bonded = {tuple(sorted(p)) for p in r.sets["bond"].index.tolist()}
+    assert not any(tuple(sorted(p)) in bonded and d < 2.0 for p, d in zip(s.index.tolist(), ours.tolist()))

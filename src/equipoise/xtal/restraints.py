@@ -225,7 +225,9 @@ class Restraints:
         eye, zero = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
         for r in cs.find_contacts(ns):
             i, j = r.partner1.atom.serial, r.partner2.atom.serial
-            same_unit = r.image_idx == 0
+            # the nearest image of atom 2 (what ContactSearch measured): same ASU or a mate
+            im = cell.find_nearest_image(r.partner1.atom.pos, r.partner2.atom.pos, gemmi.Asu.Any)
+            same_unit = im.same_asu()
             if same_unit and (i == j or (min(i, j), max(i, j)) in self.excluded):
                 continue
             a, b = self.altlocs[i], self.altlocs[j]
@@ -237,7 +239,6 @@ class Restraints:
             if same_unit:
                 rot, sh = eye, zero
             else:
-                im = cell.find_nearest_image(r.partner1.atom.pos, r.partner2.atom.pos, gemmi.Asu.Any)
                 rf, tf = (eye, zero) if im.sym_idx == 0 else images[im.sym_idx - 1]
                 rot = orth @ rf @ frac
                 sh = orth @ (tf + torch.tensor(list(im.pbc_shift), dtype=torch.float64))
