@@ -191,21 +191,18 @@ def _read_columns(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], gemmi.
         blocks = gemmi.as_refln_blocks(gemmi.cif.read(str(path)))
     except (RuntimeError, ValueError) as err:
         raise InputError(f"cannot read SF-mmCIF: {err}", path=path) from err
-    blocks = [b for b in blocks if b.refln_loop is not None] if blocks else []
+    blocks = [b for b in blocks if b.default_loop is not None and b.is_merged()] if blocks else []
     if not blocks:
-        raise InputError("no _refln loop (expected MTZ or SF-mmCIF)", path=path, field="_refln")
+        raise InputError("no merged _refln loop (expected MTZ or SF-mmCIF)", path=path, field="_refln")
     block = blocks[0]
     if block.spacegroup is None:
         raise InputError("SF-mmCIF has no space group", path=path, field="_symmetry.space_group_name_H-M")
     hkl = np.asarray(block.make_miller_array(), dtype=np.float64)
     columns: dict[str, tuple[str, np.ndarray]] = {
         "H": ("H", hkl[:, 0]), "K": ("H", hkl[:, 1]), "L": ("H", hkl[:, 2])}
-    tags = [t.removeprefix("_refln.") for t in block.refln_loop.tags]
-    for tag in tags:
+    for tag in block.column_labels():
         if tag == "status":
-            status = np.asarray(block.make_str_array(tag) if hasattr(block, "make_str_array")
-                                else [block.refln_loop.val(r, tags.index(tag))
-                                      for r in range(block.refln_loop.length())])
+            status = np.array([gemmi.cif.as_string(v) for v in block.block.find_values("_refln.status")])
             columns[tag] = ("I", np.where(status == "f", 1.0, np.where(status == "o", 0.0, np.nan)))
         elif tag in _CIF_TYPES:
             columns[tag] = (_CIF_TYPES[tag], np.asarray(block.make_float_array(tag), dtype=np.float64))
