@@ -23,27 +23,24 @@ class LeastSquaresXray:
     def __init__(self, model: AtomModel, hkl, f_obs, free):
         self.model, self.hkl, self.f_obs, self.free, self.k = model, hkl, f_obs, free, 1.0
 
-    def f_calc(self, xyz, b, occ):
+    def fcalc(self, xyz, b, occ):
         m = self.model
-        return direct_structure_factors(self.hkl, xyz, b, occ, m.elements, m.cell, m.spacegroup).abs()
+        return direct_structure_factors(self.hkl, xyz, b, occ, m.elements, m.cell, m.spacegroup)
 
     def update_scales(self, xyz, b, occ):
         with torch.no_grad():
-            fc = self.f_calc(xyz, b, occ)[~self.free]
+            fc = self.fcalc(xyz, b, occ).abs()[~self.free]
             self.k = float((self.f_obs[~self.free] * fc).sum() / (fc * fc).sum())
         return f"k {self.k:.4f}"
 
-    def target(self, xyz, b, occ):
+    def target(self, fcalc):
         w = ~self.free
-        return ((self.f_obs[w] - self.k * self.f_calc(xyz, b, occ)[w]) ** 2).sum()
+        return ((self.f_obs[w] - self.k * fcalc.abs()[w]) ** 2).sum()
 
-    def r_factors(self, xyz, b, occ):
-        fc = self.k * self.f_calc(xyz, b, occ)
+    def r_factors(self, fcalc):
+        fc = self.k * fcalc.abs()
         r = [float((self.f_obs[s] - fc[s]).abs().sum() / self.f_obs[s].sum()) for s in (~self.free, self.free)]
-        return r[0], r[1]
-
-    def write_maps(self, xyz, b, occ, path):
-        path.write_bytes(b"")
+        return {"r_work": r[0], "r_free": r[1]}
 
 
 @pytest.fixture(scope="module")

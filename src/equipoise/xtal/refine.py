@@ -8,11 +8,13 @@ Each macro-cycle (as phenix.refine, REFMAC and servalcat do):
    (``weights.RestraintRatioBalancer``), its ratio moved between cycles to keep bond rmsZ in
    [0.5, 1.0] (``weights.RmsZController``);
 3. B stage: L-BFGS on the B-factors, terms ``xray`` + ``adp`` (similarity of bonded atoms' B) +
-   ``b_prior`` (weak pull to the start), weights by the core's ``GradNormRatioBalancer``
-   computed on the B group only.
+   ``b_prior`` (weak pull to the start), one weight for both computed on the B group only
+   (``weights.RestraintRatioBalancer``).
 
-``scheme="joint-once"`` reproduces the seed failure of DESIGN.md for comparison: gradient-norm
-weights computed once with xyz and B both free, then reused in every stage.
+``scheme="joint-once"`` reproduces the seed failure of DESIGN.md for comparison: the same
+gradient-norm weights computed once with xyz and B both free, then reused in every stage (the
+ADP weight is then |g_xray| over xyz *and* B divided by |g_adp| over B: inflated by about
+|g_xray,xyz| / |g_xray,B|).
 
 Each stage is one core ``Fit`` in ``run_dir/cycle_NN/<stage>`` (record, log, checkpoint, plots);
 the model after each cycle is saved, so a killed run resumes at the cycle it was in.
@@ -30,7 +32,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from equipoise.core import Fit, FixedBalancer, GradNormRatioBalancer, Stage, Term
+from equipoise.core import Fit, FixedBalancer, Stage, Term
 from equipoise.errors import InputError
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.restraints import KINDS, Restraints
@@ -41,27 +43,27 @@ from equipoise.xtal.weights import RestraintRatioBalancer, RmsZController
 ADP_SIGMA = 5.0
 #: sigma of the weak prior pulling B to its start value, Å^2
 B_PRIOR_SIGMA = 50.0
-#: ratio of the B prior's gradient norm to the x-ray one at the B stage's start
-B_PRIOR_RATIO = 0.02
+#: the B stage's restraint terms (one weight for both; their sigmas set their relative strength)
+ADP_TERMS = ("adp", "b_prior")
 #: B-factors are kept in this range, Å^2
 B_MIN, B_MAX = 2.0, 300.0
 SCHEMES = ("per-stage", "joint-once")
 
 
 class XrayModel(Protocol):
-    """What refinement needs from the data side (xtal-B: structure factors, scaling, targets)."""
+    """What refinement needs from the data side (``equipoise.xtal.xray.XrayModel`` is the real one)."""
 
-    def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor) -> str:
-        """Refit scales and bulk solvent at this model (no gradient); a line for the log."""
+    def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor):
+        """Refit scales, bulk solvent (and ML parameters) at this model, without gradient."""
 
-    def target(self, xyz: Tensor, b_iso: Tensor, occ: Tensor) -> Tensor:
-        """The x-ray target on the working set (scalar, differentiable in xyz, B, occ)."""
+    def fcalc(self, xyz: Tensor, b_iso: Tensor, occ: Tensor) -> Tensor:
+        """(m,) complex atomic structure factors, differentiable in xyz, B, occ."""
 
-    def r_factors(self, xyz: Tensor, b_iso: Tensor, occ: Tensor) -> tuple[float, float]:
-        """(R-work, R-free) at this model with the current scales."""
+    def target(self, fcalc: Tensor) -> Tensor:
+        """The x-ray target on the working set (scalar)."""
 
-    def write_maps(self, xyz: Tensor, b_iso: Tensor, occ: Tensor, path: Path) -> None:
-        """2mFo-DFc (FWT/PHWT) and mFo-DFc (DELFWT/PHDELWT) map coefficients to an MTZ file."""
+    def r_factors(self, fcalc: Tensor) -> dict:
+        """At least {"r_work", "r_free"} with the current scales."""
 
 
 @dataclass
@@ -69,7 +71,8 @@ class RefineOptions:
     """Settings of a refinement (defaults as for a routine run at 1.5-2.5 Å).
 
     cycles: macro-cycles. xyz_steps, b_steps: L-BFGS iterations per stage and cycle.
-    restraint_ratio: starting ratio |g_restraints| / |g_xray| of the xyz stage.
+    restraint_ratio: ratio |g_restraints| / |g_xray| of the first xyz stage (later cycles: the
+        bond-rmsZ controller's).
     rmsz_range: target range of bond rmsZ for the ratio controller (servalcat: [0.5, 1]).
     adp_ratio: ratio |g_adp| / |g_xray| of the B stage. refine_b: run the B stage.
     scheme: "per-stage" (ours) or "joint-once" (the seed failure, for comparison only).
@@ -185,19 +188,22 @@ class _Refinement:
         self.controller = RmsZController(ratio=options.restraint_ratio, low=options.rmsz_range[0],
                                          high=options.rmsz_range[1])
         self.joint_weights: dict[str, float] | None = None
+        #: stage fits resume from their checkpoints (False: start every stage afresh)
+        self.resume = True
 
     # ------------------------------------------------------------------ terms
     def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
         """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``."""
         occ, r, pairs, b0 = self.occ, self.restraints, self.restraints.bonded_pairs(), self.b_start
-        fns = {"xray": lambda _: self.xray.target(xyz, b, occ)}
+        fns = {"xray": lambda _: self.xray.target(self.xray.fcalc(xyz, b, occ))}
         fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
         fns.update(adp=lambda _: adp_similarity(b, pairs), b_prior=lambda _: b_prior(b, b0))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
 
     def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
         with torch.no_grad():
-            r_work, r_free = self.xray.r_factors(self.xyz, self.b, self.occ)
+            r = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))
+        r_work, r_free = r["r_work"], r["r_free"]
         g = self.restraints.statistics(self.xyz)
         return CycleStats(cycle, r_work, r_free, g["bond"]["rmsd"], g["angle"]["rmsd"], g["bond"]["rmsz"],
                           g["angle"]["rmsz"], float(self.b.mean()), weights or {}, reasons or {}, scales, elapsed)
@@ -210,48 +216,43 @@ class _Refinement:
                    summarize=lambda: {"mean B (Å^2)": float(b.detach().mean())},
                    config={"stage": name, "free": list(free), "scheme": self.options.scheme})
 
+    def balancer(self, geometry_ratio: float | None, adp_ratio: float | None) -> RestraintRatioBalancer:
+        groups = {}
+        if geometry_ratio is not None:
+            groups["geometry"] = (list(KINDS), geometry_ratio)
+        if adp_ratio is not None:
+            groups["adp"] = (list(ADP_TERMS), adp_ratio)
+        return RestraintRatioBalancer("xray", groups)
+
     def compute_joint_weights(self) -> dict[str, float]:
-        """The seed failure: gradient-norm weights with xyz and B both free, all terms active."""
+        """The seed failure: the same gradient-norm weights, but computed with xyz and B both free."""
         xyz, b = self.xyz.clone().requires_grad_(True), self.b.clone().requires_grad_(True)
-        ratios = {k: self.options.restraint_ratio / math.sqrt(len(KINDS)) for k in KINDS}
-        ratios.update(adp=self.options.adp_ratio, b_prior=B_PRIOR_RATIO)
         stage = Stage("joint", free=["xyz", "b"], optimizer="lbfgs", lr=1.0, steps=1,
-                      balancer=GradNormRatioBalancer(reference="xray", ratios=ratios))
+                      balancer=self.balancer(self.options.restraint_ratio, self.options.adp_ratio))
         fit = Fit({"xyz": xyz, "b": b}, self.terms(xyz, b), [stage], progress="quiet")
         weights = fit.balance("joint")
-        self.log("joint-once scheme: weights computed once with xyz and B free: " +
+        self.log("joint-once scheme: weights computed once with xyz and B free, reused in every stage: " +
                  ", ".join(f"{t} {w.value:.4g}" for t, w in weights.items()))
         return {t: w.value for t, w in weights.items()}
 
-    def xyz_stage(self, cycle_dir: Path | None) -> tuple[dict, dict]:
-        xyz, b = self.xyz.clone().requires_grad_(True), self.b.clone()
-        terms = ["xray", *KINDS]
+    def stage(self, name: str, cycle_dir: Path | None) -> tuple[dict, dict]:
+        """Run the ``xyz`` or ``b`` stage; returns its weights and reasons."""
+        xyz = self.xyz.clone().requires_grad_(name == "xyz")
+        b = self.b.clone().requires_grad_(name == "b")
+        terms = ["xray", *KINDS] if name == "xyz" else ["xray", *ADP_TERMS]
+        steps = self.options.xyz_steps if name == "xyz" else self.options.b_steps
         if self.joint_weights is not None:
             balancer = FixedBalancer()
-            fit = self._fit("xyz", Stage("xyz", free=["xyz"], terms=terms, optimizer="lbfgs", lr=1.0,
-                                         steps=self.options.xyz_steps, balancer=balancer), xyz, b, cycle_dir, ["xyz"])
+        elif name == "xyz":
+            balancer = self.balancer(self.controller.ratio, None)
         else:
-            balancer = RestraintRatioBalancer("xray", list(KINDS), self.controller.ratio)
-            fit = self._fit("xyz", Stage("xyz", free=["xyz"], terms=terms, optimizer="lbfgs", lr=1.0,
-                                         steps=self.options.xyz_steps, balancer=balancer, rebalance_every=10),
-                            xyz, b, cycle_dir, ["xyz"])
-        result = fit.run()
-        self.xyz = xyz.detach().clone()
-        st = result.stages[0]
-        return st.weights, st.reasons
-
-    def b_stage(self, cycle_dir: Path | None) -> tuple[dict, dict]:
-        xyz, b = self.xyz.clone(), self.b.clone().requires_grad_(True)
-        terms = ["xray", "adp", "b_prior"]
-        stage_kw = dict(free=["b"], terms=terms, optimizer="lbfgs", lr=1.0, steps=self.options.b_steps)
-        if self.joint_weights is not None:
-            fit = self._fit("b", Stage("b", balancer=FixedBalancer(), **stage_kw), xyz, b, cycle_dir, ["b"])
+            balancer = self.balancer(None, self.options.adp_ratio)
+        stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer)
+        result = self._fit(name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
+        if name == "xyz":
+            self.xyz = xyz.detach().clone()
         else:
-            balancer = GradNormRatioBalancer(reference="xray", ratios={"adp": self.options.adp_ratio,
-                                                                       "b_prior": B_PRIOR_RATIO})
-            fit = self._fit("b", Stage("b", balancer=balancer, **stage_kw), xyz, b, cycle_dir, ["b"])
-        result = fit.run()
-        self.b = b.detach().clamp(B_MIN, B_MAX).clone()
+            self.b = b.detach().clamp(B_MIN, B_MAX).clone()
         st = result.stages[0]
         return st.weights, st.reasons
 
@@ -267,6 +268,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
     options = options or RefineOptions()
     options.check()
     run = _Refinement(model, restraints, xray, options, None if run_dir is None else Path(run_dir), log, progress)
+    run.resume = resume
     state_path = None if run.run_dir is None else run.run_dir / "state.pt"
     cycles: list[CycleStats] = []
     start: CycleStats | None = None
@@ -281,18 +283,18 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
         cycles = [CycleStats(**c) for c in saved["cycles"]]
         log(f"resuming after cycle {len(cycles)} from {state_path}")
     if start is None:
-        scales = xray.update_scales(run.xyz, run.b, run.occ)
+        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
         start = run.stats(0, scales=scales)
         log("start: " + stats_line(start))
     for cycle in range(len(cycles) + 1, options.cycles + 1):
         t0 = time.perf_counter()
         cycle_dir = None if run.run_dir is None else run.run_dir / f"cycle_{cycle:02d}"
-        scales = xray.update_scales(run.xyz, run.b, run.occ)
+        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
         log(f"cycle {cycle}: scales {scales}")
         if options.scheme == "joint-once" and run.joint_weights is None:
             run.joint_weights = run.compute_joint_weights()
         restraints.update_pairs(run.xyz)
-        w_xyz, why_xyz = run.xyz_stage(cycle_dir)
+        w_xyz, why_xyz = run.stage("xyz", cycle_dir)
         g = restraints.statistics(run.xyz)
         weights, reasons = {"xyz": w_xyz}, {f"xyz:{t}": why for t, why in why_xyz.items() if t in ("bond", "xray")}
         if options.scheme == "per-stage":
@@ -300,7 +302,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             reasons["xyz:next_ratio"] = why
             log(f"cycle {cycle}: {why}")
         if options.refine_b:
-            w_b, why_b = run.b_stage(cycle_dir)
+            w_b, why_b = run.stage("b", cycle_dir)
             weights["b"] = w_b
             reasons.update({f"b:{t}": why for t, why in why_b.items()})
         stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)
@@ -313,6 +315,13 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
     return RefineResult(start, cycles, run.xyz, run.b, run.run_dir, options)
 
 
+def _scales_line(scales) -> str:
+    """k_sol and B_sol of a ``Scales`` (or the text an x-ray model returned) for the log."""
+    if hasattr(scales, "k_sol"):
+        return f"k_sol {scales.k_sol:.3f} B_sol {scales.b_sol:.1f} Å^2"
+    return str(scales)
+
+
 def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[CycleStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -322,8 +331,10 @@ def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[Cy
     tmp.replace(path)
 
 
-def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: str | Path) -> dict[str, Path]:
-    """refined.pdb/.cif (statistics in the header), maps.mtz, summary.json, cycle plots."""
+def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: str | Path,
+                  write_maps: Callable[[Tensor, Path], None] | None = None, plots: bool = True) -> dict[str, Path]:
+    """refined.pdb/.cif (statistics in the header), summary.json, cycle plots, and maps.mtz via
+    ``write_maps(fcalc, path)`` (the data side's map-coefficient writer) when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     f, s = result.final, result.start
@@ -334,14 +345,17 @@ def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: 
                f"macro-cycles {len(result.cycles)}  scheme {result.options.scheme}"]
     paths = {"pdb": model.write(out / "refined.pdb", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso),
              "cif": model.write(out / "refined.cif", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso)}
-    xray.write_maps(result.xyz, result.b_iso, model.occ, out / "maps.mtz")
-    paths["maps"] = out / "maps.mtz"
+    if write_maps is not None:
+        with torch.no_grad():
+            write_maps(xray.fcalc(result.xyz, result.b_iso, model.occ), out / "maps.mtz")
+        paths["maps"] = out / "maps.mtz"
     summary = out / "summary.json"
     tmp = summary.with_name("summary.json.tmp")
     tmp.write_text(json.dumps(result.to_json(), indent=2, default=str))
     tmp.replace(summary)
     paths["summary"] = summary
-    paths.update(plot_cycles(result, out / "plots"))
+    if plots:
+        paths.update(plot_cycles(result, out / "plots"))
     return paths
 
 
