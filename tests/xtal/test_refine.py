@@ -91,3 +91,15 @@ def test_resume_continues_after_last_cycle(synthetic, tmp_path):
     second = refine(shaken, restraints, xray, options=opts2, run_dir=tmp_path, log=lines.append)
     assert any("resuming after cycle 1" in line for line in lines)
     assert second.cycles[0] == first.cycles[0] and len(second.cycles) == 2
+
+
+def test_joint_once_scheme_inflates_the_adp_weight(synthetic):
+    """The seed failure's mechanism in miniature: weights balanced with xyz and B both free give
+    the ADP term |g_xray| over xyz and B, so its weight in the B-only stage is far too large."""
+    _, shaken, xray = synthetic
+    restraints = Restraints.build(shaken)
+    weights = {}
+    for scheme in ("per-stage", "joint-once"):
+        opts = RefineOptions(cycles=1, xyz_steps=2, b_steps=2, scheme=scheme)
+        weights[scheme] = refine(shaken, restraints, xray, options=opts, log=lambda s: None).cycles[0].weights
+    assert weights["joint-once"]["b"]["adp"] > 10 * weights["per-stage"]["b"]["adp"]

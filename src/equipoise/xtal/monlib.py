@@ -160,11 +160,15 @@ def read_monlib(resnames: Sequence[str], monlib: str | Path | None = None,
             raise InputError("ligand dictionary not found", path=lig, field="--ligand")
     lib = gemmi.MonLib()
     for lig in ligands:
+        before = (len(lib.monomers), len(lib.links), len(lib.modifications))
         try:
             lib.read_monomer_cif(str(lig))
         except (RuntimeError, ValueError) as exc:
             raise InputError(f"gemmi cannot read the ligand dictionary: {exc}", path=lig,
                              field="--ligand") from exc
+        if (len(lib.monomers), len(lib.links), len(lib.modifications)) == before:
+            raise InputError("no new monomer, link or modification in this file (expected data_comp_XXX "
+                             "blocks with _chem_comp_atom and _chem_comp_bond loops)", path=lig, field="--ligand")
     wanted = [r for r in dict.fromkeys(resnames) if r not in lib.monomers]
     try:
         lib.read_monomer_lib(str(directory), wanted, logging=None)
