@@ -17,7 +17,7 @@ SG = gemmi.SpaceGroup("P 21 21 21")
 
 
 def _hkl(d_min: float = 3.0) -> np.ndarray:
-    hkl = np.asarray(gemmi.make_miller_array(CELL, SG, d_min, 0, False))
+    hkl = np.asarray(gemmi.make_miller_array(CELL, SG, d_min, 0, True))
     return hkl[~np.asarray(SG.operations().systematic_absences(hkl), dtype=bool)]
 
 

@@ -26,7 +26,7 @@ def _atoms(st):
 
 def _hkl(st, d_min):
     sg = st.find_spacegroup()
-    hkl = np.asarray(gemmi.make_miller_array(st.cell, sg, d_min, 0, False))
+    hkl = np.asarray(gemmi.make_miller_array(st.cell, sg, d_min, 0, True))
     hkl = hkl[~np.asarray(sg.operations().systematic_absences(hkl), dtype=bool)]
     return torch.as_tensor(hkl[np.abs(hkl).sum(1) > 0], dtype=torch.int64)
 

@@ -76,7 +76,7 @@ def simulated_reflections(structure: gemmi.Structure, *, d_min: float | None = N
     """
     cell, sg = structure.cell, structure.find_spacegroup()
     if hkl is None:
-        hkl = np.asarray(gemmi.make_miller_array(cell, sg, d_min, 0, False), dtype=np.int64)
+        hkl = np.asarray(gemmi.make_miller_array(cell, sg, d_min, 0, True), dtype=np.int64)
         ops = sg.operations()
         hkl = hkl[~np.asarray(ops.systematic_absences(hkl.astype(np.int32)), dtype=bool)]
         hkl = hkl[np.abs(hkl).sum(1) > 0]
