@@ -62,7 +62,6 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
             d_min: float | None = None, target: str = "ml", twinning: bool = True, out: str | Path | None = None,
             progress: str = "auto") -> RfactorResult:
     """Read, scale (bulk solvent, anisotropic, binned) and score; see module doc."""
-    from equipoise.xtal.maps import map_coefficients, write_map_mtz
     from equipoise.xtal.model import AtomModel
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.twinning import twin_statistics
@@ -107,10 +106,7 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
                                twinning=None if twin is None else twin.as_dict(), notes=notes,
                                seconds=time.perf_counter() - start, **stats)
         if out_dir is not None:
-            fom, d = xm.fom_and_d(fc)
-            two, diff = map_coefficients(refl.f_obs, xm.f_model(fc), fom, d, refl.centric, refl.free)
-            write_map_mtz(out_dir / "maps.mtz", refl.hkl, refl.cell, refl.spacegroup, refl.f_obs, refl.sigma_f,
-                          refl.free, fom, two, diff)
+            xm.write_maps(fc, out_dir / "maps.mtz")
             _write_json(out_dir / "summary.json", asdict(result))
         prog.step(4, "done", 0, 1, t_work)
         prog.event(f"R-work {result.r_work:.4f} R-free {result.r_free:.4f}")

@@ -140,6 +140,15 @@ class XrayModel:
                          "sigma_a": None if sa is None else float(sa[b])})
         return rows
 
+    def write_maps(self, fcalc: torch.Tensor, path) -> None:
+        """Write maps.mtz (2mFo-DFc as FWT/PHWT, mFo-DFc as DELFWT/PHDELWT) at ``fcalc``."""
+        from equipoise.xtal.maps import map_coefficients, write_map_mtz
+
+        r = self.refl
+        fom, d = self.fom_and_d(fcalc)
+        two, diff = map_coefficients(r.f_obs, self.f_model(fcalc.detach()), fom, d, r.centric, r.free)
+        write_map_mtz(path, r.hkl, r.cell, r.spacegroup, r.f_obs, r.sigma_f, r.free, fom, two, diff)
+
     def fom_and_d(self, fcalc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Figure of merit m (m,) and D (m,) for map coefficients (Read 1986): acentric
         m = I1(X)/I0(X), centric m = tanh(X/2), X = 2 F_o D F_c / Sig."""
