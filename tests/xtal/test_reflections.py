@@ -99,6 +99,12 @@ def test_errors_name_file_and_field(tmp_path):
         Reflections.from_file(noflag)
     with pytest.raises(InputError, match="--labin"):
         Reflections.from_file(noflag, labin="FP,NOPE")
+    values = np.full(n, 5.0)
+    values[2] = np.inf
+    inf = _write(tmp_path / "inf.mtz", [("FP", "F", values), ("SIGFP", "Q", np.ones(n)),
+                                         ("FREE", "I", _flags(n, 0, 1))], hkl)
+    with pytest.raises(InputError, match="infinite"):
+        Reflections.from_file(inf)
     with pytest.raises(InputError, match="not found"):
         Reflections.from_file(tmp_path / "missing.mtz")
 

@@ -298,6 +298,11 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
     intensities = columns[obs][0] == "J"
     hkl = np.stack([columns["H"][1], columns["K"][1], columns["L"][1]], axis=1)
     values, sigmas = columns[obs][1], columns[sig][1]
+    infinite = np.isinf(values)
+    if infinite.any():
+        i = int(np.flatnonzero(infinite)[0])
+        raise InputError(f"{int(infinite.sum())} infinite values (first: hkl {hkl[i].astype(int).tolist()})",
+                         path=path, field=obs)
     present = np.isfinite(values)
     if not present.any():
         raise InputError("no reflection has a value", path=path, field=obs)
