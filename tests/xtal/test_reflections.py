@@ -148,6 +148,7 @@ _refln.status
     assert refl.labels[:2] == ["F_meas_au", "F_meas_sigma_au"]
 
 
+@pytest.mark.slow
 def test_real_data_files():
     refl = Reflections.from_file(data_file("1a0f/1a0f_data.mtz"))
     assert refl.n == 25970 and int(refl.free.sum()) == 500 and "0 = free" in refl.free_convention
