@@ -1,0 +1,401 @@
+"""Refinement of coordinates and B-factors against X-ray data, on equipoise.core.
+
+Each macro-cycle (as phenix.refine, REFMAC and servalcat do):
+
+1. update the scales and bulk solvent at the current model (``XrayModel.update_scales``);
+2. xyz stage: L-BFGS on the coordinates, terms ``xray`` + one term per restraint kind (bond,
+   angle, torsion, plane, chiral, nonbonded), one restraint weight computed on the xyz group only
+   (``weights.RestraintRatioBalancer``), its ratio moved between cycles to keep bond rmsZ in
+   [0.5, 1.0] (``weights.RmsZController``);
+3. B stage: L-BFGS on the B-factors, terms ``xray`` + ``adp`` (similarity of bonded atoms' B) +
+   ``b_prior`` (weak pull to the start), one weight for both computed on the B group only
+   (``weights.RestraintRatioBalancer``).
+
+``scheme="joint-once"`` reproduces the seed failure of DESIGN.md for comparison: the same
+gradient-norm weights computed once with xyz and B both free, then reused in every stage (the
+ADP weight is then |g_xray| over xyz *and* B divided by |g_adp| over B: inflated by about
+|g_xray,xyz| / |g_xray,B|).
+
+Each stage is one core ``Fit`` in ``run_dir/cycle_NN/<stage>`` (record, log, checkpoint, plots);
+the model after each cycle is saved, so a killed run resumes at the cycle it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+from equipoise.core import Fit, FixedBalancer, Stage, Term
+from equipoise.errors import InputError
+from equipoise.xtal.model import AtomModel
+from equipoise.xtal.restraints import KINDS, Restraints
+from equipoise.xtal.weights import RestraintRatioBalancer, RmsZController
+
+#: sigma of the B difference of bonded atoms, Å^2 (REFMAC's default ADP restraint scale for
+#: bonded pairs is of this order; servalcat uses a KL-divergence form)
+ADP_SIGMA = 5.0
+#: sigma of the weak prior pulling B to its start value, Å^2
+B_PRIOR_SIGMA = 50.0
+#: the B stage's restraint terms (one weight for both; their sigmas set their relative strength)
+ADP_TERMS = ("adp", "b_prior")
+#: B-factors are kept in this range, Å^2
+B_MIN, B_MAX = 2.0, 300.0
+SCHEMES = ("per-stage", "joint-once")
+
+
+class XrayModel(Protocol):
+    """What refinement needs from the data side (``equipoise.xtal.xray.XrayModel`` is the real one)."""
+
+    def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor):
+        """Refit scales, bulk solvent (and ML parameters) at this model, without gradient."""
+
+    def fcalc(self, xyz: Tensor, b_iso: Tensor, occ: Tensor) -> Tensor:
+        """(m,) complex atomic structure factors, differentiable in xyz, B, occ."""
+
+    def target(self, fcalc: Tensor) -> Tensor:
+        """The x-ray target on the working set (scalar)."""
+
+    def r_factors(self, fcalc: Tensor) -> dict:
+        """At least {"r_work", "r_free"} with the current scales."""
+
+
+@dataclass
+class RefineOptions:
+    """Settings of a refinement (defaults as for a routine run at 1.5-2.5 Å).
+
+    cycles: macro-cycles. xyz_steps, b_steps: L-BFGS iterations per stage and cycle.
+    restraint_ratio: ratio |g_restraints| / |g_xray| of the first xyz stage (later cycles: the
+        bond-rmsZ controller's).
+    rmsz_range: target range of bond rmsZ for the ratio controller (servalcat: [0.5, 1]).
+    adp_ratio: ratio |g_adp| / |g_xray| of the B stage. refine_b: run the B stage.
+    scheme: "per-stage" (ours) or "joint-once" (the seed failure, for comparison only).
+    """
+
+    cycles: int = 5
+    xyz_steps: int = 20
+    b_steps: int = 15
+    restraint_ratio: float = 1.0
+    rmsz_range: tuple[float, float] = (0.5, 1.0)
+    adp_ratio: float = 0.5
+    refine_b: bool = True
+    scheme: str = "per-stage"
+
+    def check(self) -> None:
+        """``InputError`` for impossible settings."""
+        if self.cycles < 1:
+            raise InputError(f"must be >= 1, got {self.cycles}", field="--cycles")
+        for name in ("xyz_steps", "b_steps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
+        lo, hi = self.rmsz_range
+        if not 0 < lo < hi:
+            raise InputError(f"need 0 < low < high, got {self.rmsz_range}", field="rmsz_range")
+        for name in ("restraint_ratio", "adp_ratio"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
+        if self.scheme not in SCHEMES:
+            raise InputError(f"must be one of {SCHEMES}, got {self.scheme!r}", field="scheme")
+
+
+@dataclass
+class CycleStats:
+    """Statistics of the model after one macro-cycle (or of the start, cycle 0)."""
+
+    cycle: int
+    r_work: float
+    r_free: float
+    bond_rmsd: float
+    angle_rmsd: float
+    bond_rmsz: float
+    angle_rmsz: float
+    mean_b: float
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    scales: str = ""
+    time_s: float = 0.0
+
+
+@dataclass
+class RefineResult:
+    """Start, per-cycle and final statistics; the refined tensors; where the outputs are."""
+
+    start: CycleStats
+    cycles: list[CycleStats]
+    xyz: Tensor
+    b_iso: Tensor
+    run_dir: Path | None
+    options: RefineOptions
+
+    @property
+    def final(self) -> CycleStats:
+        """The last cycle's statistics (the start when no cycle ran)."""
+        return self.cycles[-1] if self.cycles else self.start
+
+    def summary(self) -> str:
+        """A table: one row for the start and one per cycle."""
+        head = f"{'cycle':>5} {'R-work':>7} {'R-free':>7} {'bonds Å':>8} {'angles °':>8} {'rmsZ(b)':>7} {'<B>':>6} {'time s':>7}"
+        rows = [head]
+        for s in [self.start, *self.cycles]:
+            rows.append(f"{s.cycle:>5} {s.r_work:>7.4f} {s.r_free:>7.4f} {s.bond_rmsd:>8.4f} "
+                        f"{s.angle_rmsd:>8.3f} {s.bond_rmsz:>7.3f} {s.mean_b:>6.1f} {s.time_s:>7.1f}")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        """summary.json content: ``start``, ``cycles`` and the final values at top level."""
+        f = self.final
+        return {"start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
+                "r_work": f.r_work, "r_free": f.r_free, "bond_rmsd": f.bond_rmsd,
+                "angle_rmsd": f.angle_rmsd, "bond_rmsz": f.bond_rmsz, "angle_rmsz": f.angle_rmsz,
+                "options": asdict(self.options)}
+
+
+def stats_line(s: CycleStats) -> str:
+    """One readable line of a cycle's statistics."""
+    return (f"cycle {s.cycle}: R-work {s.r_work:.4f} R-free {s.r_free:.4f} bonds {s.bond_rmsd:.4f} Å "
+            f"(rmsZ {s.bond_rmsz:.2f}) angles {s.angle_rmsd:.2f}° (rmsZ {s.angle_rmsz:.2f}) <B> {s.mean_b:.1f}")
+
+
+def adp_similarity(b_iso: Tensor, pairs: Tensor) -> Tensor:
+    """Sum of ((B_i - B_j) / ADP_SIGMA)^2 over bonded pairs (m, 2); b_iso (n,) Å^2."""
+    if pairs.shape[0] == 0:
+        return b_iso.sum() * 0.0
+    return (((b_iso[pairs[:, 0]] - b_iso[pairs[:, 1]]) / ADP_SIGMA) ** 2).sum()
+
+
+def b_prior(b_iso: Tensor, b_start: Tensor) -> Tensor:
+    """Weak Gaussian prior of B around its start: sum ((B - B0) / B_PRIOR_SIGMA)^2."""
+    return (((b_iso - b_start) / B_PRIOR_SIGMA) ** 2).sum()
+
+
+class _Refinement:
+    """The state of one refinement: tensors, restraints, x-ray model, controller, log."""
+
+    def __init__(self, model: AtomModel, restraints: Restraints, xray: XrayModel, options: RefineOptions,
+                 run_dir: Path | None, log: Callable[[str], None], progress: str) -> None:
+        self.model, self.restraints, self.xray, self.options = model, restraints, xray, options
+        self.run_dir, self.log, self.progress = run_dir, log, progress
+        self.xyz = model.xyz.detach().clone()
+        self.b = model.b_iso.detach().clone().clamp(B_MIN, B_MAX)
+        self.occ = model.occ.detach().clone()
+        self.b_start = self.b.clone()
+        self.controller = RmsZController(ratio=options.restraint_ratio, low=options.rmsz_range[0],
+                                         high=options.rmsz_range[1])
+        self.joint_weights: dict[str, float] | None = None
+        #: stage fits resume from their checkpoints (False: start every stage afresh)
+        self.resume = True
+
+    # ------------------------------------------------------------------ terms
+    def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
+        """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``."""
+        occ, r, pairs, b0 = self.occ, self.restraints, self.restraints.bonded_pairs(), self.b_start
+        fns = {"xray": lambda _: self.xray.target(self.xray.fcalc(xyz, b, occ))}
+        fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
+        fns.update(adp=lambda _: adp_similarity(b, pairs), b_prior=lambda _: b_prior(b, b0))
+        return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
+
+    def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
+        with torch.no_grad():
+            r = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))
+        r_work, r_free = r["r_work"], r["r_free"]
+        g = self.restraints.statistics(self.xyz)
+        return CycleStats(cycle, r_work, r_free, g["bond"]["rmsd"], g["angle"]["rmsd"], g["bond"]["rmsz"],
+                          g["angle"]["rmsz"], float(self.b.mean()), weights or {}, reasons or {}, scales, elapsed)
+
+    # ------------------------------------------------------------------ stages
+    def _fit(self, name: str, stage: Stage, xyz: Tensor, b: Tensor, cycle_dir: Path | None,
+             free: Sequence[str]) -> Fit:
+        return Fit({"xyz": xyz, "b": b}, self.terms(xyz, b, self.joint_weights), [stage], run_dir=None if cycle_dir is None else cycle_dir / name,
+                   progress=self.progress, grad_every=5, checkpoint_every=10,
+                   summarize=lambda: {"mean B (Å^2)": float(b.detach().mean())},
+                   config={"stage": name, "free": list(free), "scheme": self.options.scheme})
+
+    def balancer(self, geometry_ratio: float | None, adp_ratio: float | None) -> RestraintRatioBalancer:
+        groups = {}
+        if geometry_ratio is not None:
+            groups["geometry"] = (list(KINDS), geometry_ratio)
+        if adp_ratio is not None:
+            groups["adp"] = (list(ADP_TERMS), adp_ratio)
+        return RestraintRatioBalancer("xray", groups)
+
+    def compute_joint_weights(self) -> dict[str, float]:
+        """The seed failure: the same gradient-norm weights, but computed with xyz and B both free."""
+        xyz, b = self.xyz.clone().requires_grad_(True), self.b.clone().requires_grad_(True)
+        stage = Stage("joint", free=["xyz", "b"], optimizer="lbfgs", lr=1.0, steps=1,
+                      balancer=self.balancer(self.options.restraint_ratio, self.options.adp_ratio))
+        fit = Fit({"xyz": xyz, "b": b}, self.terms(xyz, b), [stage], progress="quiet")
+        weights = fit.balance("joint")
+        self.log("joint-once scheme: weights computed once with xyz and B free, reused in every stage: " +
+                 ", ".join(f"{t} {w.value:.4g}" for t, w in weights.items()))
+        return {t: w.value for t, w in weights.items()}
+
+    def stage(self, name: str, cycle_dir: Path | None) -> tuple[dict, dict]:
+        """Run the ``xyz`` or ``b`` stage; returns its weights and reasons."""
+        xyz = self.xyz.clone().requires_grad_(name == "xyz")
+        b = self.b.clone().requires_grad_(name == "b")
+        terms = ["xray", *KINDS] if name == "xyz" else ["xray", *ADP_TERMS]
+        steps = self.options.xyz_steps if name == "xyz" else self.options.b_steps
+        if self.joint_weights is not None:
+            balancer = FixedBalancer()
+        elif name == "xyz":
+            balancer = self.balancer(self.controller.ratio, None)
+        else:
+            balancer = self.balancer(None, self.options.adp_ratio)
+        stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer)
+        result = self._fit(name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
+        if name == "xyz":
+            self.xyz = xyz.detach().clone()
+        else:
+            self.b = b.detach().clamp(B_MIN, B_MAX).clone()
+        st = result.stages[0]
+        return st.weights, st.reasons
+
+
+def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options: RefineOptions | None = None,
+           run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: str = "quiet",
+           resume: bool = True) -> RefineResult:
+    """Refine ``model`` against ``xray`` with ``restraints``; see the module docstring.
+
+    ``run_dir`` gets per-cycle stage records and ``state.pt`` after every cycle (``resume=True``
+    continues after the last finished cycle). Returns a :class:`RefineResult`.
+    """
+    options = options or RefineOptions()
+    options.check()
+    run = _Refinement(model, restraints, xray, options, None if run_dir is None else Path(run_dir), log, progress)
+    run.resume = resume
+    state_path = None if run.run_dir is None else run.run_dir / "state.pt"
+    cycles: list[CycleStats] = []
+    start: CycleStats | None = None
+    if state_path is not None and resume and state_path.is_file():
+        saved = torch.load(state_path, weights_only=False)
+        run.xyz = saved["xyz"].to(model.xyz)
+        run.b = saved["b"].to(model.xyz)
+        run.b_start = saved["b_start"].to(model.xyz)
+        run.controller.ratio = saved["ratio"]
+        run.joint_weights = saved["joint_weights"]
+        start = CycleStats(**saved["start"])
+        cycles = [CycleStats(**c) for c in saved["cycles"]]
+        log(f"resuming after cycle {len(cycles)} from {state_path}")
+    if start is None:
+        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        start = run.stats(0, scales=scales)
+        log("start: " + stats_line(start))
+    for cycle in range(len(cycles) + 1, options.cycles + 1):
+        t0 = time.perf_counter()
+        cycle_dir = None if run.run_dir is None else run.run_dir / f"cycle_{cycle:02d}"
+        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        log(f"cycle {cycle}: scales {scales}")
+        if options.scheme == "joint-once" and run.joint_weights is None:
+            run.joint_weights = run.compute_joint_weights()
+        restraints.update_pairs(run.xyz)
+        w_xyz, why_xyz = run.stage("xyz", cycle_dir)
+        g = restraints.statistics(run.xyz)
+        weights, reasons = {"xyz": w_xyz}, {f"xyz:{t}": why for t, why in why_xyz.items() if t in ("bond", "xray")}
+        if options.scheme == "per-stage":
+            _, why = run.controller.update(g["bond"]["rmsz"])
+            reasons["xyz:next_ratio"] = why
+            log(f"cycle {cycle}: {why}")
+        if options.refine_b:
+            w_b, why_b = run.stage("b", cycle_dir)
+            weights["b"] = w_b
+            reasons.update({f"b:{t}": why for t, why in why_b.items()})
+        stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)
+        cycles.append(stats)
+        log(stats_line(stats) + f" ({stats.time_s:.1f} s)")
+        for key, why in reasons.items():
+            log(f"  weight {key}: {why}")
+        if state_path is not None:
+            _save_state(state_path, run, start, cycles)
+    return RefineResult(start, cycles, run.xyz, run.b, run.run_dir, options)
+
+
+def _scales_line(scales) -> str:
+    """k_sol and B_sol of a ``Scales`` (or the text an x-ray model returned) for the log."""
+    if hasattr(scales, "k_sol"):
+        return f"k_sol {scales.k_sol:.3f} B_sol {scales.b_sol:.1f} Å^2"
+    return str(scales)
+
+
+def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[CycleStats]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"xyz": run.xyz.cpu(), "b": run.b.cpu(), "b_start": run.b_start.cpu(),
+                "ratio": run.controller.ratio, "joint_weights": run.joint_weights,
+                "start": asdict(start), "cycles": [asdict(c) for c in cycles]}, tmp)
+    tmp.replace(path)
+
+
+def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: str | Path,
+                  write_maps: Callable[[Tensor, Path], None] | None = None, plots: bool = True) -> dict[str, Path]:
+    """refined.pdb/.cif (statistics in the header), summary.json, cycle plots, and maps.mtz via
+    ``write_maps(fcalc, path)`` (the data side's map-coefficient writer) when given."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    f, s = result.final, result.start
+    remarks = ["REFINEMENT: equipoise xtal refine",
+               f"R-work {f.r_work:.4f}  R-free {f.r_free:.4f}  (start {s.r_work:.4f} / {s.r_free:.4f})",
+               f"RMSD bonds {f.bond_rmsd:.4f} A (rmsZ {f.bond_rmsz:.2f})  angles {f.angle_rmsd:.3f} deg "
+               f"(rmsZ {f.angle_rmsz:.2f})",
+               f"macro-cycles {len(result.cycles)}  scheme {result.options.scheme}"]
+    paths = {"pdb": model.write(out / "refined.pdb", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso),
+             "cif": model.write(out / "refined.cif", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso)}
+    if write_maps is not None:
+        with torch.no_grad():
+            write_maps(xray.fcalc(result.xyz, result.b_iso, model.occ), out / "maps.mtz")
+        paths["maps"] = out / "maps.mtz"
+    summary = out / "summary.json"
+    tmp = summary.with_name("summary.json.tmp")
+    tmp.write_text(json.dumps(result.to_json(), indent=2, default=str))
+    tmp.replace(summary)
+    paths["summary"] = summary
+    if plots:
+        paths.update(plot_cycles(result, out / "plots"))
+    return paths
+
+
+def plot_cycles(result: RefineResult, directory: Path) -> dict[str, Path]:
+    """R-work/R-free per cycle, geometry per cycle and the stage weights per cycle (PNG)."""
+    from matplotlib.figure import Figure
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = [result.start, *result.cycles]
+    x = [r.cycle for r in rows]
+    out = {}
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, [r.r_work for r in rows], "o-", label="R-work")
+    ax.plot(x, [r.r_free for r in rows], "s-", label="R-free")
+    ax.set_xlabel("macro-cycle")
+    ax.set_ylabel("R")
+    ax.legend()
+    out["r_factors"] = directory / "r_factors.png"
+    fig.savefig(out["r_factors"], dpi=100)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for stage in ("xyz", "b"):
+        names = sorted({t for c in result.cycles for t in c.weights.get(stage, {})})
+        for t in names:
+            ax.semilogy([c.cycle for c in result.cycles],
+                        [c.weights.get(stage, {}).get(t, math.nan) for c in result.cycles], "o-",
+                        label=f"{stage}:{t}")
+    ax.set_xlabel("macro-cycle")
+    ax.set_ylabel("weight (stage start)")
+    ax.legend(fontsize=7, ncol=2)
+    out["weights"] = directory / "weights.png"
+    fig.savefig(out["weights"], dpi=100)
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(x, [r.bond_rmsz for r in rows], "o-", label="bond rmsZ")
+    ax.plot(x, [r.angle_rmsz for r in rows], "s-", label="angle rmsZ")
+    ax.axhspan(*result.options.rmsz_range, alpha=0.15, label="target range")
+    ax.set_xlabel("macro-cycle")
+    ax.legend()
+    out["geometry"] = directory / "geometry.png"
+    fig.savefig(out["geometry"], dpi=100)
+    return out

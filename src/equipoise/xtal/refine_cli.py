@@ -1,0 +1,122 @@
+"""``equipoise xtal refine MODEL DATA --out DIR``: coordinates and B-factors against X-ray data.
+
+Registration imports nothing heavy; the handler imports torch, gemmi and the refinement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from equipoise.xtal.geometry_cli import add_library_options
+
+_EPILOG = """\
+DIR gets refined.pdb and refined.cif (statistics in the header), maps.mtz (FWT/PHWT,
+DELFWT/PHDELWT), summary.json ("start", "cycles", final r_work/r_free/bond_rmsd/angle_rmsd),
+refine.log, plots/ (R per cycle, weights, geometry) and run/cycle_NN/{xyz,b}/ (the core's
+record.jsonl, run.log, summary.json, plots of every stage). A killed run resumes with the same
+command (--restart starts over). See docs/xtal.md.
+"""
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """``--labin``, ``--free``, ``--resolution`` (reflection-file options)."""
+    parser.add_argument("--labin", metavar="F,SIGF[,FREE]", help="columns to use (default: detected)")
+    parser.add_argument("--free", type=int, metavar="N", help="flag value of the free set (default: detected)")
+    parser.add_argument("--resolution", type=float, metavar="DMIN", help="high-resolution limit (Å)")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    """Add ``refine`` to the ``xtal`` sub-commands."""
+    p = commands.add_parser("refine", help="refine coordinates and B-factors against X-ray data",
+                            description="Refine MODEL against DATA (MTZ or SF-mmCIF): macro-cycles of "
+                                        "scales/solvent, xyz (x-ray + geometry + non-bonded) and B "
+                                        "(x-ray + ADP restraints), weights balanced per stage.",
+                            epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help="PDB or mmCIF model")
+    p.add_argument("data", metavar="DATA", help="MTZ or SF-mmCIF reflections")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    add_data_options(p)
+    add_library_options(p)
+    p.add_argument("--cycles", type=int, default=5, help="macro-cycles (default 5)")
+    p.add_argument("--xyz-steps", type=int, default=20, help="L-BFGS iterations of each xyz stage (default 20)")
+    p.add_argument("--b-steps", type=int, default=15, help="L-BFGS iterations of each B stage (default 15)")
+    p.add_argument("--no-b", action="store_true", help="refine coordinates only")
+    p.add_argument("--target", default="ml", choices=("ml", "ls"), help="x-ray target (default ml)")
+    p.add_argument("--hydrogens", default="strip", choices=("strip", "keep"), help="hydrogens (default strip)")
+    p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
+                   help="weights per stage (default) or the seed failure's joint-once scheme (comparison only)")
+    p.add_argument("--restart", action="store_true", help="ignore a previous run in DIR")
+    p.add_argument("--plots", default="all", choices=("all", "cycles", "none"),
+                   help="figures: per-cycle plots and the core's plots of every stage (all, default), "
+                        "per-cycle plots only (cycles), or none")
+    p.set_defaults(handler=_refine)
+
+
+def _refine(args: argparse.Namespace) -> int:
+    from equipoise.core import plot_run
+    from equipoise.errors import InputError
+    from equipoise.xtal.model import AtomModel
+    from equipoise.xtal.refine import RefineOptions, refine, write_outputs
+    from equipoise.xtal.reflections import Reflections
+    from equipoise.xtal.restraints import Restraints
+    from equipoise.xtal.xray import XrayModel
+
+    out = Path(args.out)
+    options = RefineOptions(cycles=args.cycles, xyz_steps=args.xyz_steps, b_steps=args.b_steps,
+                            refine_b=not args.no_b, scheme=args.scheme)
+    options.check()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        log_file = (out / "refine.log").open("a", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write the output directory: {exc}", path=out, field="--out") from exc
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        log_file.flush()
+
+    try:
+        refl = Reflections.from_file(args.data, labin=args.labin, free=args.free, d_min=args.resolution)
+        model = AtomModel.from_file(args.model, hydrogens=args.hydrogens)
+        xray = XrayModel(model, refl, target=args.target)
+        restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
+                                      unrestrained=args.unrestrained)
+        log(f"model {args.model}: {model.n_atoms} atoms")
+        log("data " + refl.describe())
+        for note in [*refl.notes, *xray.notes]:
+            log(f"note: {note}")
+        if restraints.unrestrained:
+            log("refined without restraints (--unrestrained): " + ", ".join(restraints.unrestrained))
+        counts = ", ".join(f"{k} {restraints.count(k)}" for k in restraints.sets)
+        log(f"restraints: {counts}")
+        result = refine(model, restraints, xray, options=options, run_dir=out / "run", log=log,
+                        progress="auto", resume=not args.restart)
+        paths = write_outputs(result, model, xray, out, write_maps=_map_writer(xray),
+                              plots=args.plots != "none")
+        if args.plots == "all":
+            for stage_dir in sorted((out / "run").glob("cycle_*/*")):
+                if (stage_dir / "record.jsonl").is_file():
+                    plot_run(stage_dir)
+        log(result.summary())
+        log("wrote " + ", ".join(str(p) for p in paths.values()))
+    finally:
+        log_file.close()
+    return 0
+
+
+def _map_writer(xray):
+    """``write(fcalc, path)``: 2mFo-DFc and mFo-DFc coefficients through xtal-B's ``maps`` module."""
+    from equipoise.xtal import maps
+
+    refl = xray.refl
+
+    def write(fcalc, path):
+        fom, d = xray.fom_and_d(fcalc)
+        two, diff = maps.map_coefficients(refl.f_obs, xray.f_model(fcalc), fom, d, refl.centric, refl.free)
+        maps.write_map_mtz(path, refl.hkl, refl.cell, refl.spacegroup, refl.f_obs, refl.sigma_f, refl.free,
+                           fom, two, diff)
+
+    return write

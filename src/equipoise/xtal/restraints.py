@@ -1,0 +1,438 @@
+"""Geometry restraints from the monomer library, as index tensors and differentiable torch functions.
+
+``Restraints.build`` runs ``gemmi.prepare_topology`` once (bonds, angles, torsions, planes,
+chiral centres of every residue, peptide/disulfide/other links from the library) and keeps, per
+kind, atom indices into ``AtomModel`` order, ideal values and sigmas. ``z_scores(kind, xyz)``
+returns the per-restraint deviations divided by their sigma; ``loss(kind, xyz)`` is the sum of
+squared z (the negative log-likelihood of Gaussian restraints, as REFMAC and servalcat use:
+Murshudov et al. 2011, Acta Cryst. D67, 355; Yamashita et al. 2023, Acta Cryst. D79, 368).
+
+Non-bonded repulsion (``nonbonded`` kind) acts on pairs closer than ``d_min`` that are neither
+1-2, 1-3 nor 1-4 related, including contacts with symmetry mates. ``d_min`` is the sum of the
+library's ``ener_lib.cif`` van der Waals radii, or ``HBOND_DMIN`` for a donor-acceptor pair, as in
+REFMAC's VDW restraints; the penalty is ``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The
+pair list is rebuilt by ``update_pairs(xyz)`` (once per macro-cycle).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import gemmi
+import torch
+from torch import Tensor
+
+from equipoise.errors import InputError
+from equipoise.xtal.model import AtomModel, atom_label
+from equipoise.xtal.monlib import read_monlib
+
+KINDS = ("bond", "angle", "torsion", "plane", "chiral", "nonbonded")
+#: torsion labels that are conformational, not restraints (REFMAC and servalcat leave them out)
+SKIPPED_TORSIONS = ("phi", "psi")
+#: esd of a chiral volume, Å^3 (REFMAC default)
+CHIRAL_SIGMA = 0.2
+#: sigma of the non-bonded repulsion, Å (REFMAC's VDW sigma)
+NONBONDED_SIGMA = 0.2
+#: minimum distance of a hydrogen-bonded donor-acceptor pair, Å (REFMAC: vdw_radius of H-bond pairs)
+HBOND_DMIN = 2.6
+#: minimum distance for a metal to anything, Å, when the library gives no ion radius
+METAL_DMIN = 2.0
+#: pairs within d_min + this margin (Å) are listed, so that atoms moving closer during a cycle count
+PAIR_MARGIN = 0.5
+#: contact search radius, Å (beyond any d_min)
+CONTACT_CUTOFF = 4.0
+
+
+@dataclass
+class RestraintSet:
+    """One kind of restraint: ``index`` (m, k) atom indices, ``ideal`` (m,), ``sigma`` (m,).
+
+    Units: Å for bonds and non-bonded d_min, degrees for angles and torsions, Å^3 for chiral
+    volumes, Å for planes (``index`` padded with -1, ``ideal`` unused). ``period``: torsions'
+    periodicity; for chiral centres the sign (+1, -1, or 0 when either hand is allowed).
+    ``labels`` name each restraint for outlier lists.
+    """
+
+    index: Tensor
+    ideal: Tensor
+    sigma: Tensor
+    labels: list[str] = field(default_factory=list)
+    period: Tensor | None = None
+    #: non-bonded only: (m, 3, 3) Cartesian rotation and (m, 3) translation applied to atom 2
+    rot: Tensor | None = None
+    shift: Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def _empty(k: int, dtype: torch.dtype, device: torch.device) -> RestraintSet:
+    return RestraintSet(torch.zeros((0, k), dtype=torch.long, device=device),
+                        torch.zeros(0, dtype=dtype, device=device), torch.ones(0, dtype=dtype, device=device))
+
+
+# ----------------------------------------------------------------------------- pure geometry
+def bond_lengths(xyz: Tensor, index: Tensor) -> Tensor:
+    """Distances (m,) in Å between atoms ``index[:, 0]`` and ``index[:, 1]``; xyz (n, 3) Å."""
+    return (xyz[index[:, 0]] - xyz[index[:, 1]]).norm(dim=-1)
+
+
+def angles_deg(xyz: Tensor, index: Tensor) -> Tensor:
+    """Angles (m,) in degrees at atom ``index[:, 1]`` between ``index[:, 0]`` and ``index[:, 2]``."""
+    u = xyz[index[:, 0]] - xyz[index[:, 1]]
+    v = xyz[index[:, 2]] - xyz[index[:, 1]]
+    # atan2(|u x v|, u.v) is accurate near 0 and 180 degrees, where acos has an infinite slope
+    return torch.rad2deg(torch.atan2(torch.linalg.cross(u, v).norm(dim=-1), (u * v).sum(-1)))
+
+
+def dihedrals_deg(xyz: Tensor, index: Tensor) -> Tensor:
+    """Dihedral angles (m,) in degrees, (-180, 180], of atoms ``index[:, 0..3]`` (IUPAC sign)."""
+    p0, p1, p2, p3 = (xyz[index[:, k]] for k in range(4))
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = torch.linalg.cross(b0, b1), torch.linalg.cross(b1, b2)
+    # atan2(|b1| b0.(b1 x b2), (b0 x b1).(b1 x b2)) (Blondel & Karplus 1996, J. Comput. Chem. 17, 1132)
+    return torch.rad2deg(torch.atan2(b1.norm(dim=-1) * (b0 * n2).sum(-1), (n1 * n2).sum(-1)))
+
+
+def chiral_volumes(xyz: Tensor, index: Tensor) -> Tensor:
+    """Signed chiral volumes (m,) in Å^3: ``(a1 - c) . ((a2 - c) x (a3 - c))``, centre ``index[:, 0]``."""
+    c = xyz[index[:, 0]]
+    a1, a2, a3 = (xyz[index[:, k]] - c for k in (1, 2, 3))
+    return (a1 * torch.linalg.cross(a2, a3)).sum(-1)
+
+
+def plane_deviations(xyz: Tensor, index: Tensor) -> Tensor:
+    """Distances (m, k) in Å of each plane's atoms from its least-squares plane (0 at padding -1).
+
+    The plane normal is the eigenvector of the smallest eigenvalue of the atoms' covariance
+    (``torch.linalg.eigh``, differentiable while the two smallest eigenvalues differ).
+    """
+    mask = (index >= 0).to(xyz.dtype)                       # (m, k)
+    pts = xyz[index.clamp(min=0)]                            # (m, k, 3)
+    n = mask.sum(-1, keepdim=True)                           # (m, 1)
+    centre = (pts * mask[..., None]).sum(1) / n              # (m, 3)
+    d = (pts - centre[:, None, :]) * mask[..., None]
+    cov = d.transpose(1, 2) @ d                              # (m, 3, 3)
+    _, vecs = torch.linalg.eigh(cov)
+    normal = vecs[..., 0]                                    # (m, 3)
+    return (d * normal[:, None, :]).sum(-1) * mask
+
+
+def wrap_deg(x: Tensor, period: Tensor) -> Tensor:
+    """``x`` reduced into (-180/period, 180/period] degrees."""
+    span = 360.0 / period
+    return x - span * torch.round(x / span)
+
+
+# ----------------------------------------------------------------------------- restraints
+@dataclass
+class Restraints:
+    """Per-kind restraint sets of one model, and the data to rebuild its non-bonded pairs.
+
+    ``sets[kind]``: :class:`RestraintSet`. ``unrestrained``: residue names refined without
+    restraints (only when asked for). ``energy_types``: per atom, the library's energy type.
+    """
+
+    sets: dict[str, RestraintSet]
+    n_atoms: int
+    vdw_radius: Tensor
+    hb_type: list[str]
+    altlocs: list[str]
+    excluded: set[tuple[int, int]]
+    structure: gemmi.Structure
+    unrestrained: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, model: AtomModel, *, monlib: str | Path | None = None,
+              ligands: Sequence[str | Path] = (), unrestrained: bool = False) -> "Restraints":
+        """Restraints of ``model`` from the monomer library and ``ligands`` CIF files.
+
+        Residues that neither covers raise ``InputError`` listing them, unless
+        ``unrestrained=True`` (then they only get non-bonded repulsion).
+        """
+        st = model.structure.clone()
+        for i, (_, _, atom) in enumerate(_atoms(st)):
+            atom.serial = i
+        resnames = sorted({res.name for ch in st[0] for res in ch})
+        lib = read_monlib(resnames, monlib, ligands)
+        missing = [r for r in resnames if r not in lib.monomers]
+        if missing and not unrestrained:
+            raise InputError(f"no restraint dictionary for residue(s) {', '.join(missing)}: give "
+                             "them with --ligand FILE.cif, or refine them without restraints with "
+                             "--unrestrained", path=model.path, field="--ligand")
+        dtype, device = model.xyz.dtype, model.xyz.device
+        if missing:
+            # drop residues without a dictionary from the topology copy; their atoms stay in the
+            # model (indices by serial) and only get non-bonded repulsion
+            for ch in st[0]:
+                for k in range(len(ch) - 1, -1, -1):
+                    if ch[k].name in missing:
+                        del ch[k]
+        original = [atom.serial for _, _, atom in _atoms(st)]
+        try:
+            topo = gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.NoChange,
+                                          reorder=False, warnings=None, ignore_unknown_links=True)
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"gemmi cannot build the topology: {exc}", path=model.path) from exc
+        # prepare_topology renumbers serials 1..n in file order: map them back to model indices
+        if [atom.serial for _, _, atom in _atoms(st)] != list(range(1, len(original) + 1)):
+            raise InputError("gemmi changed the atoms while building the topology", path=model.path)
+
+        def index(atom: gemmi.Atom) -> int:
+            return original[atom.serial - 1]
+
+        sets = _topology_sets(topo, index, model.labels, dtype, device)
+        n = model.n_atoms
+        types = _energy_types(topo, index, n)
+        radius, hb = [], []
+        for i, el in enumerate(model.elements):
+            entry = lib.ener_lib.atoms.get(types[i]) if types[i] else None
+            r = float(entry.vdw_radius) if entry is not None else float(gemmi.Element(el).vdw_r)
+            if gemmi.Element(el).is_metal:
+                r = float(entry.ion_radius) if entry is not None and math.isfinite(entry.ion_radius) \
+                    else METAL_DMIN / 2
+            radius.append(r)
+            hb.append(entry.hb_type if entry is not None else "N")
+        excluded = _excluded_pairs(sets, n)
+        altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
+        out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
+                  hb_type=hb, altlocs=altlocs, excluded=excluded, structure=model.structure.clone(),
+                  unrestrained=missing)
+        out.update_pairs(model.xyz)
+        return out
+
+    def update_pairs(self, xyz: Tensor) -> None:
+        """Rebuild the non-bonded pair list (with symmetry mates) at coordinates ``xyz`` (n, 3) Å:
+        pairs closer than ``d_min + PAIR_MARGIN``."""
+        st = self.structure
+        pos = xyz.detach().cpu().double().tolist()
+        for i, (_, _, atom) in enumerate(_atoms(st)):
+            atom.pos = gemmi.Position(*pos[i])
+            atom.serial = i
+        cell = st.cell
+        dtype, device = xyz.dtype, xyz.device
+        ns = gemmi.NeighborSearch(st[0], cell, CONTACT_CUTOFF + 1.0).populate()
+        cs = gemmi.ContactSearch(CONTACT_CUTOFF)
+        cs.ignore = gemmi.ContactSearch.Ignore.Nothing
+        idx, dmin, rots, shifts, labels = [], [], [], [], []
+        orth = torch.tensor(cell.orth.mat.tolist(), dtype=torch.float64)
+        frac = torch.tensor(cell.frac.mat.tolist(), dtype=torch.float64)
+        images = [(torch.tensor(im.mat.tolist(), dtype=torch.float64), torch.tensor(im.vec.tolist(),
+                   dtype=torch.float64)) for im in cell.images] if cell.is_crystal() else []
+        eye, zero = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+        for r in cs.find_contacts(ns):
+            i, j = r.partner1.atom.serial, r.partner2.atom.serial
+            # the nearest image of atom 2 (what ContactSearch measured): same ASU or a mate
+            im = cell.find_nearest_image(r.partner1.atom.pos, r.partner2.atom.pos, gemmi.Asu.Any)
+            same_unit = im.same_asu()
+            if same_unit and (i == j or (min(i, j), max(i, j)) in self.excluded):
+                continue
+            a, b = self.altlocs[i], self.altlocs[j]
+            if a != "\0" and b != "\0" and a != b:
+                continue
+            d0 = self._dmin(i, j)
+            if r.dist >= d0 + PAIR_MARGIN:
+                continue
+            if same_unit:
+                rot, sh = eye, zero
+            else:
+                rf, tf = (eye, zero) if im.sym_idx == 0 else images[im.sym_idx - 1]
+                rot = orth @ rf @ frac
+                sh = orth @ (tf + torch.tensor(list(im.pbc_shift), dtype=torch.float64))
+            idx.append((i, j))
+            dmin.append(d0)
+            rots.append(rot)
+            shifts.append(sh)
+            labels.append(f"{self.atom_labels[i]} - {self.atom_labels[j]}"
+                          + ("" if same_unit else " (symmetry)"))
+        if idx:
+            self.sets["nonbonded"] = RestraintSet(
+                torch.tensor(idx, dtype=torch.long, device=device),
+                torch.tensor(dmin, dtype=dtype, device=device),
+                torch.full((len(idx),), NONBONDED_SIGMA, dtype=dtype, device=device), labels,
+                rot=torch.stack(rots).to(dtype=dtype, device=device),
+                shift=torch.stack(shifts).to(dtype=dtype, device=device))
+        else:
+            empty = _empty(2, dtype, device)
+            empty.rot = torch.zeros((0, 3, 3), dtype=dtype, device=device)
+            empty.shift = torch.zeros((0, 3), dtype=dtype, device=device)
+            self.sets["nonbonded"] = empty
+
+    @property
+    def atom_labels(self) -> list[str]:
+        """``A/LEU 12/CA`` per atom (model order)."""
+        if not hasattr(self, "_labels"):
+            self._labels = [atom_label(ch, res, atom) for ch, res, atom in _atoms(self.structure)]
+        return self._labels
+
+    def _dmin(self, i: int, j: int) -> float:
+        hi, hj = self.hb_type[i], self.hb_type[j]
+        donor_acceptor = (hi in "DB" and hj in "AB") or (hi in "AB" and hj in "DB")
+        if donor_acceptor and hi != "N" and hj != "N":
+            return HBOND_DMIN
+        return float(self.vdw_radius[i] + self.vdw_radius[j])
+
+    # ------------------------------------------------------------------------- evaluation
+    def deviations(self, kind: str, xyz: Tensor) -> Tensor:
+        """Model minus ideal (m,) for ``kind`` (planes: (m, k) distances to the plane; non-bonded:
+        ``min(d - d_min, 0)``), in the kind's units."""
+        s = self.sets[kind]
+        if len(s) == 0:
+            return xyz.new_zeros((0,))
+        if kind == "bond":
+            return bond_lengths(xyz, s.index) - s.ideal
+        if kind == "angle":
+            return angles_deg(xyz, s.index) - s.ideal
+        if kind == "torsion":
+            return wrap_deg(dihedrals_deg(xyz, s.index) - s.ideal, s.period)
+        if kind == "chiral":
+            v = chiral_volumes(xyz, s.index)
+            both = s.period == 0
+            return torch.where(both, v.abs() - s.ideal.abs(), v - s.ideal)
+        if kind == "plane":
+            return plane_deviations(xyz, s.index)
+        if kind == "nonbonded":
+            x2 = (s.rot @ xyz[s.index[:, 1]].unsqueeze(-1)).squeeze(-1) + s.shift
+            d = (xyz[s.index[:, 0]] - x2).norm(dim=-1)
+            return (d - s.ideal).clamp(max=0.0)
+        raise InputError(f"unknown restraint kind {kind!r}; kinds are {KINDS}", field="kind")
+
+    def z_scores(self, kind: str, xyz: Tensor) -> Tensor:
+        """Deviations divided by their sigmas (planes: (m, k), 0 at padding)."""
+        dev = self.deviations(kind, xyz)
+        s = self.sets[kind]
+        return dev / (s.sigma[:, None] if dev.dim() == 2 else s.sigma)
+
+    def loss(self, kind: str, xyz: Tensor) -> Tensor:
+        """Sum of squared z-scores of ``kind`` (scalar, dimensionless)."""
+        return (self.z_scores(kind, xyz) ** 2).sum()
+
+    def count(self, kind: str) -> int:
+        """Number of restraints of ``kind`` (planes: number of atoms in planes)."""
+        s = self.sets[kind]
+        return int((s.index >= 0).sum()) if kind == "plane" else len(s)
+
+    def statistics(self, xyz: Tensor) -> dict[str, dict[str, float]]:
+        """Per kind: ``n``, ``rmsd`` (kind's units; non-bonded: rms of violations) and ``rmsz``."""
+        out = {}
+        with torch.no_grad():
+            for kind in KINDS:
+                n = self.count(kind)
+                if n == 0:
+                    out[kind] = {"n": 0, "rmsd": 0.0, "rmsz": 0.0}
+                    continue
+                dev, z = self.deviations(kind, xyz), self.z_scores(kind, xyz)
+                out[kind] = {"n": n, "rmsd": float((dev ** 2).sum() / n) ** 0.5,
+                             "rmsz": float((z ** 2).sum() / n) ** 0.5}
+        return out
+
+    def outliers(self, xyz: Tensor, z_min: float = 4.0, limit: int = 20) -> list[dict]:
+        """Restraints with ``|z| >= z_min``, worst first (at most ``limit``)."""
+        rows = []
+        with torch.no_grad():
+            for kind in KINDS:
+                if self.count(kind) == 0:
+                    continue
+                z = self.z_scores(kind, xyz)
+                dev = self.deviations(kind, xyz)
+                if z.dim() == 2:
+                    worst = z.abs().argmax(dim=1)
+                    rows_z = z.gather(1, worst[:, None])[:, 0]
+                    rows_d = dev.gather(1, worst[:, None])[:, 0]
+                else:
+                    rows_z, rows_d = z, dev
+                s = self.sets[kind]
+                for k in torch.nonzero(rows_z.abs() >= z_min).flatten().tolist():
+                    rows.append({"kind": kind, "atoms": s.labels[k] if s.labels else str(k),
+                                 "deviation": float(rows_d[k]), "z": float(rows_z[k])})
+        rows.sort(key=lambda r: -abs(r["z"]))
+        return rows[:limit]
+
+    def bonded_pairs(self) -> Tensor:
+        """(m, 2) atom index pairs of the bonds (for B-factor similarity restraints)."""
+        return self.sets["bond"].index
+
+
+def _atoms(st: gemmi.Structure):
+    for ch in st[0]:
+        for res in ch:
+            for atom in res:
+                yield ch, res, atom
+
+
+def _topology_sets(topo: gemmi.Topo, index, names: list[str], dtype: torch.dtype,
+                   device: torch.device) -> dict[str, RestraintSet]:
+    """Index/ideal/sigma tensors per kind from a gemmi topology; ``index(atom)`` is the model
+    index, ``names`` the model's atom labels."""
+
+    def tensors(rows, k, with_period=False):
+        if not rows:
+            out = _empty(k, dtype, device)
+            if with_period:
+                out.period = torch.zeros(0, dtype=dtype, device=device)
+            return out
+        idx = torch.tensor([r[0] for r in rows], dtype=torch.long, device=device)
+        ideal = torch.tensor([r[1] for r in rows], dtype=dtype, device=device)
+        sigma = torch.tensor([r[2] for r in rows], dtype=dtype, device=device)
+        labels = [r[3] for r in rows]
+        period = torch.tensor([r[4] for r in rows], dtype=dtype, device=device) if with_period else None
+        return RestraintSet(idx, ideal, sigma, labels, period)
+
+    def label(atoms):
+        return " - ".join(names[index(a)] for a in atoms)
+
+    bonds = [([index(b.atoms[0]), index(b.atoms[1])], b.restr.value, b.restr.esd, label(b.atoms))
+             for b in topo.bonds if b.restr.esd > 0]
+    angles = [([index(a.atoms[0]), index(a.atoms[1]), index(a.atoms[2])], a.restr.value, a.restr.esd,
+               label(a.atoms)) for a in topo.angles if a.restr.esd > 0]
+    torsions = [([index(t.atoms[k]) for k in range(4)], t.restr.value, t.restr.esd, label(t.atoms),
+                 max(int(t.restr.period), 1))
+                for t in topo.torsions if t.restr.esd > 0 and t.restr.label not in SKIPPED_TORSIONS]
+    chirs = []
+    for c in topo.chirs:
+        if c.restr.sign == gemmi.ChiralityType.Both:
+            sign = 0
+        else:
+            sign = 1 if c.restr.sign == gemmi.ChiralityType.Positive else -1
+        ideal = topo.ideal_chiral_abs_volume(c) * (sign if sign else 1)
+        chirs.append(([index(c.atoms[k]) for k in range(4)], ideal, CHIRAL_SIGMA, label(c.atoms), sign))
+    planes = [p for p in topo.planes if p.restr.esd > 0 and len(p.atoms) >= 4]
+    width = max((len(p.atoms) for p in planes), default=4)
+    plane_rows = [([index(a) for a in p.atoms] + [-1] * (width - len(p.atoms)), 0.0, p.restr.esd,
+                   label(p.atoms)) for p in planes]
+    return {"bond": tensors(bonds, 2), "angle": tensors(angles, 3),
+            "torsion": tensors(torsions, 4, with_period=True), "chiral": tensors(chirs, 4, with_period=True),
+            "plane": tensors(plane_rows, width)}
+
+
+def _energy_types(topo: gemmi.Topo, index, n: int) -> list[str]:
+    """The library's energy type (ener_lib key) of each atom, '' where unknown."""
+    types = [""] * n
+    for ci in topo.chain_infos:
+        for ri in ci.res_infos:
+            for atom in ri.res:
+                cc = ri.get_final_chemcomp(atom.altloc)
+                k = cc.find_atom(atom.name) if cc is not None else None
+                if k is not None:
+                    types[index(atom)] = k.chem_type
+    return types
+
+
+def _excluded_pairs(sets: dict[str, RestraintSet], n: int) -> set[tuple[int, int]]:
+    """1-2, 1-3 and 1-4 pairs of the bond graph (excluded from non-bonded repulsion)."""
+    neighbours: list[set[int]] = [set() for _ in range(n)]
+    for i, j in sets["bond"].index.tolist():
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    out = set()
+    for i in range(n):
+        one = neighbours[i]
+        two = set().union(*(neighbours[j] for j in one)) if one else set()
+        three = set().union(*(neighbours[j] for j in two)) if two else set()
+        for j in one | two | three:
+            if j != i:
+                out.add((min(i, j), max(i, j)))
+    return out
