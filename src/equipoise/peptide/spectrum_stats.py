@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -83,3 +84,30 @@ def spectrum_stats(spectra: Sequence[Spectrum], *, tol_ppm: float = 20.0,
         peaks.append(mz.size)
     return SpectrumStats(np.array(present), np.array(explained), np.array(precursor),
                          np.array(errors), np.array(peaks))
+
+
+def plot_comparison(synthetic: SpectrumStats, real: SpectrumStats, path: str | Path,
+                    labels: tuple[str, str] = ("synthetic", "real")) -> Path:
+    """Histograms (density) of the four statistics, synthetic over real, in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("fraction_present", "b/y 1+ ions present (fraction)", np.linspace(0, 1, 21)),
+              ("intensity_explained", "intensity explained by b/y 1+", np.linspace(0, 1, 21)),
+              ("fragment_errors_ppm", "fragment m/z error (ppm)", np.linspace(-20, 20, 41)),
+              ("precursor_error_ppm", "precursor m/z error (ppm)", np.linspace(-10, 10, 41)))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    for ax, (name, title, bins) in zip(axes, panels):
+        for stats, label, style in ((synthetic, labels[0], "stepfilled"), (real, labels[1], "step")):
+            values = getattr(stats, name)
+            ax.hist(values, bins=bins, density=True, histtype=style, alpha=0.5 if style == "stepfilled" else 1.0,
+                    linewidth=1.5, label=f"{label} (median {np.median(values):.3g})")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
