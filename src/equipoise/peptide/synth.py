@@ -77,17 +77,20 @@ class SynthConfig:
     precursor_sd_ppm: float = 0.7
     precursor_tail: float = 0.1
     precursor_tail_ppm: tuple[float, float] = (-3.0, 7.0)
+_LETTERS = np.array(list(NATURAL_FREQUENCIES))
+#: residue probabilities away from the C-terminus (no K/R: trypsin would have cut there)
+_INNER_P = np.array([0.0 if aa in "KR" else f for aa, f in NATURAL_FREQUENCIES.items()])
+_INNER_P /= _INNER_P.sum()
+ION_TYPES = ("b", "y", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
+CHUNK = 512  #: peptides whose fragment ladders are computed in one batched call
 
 
 def random_peptide(rng: np.random.Generator, config: SynthConfig = SynthConfig()) -> list[str]:
     """One random tryptic-like peptide as vocabulary tokens (N- to C-terminus)."""
-    letters = np.array(list(NATURAL_FREQUENCIES))
-    weights = np.array(list(NATURAL_FREQUENCIES.values()))
-    inner = np.where(np.isin(letters, ["K", "R"]), 0.0, weights)
     lengths = np.arange(config.min_length, config.max_length + 1)
     p_len = np.exp(-(lengths - config.min_length) / config.length_decay)
     length = int(rng.choice(lengths, p=p_len / p_len.sum()))
-    seq = list(rng.choice(letters, size=length - 1, p=inner / inner.sum()))
+    seq = list(rng.choice(_LETTERS, size=length - 1, p=_INNER_P))
     seq.append("K" if rng.random() < 0.55 else "R")
     if rng.random() < config.missed_cleavage and length > 3:
         seq[int(rng.integers(1, length - 1))] = "K" if rng.random() < 0.5 else "R"
@@ -129,23 +132,37 @@ def _site_intensities(rng: np.random.Generator, residues: list[str], config: Syn
     return b, y
 
 
+def _ladders(token_lists: list[list[str]], vocabulary: Vocabulary) -> np.ndarray:
+    """(n, 2 * len(ION_TYPES), max_L - 1) fragment m/z at charges 1 and 2, one batched call."""
+    rows = [vocabulary.residue_masses(t) for t in token_lists]
+    width = max(len(r) for r in rows)
+    masses = torch.zeros(len(rows), width, dtype=torch.float64)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        masses[i, :len(r)] = torch.tensor(r, dtype=torch.float64)
+        mask[i, :len(r)] = True
+    return fragment_mz(masses, mask, ion_types=ION_TYPES, charges=(1, 2))[0].numpy()
+
+
 def synthesize_spectrum(rng: np.random.Generator, tokens: list[str], charge: int, index: int = 0,
-                        config: SynthConfig = SynthConfig(),
-                        vocabulary: Vocabulary = DEFAULT_VOCABULARY) -> Spectrum:
-    """One noisy spectrum of ``tokens`` at precursor ``charge``."""
+                        config: SynthConfig = SynthConfig(), vocabulary: Vocabulary = DEFAULT_VOCABULARY,
+                        ladder: np.ndarray | None = None) -> Spectrum:
+    """One noisy spectrum of ``tokens`` at precursor ``charge``; ``ladder`` is this peptide's row
+    of :func:`_ladders` when already computed."""
     residues = [t for t in tokens if not t.endswith("-")]
-    masses = torch.tensor(vocabulary.residue_masses(tokens), dtype=torch.float64)
+    if ladder is None:
+        ladder = _ladders([tokens], vocabulary)[0]
+    n_rows = len(ION_TYPES) * (2 if charge >= 3 else 1)
     charges = (1, 2) if charge >= 3 else (1,)
-    ion_types = ("b", "y", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
-    mz_all = fragment_mz(masses, ion_types=ion_types, charges=charges)[0].numpy()  # (n_types*z, L-1)
+    mz_all = ladder[:n_rows, : len(residues) - 1]  # (n_types * n_charges, L-1)
     b, y = _site_intensities(rng, residues, config)
     n = b.size
     base = np.zeros(mz_all.shape)
     for zi in range(len(charges)):
         scale = 1.0 if zi == 0 else config.doubly_scale * rng.lognormal(0.0, 0.5, size=n)
-        row = zi * len(ion_types)
+        row = zi * len(ION_TYPES)
         base[row + 0], base[row + 1] = b * scale, y * scale
-        for j, ion in enumerate(ion_types[2:], 2):
+        for j, ion in enumerate(ION_TYPES[2:], 2):
             parent = b if ion[0] in "ab" else y
             base[row + j] = config.secondary_scale * parent * scale * rng.lognormal(0.0, 0.8, size=n)
     # missing ions: a weak ion in a poor spectrum is most likely lost
@@ -188,13 +205,16 @@ def synthesize(n: int, seed: int, config: SynthConfig = SynthConfig(),
     """``n`` labelled spectra from ``seed`` (same seed, same spectra). ``progress`` is called with
     the number of spectra done so far (every 1000) when given."""
     rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        tokens = random_peptide(rng, config)
-        length = sum(1 for t in tokens if not t.endswith("-"))
-        p3 = 0.15 + 0.6 * (length - config.min_length) / max(1, config.max_length - config.min_length)
-        charge = 3 if rng.random() < p3 else 2
-        out.append(synthesize_spectrum(rng, tokens, charge, i, config, vocabulary))
-        if progress is not None and (i + 1) % 1000 == 0:
-            progress(i + 1)
+    out: list[Spectrum] = []
+    for first in range(0, n, CHUNK):
+        peptides = [random_peptide(rng, config) for _ in range(min(CHUNK, n - first))]
+        ladders = _ladders(peptides, vocabulary)
+        for k, tokens in enumerate(peptides):
+            i = first + k
+            length = sum(1 for t in tokens if not t.endswith("-"))
+            p3 = 0.15 + 0.6 * (length - config.min_length) / max(1, config.max_length - config.min_length)
+            charge = 3 if rng.random() < p3 else 2
+            out.append(synthesize_spectrum(rng, tokens, charge, i, config, vocabulary, ladders[k]))
+            if progress is not None and (i + 1) % 1000 == 0:
+                progress(i + 1)
     return out
