@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     baseline.add_argument("--quiet", action="store_true", help="no progress output")
     baseline.set_defaults(handler=_baseline)
 
+    from equipoise.peptide.train_cli import register_train
+
+    register_train(commands)
+
 
 def _progress(total: int, quiet: bool) -> Any:
     from equipoise.core.progress import Progress
