@@ -17,6 +17,7 @@ Beams are ranked by their summed log-probability. Shapes: B spectra, K beams, V 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,10 +26,12 @@ import torch
 from torch import Tensor
 
 from equipoise.errors import InputError
-from equipoise.peptide.model import PeptideTransformer, SpectrumBatch
+from equipoise.peptide.io import Spectrum
+from equipoise.peptide.model import PeptideTransformer, SpectrumBatch, collate, prepare
+from equipoise.peptide.psm import PSM
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, Vocabulary
 
-__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search"]
+__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "predict"]
 
 
 @dataclass(frozen=True)
@@ -190,3 +193,23 @@ def _finish(vocab: Vocabulary, tokens: Tensor, logp_path: Tensor, logp_stop: Ten
         best[b] = Prediction(tokens=vocab.decode(tokens[b, j].tolist()), score=float(value[b]),
                              aa_scores=torch.exp(logp_path[b, j]).tolist(), within_tolerance=bool(within[b, j]),
                              isotope=isotopes[int(isotope[b, j])], neutral_mass=float(prefix[b, j]) + H2O_MASS)
+
+
+def predict(model: PeptideTransformer, spectra: Sequence[Spectrum], config: DecodingConfig = DecodingConfig(),
+            batch_size: int = 64, progress: Callable[[int], None] | None = None) -> list[PSM]:
+    """One :class:`~equipoise.peptide.psm.PSM` per spectrum (in input order; an empty peptide
+    where nothing fits). Spectra are preprocessed as the model was trained and decoded in batches
+    of ``batch_size``; ``progress(done)`` is called after each batch."""
+    model.eval()
+    vocab = model.vocab
+    psms: list[PSM] = []
+    for start in range(0, len(spectra), batch_size):
+        chunk = spectra[start:start + batch_size]
+        batch = collate([prepare(s, vocab, model.config) for s in chunk])
+        for spectrum, p in zip(chunk, beam_search(model, batch, config)):
+            tokens, score, aa = ([], -1.0, []) if p is None else (p.tokens, p.score, p.aa_scores)
+            psms.append(PSM(spectrum.index, tokens, score, aa, spectrum.charge, spectrum.precursor_mz,
+                            title=spectrum.title, retention_time_s=spectrum.retention_time_s, vocabulary=vocab))
+        if progress is not None:
+            progress(len(psms))
+    return psms
