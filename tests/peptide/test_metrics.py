@@ -51,3 +51,22 @@ def test_precision_coverage_ranks_by_score() -> None:
     assert perfect == pytest.approx(1.0) and area < perfect
     with pytest.raises(ValueError):
         evaluate_predictions([t("AK")], [])
+
+
+def test_evaluate_psms_missing_rows_and_precursor_tolerance() -> None:
+    from equipoise.errors import InputError
+    from equipoise.peptide.evaluate import evaluate_psms, within_precursor_tolerance
+    from equipoise.peptide.psm import PSM
+    from equipoise.peptide.vocab import C13_SPACING, DEFAULT_VOCABULARY as v
+
+    truth = [t("PEPTIDEK"), t("AGHK"), t("MMK")]
+    exact = v.precursor_mz(truth[0], 2)
+    psms = [PSM(0, t("PEPTLDEK"), 0.9, [0.9] * 8, 2, exact * (1 + 5e-6)),
+            PSM(1, t("AGHR"), 0.2, [0.2] * 4, 2, v.precursor_mz(t("AGHK"), 2))]
+    r = evaluate_psms(psms, truth, precursor_tol_ppm=10)
+    assert r.metrics.n_spectra == 3 and r.metrics.n_predicted == 2
+    assert r.metrics.peptide_recall == 1 / 3 and r.metrics.precursor_fraction == 0.5  # AGHR is 28 Da off
+    iso = PSM(0, truth[0], 1.0, [1.0] * 8, 2, exact + C13_SPACING / 2)
+    assert within_precursor_tolerance(iso, 10) and not within_precursor_tolerance(iso, 10, isotopes=(0,))
+    with pytest.raises(InputError, match="index 5"):
+        evaluate_psms([PSM(5, t("AK"), 1.0, [1.0, 1.0], 2, 100.0)], truth)
