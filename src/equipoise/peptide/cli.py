@@ -57,8 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     baseline.add_argument("--quiet", action="store_true", help="no progress output")
     baseline.set_defaults(handler=_baseline)
 
+    from equipoise.peptide.sequence_cli import register_sequence
     from equipoise.peptide.train_cli import register_train
 
+    register_sequence(commands)
     register_train(commands)
 
 
