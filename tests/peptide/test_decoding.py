@@ -25,7 +25,8 @@ class Preferring(PeptideTransformer):
         return Memory([(rows, rows)], ~peak_padding[:, None, None, :], precursor_mass.double(), charge)
 
     def decode(self, memory, tokens, cache=None):
-        rows = memory.layers[0][0].view(-1).long().tolist()
+        group = memory.precursor_mass.shape[0] // memory.layers[0][0].shape[0]
+        rows = memory.layers[0][0].view(-1).long().repeat_interleave(group).tolist()
         logits = torch.zeros(len(rows), 1, len(V))
         t = tokens.shape[1]
         for i, r in enumerate(rows):

@@ -64,3 +64,17 @@ def test_save_load_roundtrip_and_vocabulary_check(tmp_path) -> None:
         load_model(tmp_path / "bad.pt")
     with pytest.raises(InputError, match="unknown model setting"):
         ModelConfig.from_dict({"d_modle": 3})
+
+
+def test_grouped_beam_rows_read_their_own_spectrum() -> None:
+    torch.manual_seed(3)
+    model = PeptideTransformer(DEFAULT_VOCABULARY, TINY).eval()
+    batch = _batch()
+    with torch.no_grad():
+        memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
+        grouped = memory.repeat(3)
+        rows = torch.arange(4).repeat_interleave(3)
+        repeated = type(memory)([(k[rows], v[rows]) for k, v in memory.layers], memory.mask[rows],
+                                grouped.precursor_mass, grouped.charge)
+        tokens = batch.tokens[rows, :5]
+        torch.testing.assert_close(model.decode(grouped, tokens)[0], model.decode(repeated, tokens)[0])

@@ -134,7 +134,7 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
     offsets = torch.tensor(config.isotopes, dtype=torch.float64, device=device) * C13_SPACING
     targets = precursor[:, None] - offsets[None] - H2O_MASS                              # (B, I) residue sums
     memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
-    memory = memory.select(torch.arange(n, device=device).repeat_interleave(k))
+    memory = memory.repeat(k)
     cache = None
 
     tokens = torch.zeros(n * k, 0, dtype=torch.long, device=device)

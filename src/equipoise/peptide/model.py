@@ -193,6 +193,19 @@ class DecoderLayer(nn.Module):
         key, value = self.key_value(memory).chunk(2, dim=-1)
         return self._heads(key), self._heads(value)
 
+    def _cross(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor) -> Tensor:
+        """Cross-attention of ``x`` (G*B, T, d) on the memory of B spectra: rows ``b*G .. b*G+G-1``
+        (e.g. the G beams of spectrum b) read spectrum b, as G*T queries of one attention call."""
+        query = self._heads(self.query(x))                                           # (G*B, h, T, e)
+        rows, spectra = query.shape[0], memory[0].shape[0]
+        group = rows // spectra
+        if group == 1:
+            return F.scaled_dot_product_attention(query, *memory, attn_mask=memory_mask)
+        _, h, t, e = query.shape
+        grouped = query.view(spectra, group, h, t, e).transpose(1, 2).reshape(spectra, h, group * t, e)
+        out = F.scaled_dot_product_attention(grouped, *memory, attn_mask=memory_mask)
+        return out.view(spectra, h, group, t, e).transpose(1, 2).reshape(rows, h, t, e)
+
     def forward(self, x: Tensor, memory: tuple[Tensor, Tensor], memory_mask: Tensor,
                 cache: tuple[Tensor, Tensor] | None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         """``x`` (B, T_new, d): the new positions; ``memory_mask`` (B, 1, 1, P) True on real peaks;
@@ -203,26 +216,27 @@ class DecoderLayer(nn.Module):
             key, value = torch.cat([cache[0], key], dim=2), torch.cat([cache[1], value], dim=2)
         attended = F.scaled_dot_product_attention(query, key, value, is_causal=cache is None and x.shape[1] > 1)
         x = self.norm_self(x + self._drop(self.self_out(self._merge(attended))))
-        attended = F.scaled_dot_product_attention(self._heads(self.query(x)), *memory, attn_mask=memory_mask)
-        x = self.norm_cross(x + self._drop(self.cross_out(self._merge(attended))))
+        x = self.norm_cross(x + self._drop(self.cross_out(self._merge(self._cross(x, memory, memory_mask)))))
         x = self.norm_ff(x + self._drop(self.ff_out(self._drop(F.relu(self.ff_in(x))))))
         return x, (key, value)
 
 
 @dataclass
 class Memory:
-    """The encoded spectra as the decoder reads them: per layer cross-attention keys/values,
-    ``mask`` (B, 1, 1, P) True on real peaks, ``precursor_mass`` (B,) Da, ``charge`` (B,)."""
+    """The encoded spectra as the decoder reads them: per layer cross-attention keys/values
+    (B, h, P, e), ``mask`` (B, 1, 1, P) True on real peaks, ``precursor_mass`` (G*B,) Da and
+    ``charge`` (G*B,) of each decoder row (G rows per spectrum, see :meth:`repeat`)."""
 
     layers: list[tuple[Tensor, Tensor]]
     mask: Tensor
     precursor_mass: Tensor
     charge: Tensor
 
-    def select(self, rows: Tensor) -> "Memory":
-        """The memory of spectra ``rows`` (e.g. each spectrum repeated once per beam)."""
-        return Memory([(k[rows], v[rows]) for k, v in self.layers], self.mask[rows], self.precursor_mass[rows],
-                      self.charge[rows])
+    def repeat(self, group: int) -> "Memory":
+        """The memory of ``group`` decoder rows per spectrum (spectrum-major, e.g. beams): the
+        precursor is repeated, the peaks are not (the decoder groups rows by spectrum)."""
+        return Memory(self.layers, self.mask, self.precursor_mass.repeat_interleave(group),
+                      self.charge.repeat_interleave(group))
 
 
 class PeptideTransformer(nn.Module):

@@ -37,7 +37,7 @@ from equipoise.peptide.model import (ModelConfig, PeptideTransformer, PreparedSp
 from equipoise.peptide.terms import TrainingOutput, cross_entropy, make_terms
 from equipoise.peptide.vocab import DEFAULT_VOCABULARY, Vocabulary
 
-__all__ = ["TrainConfig", "load_recipe", "load_labelled", "Batches", "targets_with_stop", "train", "TrainResult",
+__all__ = ["TrainConfig", "load_recipe", "load_labelled", "Batches", "targets_with_stop", "build_fit", "train", "TrainResult",
            "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = Path(__file__).with_name("recipes") / "default.toml"
@@ -224,6 +224,27 @@ def validate(model: PeptideTransformer, items: list[PreparedSpectrum], batch_siz
             "precursor_fraction": metrics.precursor_fraction}
 
 
+def build_fit(model: PeptideTransformer, batches: Batches, config: TrainConfig, run_dir: Path | None,
+              progress: str = "auto", record_config: dict | None = None) -> Fit:
+    """The core ``Fit`` of a training run: one group ``model``, the recipe's terms, curriculum
+    schedules and balancer, one stage per learning-rate segment; ``forward()`` draws the next
+    batch from ``batches``."""
+    def forward() -> TrainingOutput:
+        return training_output(model, next(batches))
+
+    terms = make_terms(model.vocab, config.terms,
+                       {t: schedules.Piecewise(tuple((int(s), float(m)) for s, m in table))
+                        for t, table in config.curriculum.items()},
+                       label_smoothing=config.label_smoothing, precursor_scale_ppm=config.precursor_scale_ppm)
+    stages = [Stage(name, free=["model"], optimizer="adam", lr=lr, steps=steps,
+                    balancer=TargetShareBalancer(config.shares) if config.shares else None,
+                    rebalance_every=config.rebalance_every if config.shares else None)
+              for name, steps, lr in lr_stages(config)]
+    return Fit({"model": list(model.parameters())}, terms, stages, forward=forward, run_dir=run_dir,
+               grad_every=config.grad_every, progress=progress, checkpoint_every=config.chunk,
+               config=record_config)
+
+
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`: steps done, whether the step plan finished (False: stopped by
@@ -275,20 +296,8 @@ def train(train_path: str | Path, val_path: str | Path, out: str | Path, config:
         batches.load(json.loads(batch_state.read_text()))
     (out / "recipe.json").write_text(json.dumps(asdict(config), indent=1))
 
-    def forward() -> TrainingOutput:
-        return training_output(model, next(batches))
-
-    terms = make_terms(vocab, config.terms,
-                       {t: schedules.Piecewise(tuple((int(s), float(m)) for s, m in table))
-                        for t, table in config.curriculum.items()},
-                       label_smoothing=config.label_smoothing, precursor_scale_ppm=config.precursor_scale_ppm)
-    stages = [Stage(name, free=["model"], optimizer="adam", lr=lr, steps=steps,
-                    balancer=TargetShareBalancer(config.shares) if config.shares else None,
-                    rebalance_every=config.rebalance_every if config.shares else None)
-              for name, steps, lr in lr_stages(config)]
-    fit = Fit({"model": list(model.parameters())}, terms, stages, forward=forward, run_dir=out / "fit",
-              grad_every=config.grad_every, progress=progress, checkpoint_every=config.chunk,
-              config={"recipe": asdict(config), "train": str(train_path), "val": str(val_path)})
+    fit = build_fit(model, batches, config, out / "fit", progress,
+                    {"recipe": asdict(config), "train": str(train_path), "val": str(val_path)})
     history_path = out / "validation.jsonl"
     history = [json.loads(line) for line in history_path.read_text().splitlines()] \
         if resume and history_path.is_file() else []
