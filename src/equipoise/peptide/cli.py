@@ -64,10 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     register_train(commands)
 
 
-def _progress(total: int, quiet: bool) -> Any:
+def _progress(total: int, quiet: bool, log_path: Path) -> Any:
+    """core's Progress: a bar (or plain lines) on the console and a readable log at ``log_path``."""
     from equipoise.core.progress import Progress
 
-    return Progress("quiet" if quiet else "auto", total, 0, None)
+    return Progress("quiet" if quiet else "auto", total, 0, log_path)
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -109,7 +110,8 @@ def _synth(args: argparse.Namespace) -> int:
         raise InputError("the output folder does not exist", path=out.parent, field="--out")
     real = read_spectra(args.compare).spectra if args.compare else None
     config = SynthConfig()
-    progress = _progress(args.n, args.quiet)
+    progress = _progress(args.n, args.quiet, out.with_suffix(".log"))
+    progress.event(f"synth: {args.n} spectra, seed {args.seed}, -> {out}")
     start = time.perf_counter()
     try:
         spectra = synthesize(args.n, args.seed, config,
@@ -117,6 +119,7 @@ def _synth(args: argparse.Namespace) -> int:
         generate_s = time.perf_counter() - start
         write_mgf(out, spectra)
         progress.step(args.n, "synth", args.n - 1, args.n, math.nan)
+        progress.event(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     finally:
         progress.close()
     record: dict[str, Any] = {"n": args.n, "seed": args.seed, "out": str(out), "config": asdict(config),
@@ -153,6 +156,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _baseline(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
+    from equipoise.errors import InputError
     from equipoise.peptide.baseline import BaselineConfig, run_baseline
     from equipoise.peptide.io import read_spectra
     from equipoise.peptide.mztab import write_csv, write_mztab
@@ -160,11 +164,19 @@ def _baseline(args: argparse.Namespace) -> int:
     loaded = read_spectra(args.spectra, skip_bad=args.skip_bad)
     config = BaselineConfig()
     n = len(loaded.spectra)
-    progress = _progress(n, args.quiet)
+    out = Path(args.out)
+    for path, flag in ((out, "--out"), (Path(args.csv) if args.csv else out, "--csv")):
+        if not path.parent.is_dir():
+            raise InputError("the output folder does not exist", path=path.parent, field=flag)
+    progress = _progress(n, args.quiet, out.with_suffix(".log"))
+    progress.event(f"baseline: {n} spectra from {args.spectra} ({len(loaded.skipped)} skipped)")
+    for skipped in loaded.skipped:
+        progress.event(f"skipped spectrum {skipped.index}: {skipped.reason}")
     start = time.perf_counter()
     try:
         psms = run_baseline(loaded.spectra, config=config,
                             progress=lambda done: progress.step(done, "baseline", done - 1, n, math.nan))
+        progress.event(f"{sum(1 for p in psms if p.tokens)} of {n} spectra sequenced")
     finally:
         progress.close()
     elapsed = time.perf_counter() - start
@@ -172,7 +184,6 @@ def _baseline(args: argparse.Namespace) -> int:
     write_mztab(args.out, psms, ms_run=args.spectra, config=settings)
     if args.csv:
         write_csv(args.csv, psms)
-    out = Path(args.out)
     _write_json(out.with_suffix(".json"), {
         "spectra": str(args.spectra), "out": str(out), "config": settings, "n_spectra": n,
         "n_predicted": sum(1 for p in psms if p.tokens), "seconds": elapsed, "spectra_per_s": n / elapsed,
