@@ -47,7 +47,8 @@ DEFAULT_RECIPE = Path(__file__).with_name("recipes") / "default.toml"
 class TrainConfig:
     """A training recipe (TOML keys of the same names; ``[model]`` a :class:`ModelConfig`).
 
-    ``terms``: base weights; ``shares``: target shares of the balancer (None: fixed weights);
+    ``terms``: base weights; ``shares``: target shares of the balancer (None, in TOML
+    ``shares = false``: fixed weights);
     ``curriculum``: per term a ``[[step, multiplier], ...]`` table (``schedules.Piecewise``);
     ``steps``: optimiser steps; ``lr``: peak learning rate; ``warmup_steps`` at ``lr/10``, then
     ``decay_stages`` stages following a cosine down to ``lr_floor * lr``; ``max_seconds``: wall
@@ -112,6 +113,8 @@ def load_recipe(path: str | Path | None = None) -> TrainConfig:
     for key in data:
         if key not in known:
             raise InputError(f"unknown recipe key {key!r}; known: {sorted(known)}", path=path, field=key)
+    if data.get("shares") is False:          # TOML has no null: "shares = false" means fixed weights
+        data["shares"] = None
     model = ModelConfig.from_dict(data.pop("model", {}), where=f"{path}: model")
     config = TrainConfig(**data, model=model)
     config.check(str(path))
