@@ -70,3 +70,8 @@ def test_evaluate_psms_missing_rows_and_precursor_tolerance() -> None:
     assert within_precursor_tolerance(iso, 10) and not within_precursor_tolerance(iso, 10, isotopes=(0,))
     with pytest.raises(InputError, match="index 5"):
         evaluate_psms([PSM(5, t("AK"), 1.0, [1.0, 1.0], 2, 100.0)], truth)
+
+
+def test_length_bins_count_residues_not_n_terminal_tags() -> None:
+    m = evaluate_predictions([["[Acetyl]-", "A", "K"], t("GK")], [["A", "K"], t("GK")])
+    assert set(m.by_length) == {2} and m.by_length[2].n_spectra == 2

@@ -9,7 +9,8 @@ to the first mismatch. Amino-acid precision = matched / predicted residues, reca
 true residues (a spectrum without a prediction contributes 0 predicted residues). Peptide recall
 = exactly identical sequences (I = L) / spectra. The precision–coverage curve ranks predictions
 by peptide score; its area is the trapezoidal integral over coverage. Every metric is also given
-by true peptide length (the length of the *label*, never told to the model).
+by true peptide length (residues of the *label*, N-terminal modification not counted; never
+told to the model).
 
 Token masses come from the vocabulary; N-terminal modification tokens count as a token with
 their mass delta, as in Casanovo.
@@ -147,12 +148,15 @@ def evaluate_predictions(truths: Sequence[Sequence[str]], predictions: Sequence[
     n_pred = np.array([len(p) if p else 0 for p in predictions])
     correct = np.array([same_peptide(t, p or None, vocabulary) for t, p in zip(truths, predictions)], dtype=bool)
     ok = np.zeros(n, dtype=bool) if precursor_ok is None else np.asarray(precursor_ok, dtype=bool)
-    return _aggregate(np.arange(n), n_match, n_true, n_pred, correct, has, s, ok, by_length)
+    lengths = np.array([sum(1 for tok in t if not tok.endswith("-")) for t in truths])
+    return _aggregate(np.arange(n), n_match, n_true, n_pred, correct, has, s, ok,
+                      lengths if by_length else None)
 
 
 def _aggregate(rows: np.ndarray, n_match: np.ndarray, n_true: np.ndarray, n_pred: np.ndarray,
                correct: np.ndarray, has: np.ndarray, scores: np.ndarray, ok: np.ndarray,
-               by_length: bool) -> SequencingMetrics:
+               lengths: np.ndarray | None) -> SequencingMetrics:
+    """Metrics over ``rows``; with ``lengths`` (residues of each label) also per length."""
     def ratio(a: float, b: float) -> float:
         return float(a / b) if b else 0.0
 
@@ -163,9 +167,9 @@ def _aggregate(rows: np.ndarray, n_match: np.ndarray, n_true: np.ndarray, n_pred
         aa_recall=ratio(m.sum(), t.sum()), peptide_recall=ratio(c.sum(), len(rows)),
         peptide_precision=ratio(c.sum(), h.sum()), auc=area,
         precursor_fraction=ratio((ok[rows] & h).sum(), h.sum()))
-    if by_length:
-        for length in np.unique(t):
-            sel = rows[t == length]
+    if lengths is not None:
+        for length in np.unique(lengths[rows]):
+            sel = rows[lengths[rows] == length]
             result.by_length[int(length)] = _aggregate(sel, n_match, n_true, n_pred, correct, has, scores,
-                                                       ok, by_length=False)
+                                                       ok, None)
     return result
