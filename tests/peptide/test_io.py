@@ -125,3 +125,9 @@ def test_real_file() -> None:
     f = read_spectra(REAL)
     assert len(f.spectra) == 64 and all(s.tokens for s in f.spectra)
     assert {s.charge for s in f.spectra} <= {1, 2, 3, 4, 5}
+
+
+def test_global_mgf_header_supplies_charge(tmp_path) -> None:
+    p = tmp_path / "g.mgf"
+    p.write_text("CHARGE=3+\n" + GOOD.replace("CHARGE=2+\n", ""))
+    assert read_spectra(p).spectra[0].charge == 3
