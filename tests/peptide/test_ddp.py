@@ -1,0 +1,49 @@
+"""Two CPU processes (gloo) training the peptide model stay in sync.
+
+Relies on core's DDP (``equipoise.core.distributed``, branch core-training, /work/TRAINING_API.md);
+skips with a message where this checkout's core has none yet.
+"""
+
+import importlib.util
+
+import pytest
+
+HAS_DDP = importlib.util.find_spec("equipoise.core.distributed") is not None
+
+
+@pytest.mark.skipif(not HAS_DDP, reason="equipoise.core.distributed (core-training) not merged into this branch yet")
+def test_two_processes_stay_in_sync(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    import torch
+
+    a, b = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], msg=name)
+
+
+def _worker(rank: int, world: int, folder: str) -> None:  # pragma: no cover - runs in the children
+    import os
+
+    import torch
+
+    from equipoise.core import distributed
+    from equipoise.peptide.model import ModelConfig, PeptideTransformer, prepare
+    from equipoise.peptide.synth import synthesize
+    from equipoise.peptide.train import Batches, TrainConfig, build_fit
+    from equipoise.peptide.vocab import DEFAULT_VOCABULARY
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT="29533")
+    torch.set_num_threads(1)
+    context = distributed.setup()
+    config = TrainConfig(batch_size=4, steps=4, warmup_steps=0, decay_stages=1, chunk=4, validate_every=4,
+                         model=ModelConfig(d_model=32, n_heads=2, dim_feedforward=32, encoder_layers=1,
+                                           decoder_layers=1, max_peaks=32))
+    torch.manual_seed(rank)  # different initial weights: the fit must broadcast rank 0's
+    model = PeptideTransformer(DEFAULT_VOCABULARY, config.model)
+    items = [prepare(s, DEFAULT_VOCABULARY, config.model) for s in synthesize(16, seed=5)]
+    build_fit(model, Batches(items, 4, seed=rank), config, None, progress="quiet").run()
+    torch.save(model.state_dict(), f"{folder}/rank{context.rank}.pt")
+    distributed.teardown()

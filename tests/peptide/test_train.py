@@ -1,0 +1,86 @@
+"""Training on core's Fit: record has shares, weights and gradient norms; validation; resume; recipes."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from equipoise.errors import InputError
+from equipoise.peptide.io import write_mgf
+from equipoise.peptide.model import ModelConfig, load_model
+from equipoise.peptide.synth import synthesize
+from equipoise.peptide.train import TrainConfig, load_recipe, lr_stages, train
+
+TINY = ModelConfig(d_model=32, n_heads=2, dim_feedforward=32, encoder_layers=1, decoder_layers=1, max_peaks=32)
+
+
+def _config(**changes) -> TrainConfig:
+    base = TrainConfig(batch_size=8, steps=12, warmup_steps=4, decay_stages=2, chunk=4, validate_every=4,
+                       val_spectra=8, rebalance_every=4, grad_every=2, model=TINY,
+                       curriculum={"spectrum": [[0, 0.0], [4, 1.0]], "precursor": [[0, 0.0], [4, 1.0]]})
+    return replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    return write_mgf(folder / "train.mgf", synthesize(40, seed=21)), write_mgf(folder / "val.mgf", synthesize(8, seed=22))
+
+
+def test_training_records_shares_gradients_and_validation(data, tmp_path) -> None:
+    torch.set_num_threads(1)
+    result = train(*data, tmp_path / "run", _config(), progress="quiet")
+    assert result.completed and result.steps == 12
+    lines = [json.loads(l) for l in (tmp_path / "run" / "fit" / "record.jsonl").read_text().splitlines()]
+    assert {"ce", "spectrum", "precursor"} <= set(lines[-1]["terms"])
+    assert any("grad_norms" in l and l["grad_norms"]["precursor"]["model"] > 0 for l in lines)
+    late = [l for l in lines if l["step"] >= 8]
+    shares = late[-1]["terms"]
+    assert abs(sum(t["share"] for t in shares.values()) - 1) < 1e-6
+    assert all(t["weight"] > 0 for t in shares.values())
+    # CE alone during the curriculum's first steps: core flags the dominance
+    assert any(f["kind"] == "dominance" for l in lines[:4] for f in l.get("flags", []))
+    validation = [json.loads(l) for l in (tmp_path / "run" / "validation.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in validation] == [4, 8, 12]
+    assert all(0 <= v["peptide_recall"] <= 1 and v["val_ce"] > 0 for v in validation)
+    model = load_model(result.best_model_path)
+    assert model.config == TINY
+
+
+def test_resume_continues_to_the_same_parameters(data, tmp_path) -> None:
+    torch.set_num_threads(1)
+    straight = train(*data, tmp_path / "a", _config(), progress="quiet")
+    first = train(*data, tmp_path / "b", _config(max_seconds=0.0), progress="quiet")
+    assert not first.completed and first.steps == 4
+    second = train(*data, tmp_path / "b", _config(), progress="quiet")
+    assert second.completed and second.steps == 12
+    a, b = load_model(straight.model_path), load_model(second.model_path)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_recipe_errors_and_lr_plan(tmp_path) -> None:
+    config = load_recipe()
+    assert config.model.max_peaks == 64 and set(config.terms) == {"ce", "spectrum", "precursor"}
+    plan = lr_stages(config)
+    assert plan[0][0] == "warmup" and plan[0][2] == pytest.approx(config.lr / 10)
+    assert all(a[2] >= b[2] for a, b in zip(plan[1:], plan[2:]))      # decaying
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = 1e-3\nlearning_rate = 2\n")
+    with pytest.raises(InputError, match="learning_rate"):
+        load_recipe(bad)
+    bad.write_text("[model]\nd_modle = 3\n")
+    with pytest.raises(InputError, match="d_modle"):
+        load_recipe(bad)
+    with pytest.raises(InputError, match="shares"):
+        _config(shares={"ce": 1.0}).check()
+
+
+def test_unlabelled_training_file_is_an_input_error(tmp_path) -> None:
+    spectra = synthesize(10, seed=3)
+    for s in spectra:
+        s.tokens = None
+    path = write_mgf(tmp_path / "unlabelled.mgf", spectra)
+    with pytest.raises(InputError, match="SEQ"):
+        train(path, path, tmp_path / "run", _config(), progress="quiet")
