@@ -83,7 +83,12 @@ class EGNNLayer(nn.Module):
         super().__init__()
         self.k, self.n_rbf, self.d_max = k, n_rbf, d_max
         self.norm_coors, self.update_coors = norm_coors, update_coors
-        self.edge_mlp = _mlp([2 * dim + n_rbf + edge_dim, 2 * m_dim, m_dim])
+        # the first edge layer, Linear(cat[h_i, h_j, rbf, e_ij]), split by input so that the node
+        # parts are computed once per node, not once per edge (same function, ~k times fewer flops)
+        self.edge_node_i = nn.Linear(dim, 2 * m_dim)
+        self.edge_node_j = nn.Linear(dim, 2 * m_dim, bias=False)
+        self.edge_pair = nn.Linear(n_rbf + edge_dim, 2 * m_dim, bias=False)
+        self.edge_out = nn.Sequential(nn.SiLU(), nn.Linear(2 * m_dim, m_dim))
         self.node_mlp = _mlp([dim + m_dim, 2 * dim, dim])
         self.norm = nn.LayerNorm(dim)
         self.coor_mlp = _mlp([m_dim, m_dim, 1], final_std=coor_init) if update_coors else None
@@ -99,13 +104,13 @@ class EGNNLayer(nn.Module):
         idx, valid = knn(coors, mask, self.k)
         rel = coors.unsqueeze(2) - _gather(coors, idx)                      # (B, n, k, 3)
         dist = rel.square().sum(-1).clamp_min(1e-12).sqrt()                # (B, n, k)
-        h_j = _gather(feats, idx)
-        h_i = feats.unsqueeze(2).expand_as(h_j)
-        parts = [h_i, h_j, rbf(dist, self.n_rbf, self.d_max)]
+        parts = [rbf(dist, self.n_rbf, self.d_max)]
         if pair_feats is not None:
             pair = pair_feats.expand(b, -1, -1, -1)
             parts.append(torch.gather(pair, 2, idx.unsqueeze(-1).expand(-1, -1, -1, pair.shape[-1])))
-        m = self.edge_mlp(torch.cat(parts, dim=-1)) * valid.unsqueeze(-1)
+        pre = (self.edge_node_i(feats).unsqueeze(2) + _gather(self.edge_node_j(feats), idx)
+               + self.edge_pair(torch.cat(parts, dim=-1)))
+        m = self.edge_out(pre) * valid.unsqueeze(-1)
         node = mask.unsqueeze(-1)
         feats = torch.where(node, feats + self.node_mlp(torch.cat([self.norm(feats), m.sum(2)], dim=-1)), feats)
         if self.coor_mlp is not None:
