@@ -1,0 +1,280 @@
+"""Training the ensemble VAE on an ensemble's models, as one :class:`equipoise.core.Fit`.
+
+A seeded split keeps ``holdout`` of the models out of training (written to ``DIR/holdout.pdb``
+and ``DIR/split.json``); the rest make training pairs: encode one conformer (the target),
+decode it from another (the template), each turned by an independent uniform random rotation,
+the template with optional Gaussian coordinate noise. Everything else (mini-batches,
+balancing, records, checkpoints, resume, time budget) is the core's.
+
+Run directory: ``DIR/model.pt`` (what sampling needs: weights, configs, sequence, template
+conformers), ``DIR/fit/`` (the core's config.json, record.jsonl, summary.json, run.log,
+checkpoint.pt), ``DIR/holdout.pdb``, ``DIR/split.json``, ``DIR/train.json`` (the result).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from equipoise.core import Fit, Stage
+from equipoise.ensemble.frames import local_coordinates, random_rotations
+from equipoise.ensemble.io import Ensemble, write_ensemble
+from equipoise.ensemble.metrics import superpose
+from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
+from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, make_balancer, make_terms
+from equipoise.errors import InputError
+
+__all__ = ["TrainConfig", "TrainResult", "PairDataset", "split_models", "train", "load_model",
+           "MODEL_FILE", "residue_mask"]
+
+MODEL_FILE = "model.pt"
+DTYPE = torch.float32
+TEMPLATES = ("medoid", "pairs")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``holdout``: fraction of models kept out (0 <= f < 1); ``minutes``: wall
+    time budget; ``steps``: step budget (whichever ends first); ``noise``: std (Å) of the Gaussian
+    noise on template coordinates; ``lr``: Adam(W) learning rate; ``template``: "medoid" (decode
+    every target from the training medoid) or "pairs" (from every other training model)."""
+
+    holdout: float = 0.2
+    minutes: float = 20.0
+    seed: int = 1
+    steps: int = 200_000
+    batch_size: int = 16
+    lr: float = 1e-3
+    noise: float = 0.1
+    template: str = "medoid"
+    checkpoint_every: int = 100
+    log_every: int = 10
+    model: VAEConfig = field(default_factory=VAEConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def check(self) -> None:
+        """InputError for impossible settings, before any computation."""
+        if not 0.0 <= self.holdout < 1.0:
+            raise InputError(f"holdout must lie in [0, 1), got {self.holdout}", field="--holdout")
+        if not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise InputError(f"minutes must be a positive number, got {self.minutes}", field="--minutes")
+        if self.steps < 1 or self.batch_size < 1:
+            raise InputError(f"steps and batch size must be >= 1, got {self.steps}, {self.batch_size}",
+                             field="steps")
+        if self.template not in TEMPLATES:
+            raise InputError(f"template must be one of {TEMPLATES}, got {self.template!r}", field="template")
+        if self.noise < 0:
+            raise InputError(f"template noise must be >= 0 Å, got {self.noise}", field="noise")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: where the model is, how long it trained, the last term values
+    (raw) and the collapse diagnostic of the last logged batch."""
+
+    out_dir: Path
+    steps: int
+    seconds: float
+    n_train: int
+    n_holdout: int
+    completed: bool
+    final_terms: dict[str, float]
+    collapse: dict
+    flags: list[dict]
+
+    def summary(self) -> str:
+        """A few readable lines."""
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in self.final_terms.items())
+        return (f"trained {self.steps} steps in {self.seconds:.0f} s on {self.n_train} models "
+                f"({self.n_holdout} held out) -> {self.out_dir / MODEL_FILE}\n"
+                f"final terms: {terms}\n"
+                f"latent: {self.collapse.get('active_units', 0):.0f}/{self.collapse.get('latent_dims', 0):.0f} "
+                f"active units, global KL {self.collapse.get('kl_global_nats', float('nan')):.3g} nats; "
+                f"{len(self.flags)} kinds of flags")
+
+
+def split_models(n_models: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of model indices into (train, holdout); the holdout has round(holdout * n)
+    models (at least 1 when holdout > 0) and training keeps at least 2."""
+    n_out = max(1, round(holdout * n_models)) if holdout > 0 else 0
+    if n_models - n_out < 2:
+        raise InputError(f"{n_models} models with holdout {holdout} leave fewer than 2 for training",
+                         field="--holdout")
+    perm = torch.randperm(n_models, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_out:]), sorted(perm[:n_out])
+
+
+def residue_mask(ensemble: Ensemble) -> Tensor:
+    """Residues (n,) bool whose four backbone atoms are present in every model."""
+    mask = torch.as_tensor(ensemble.mask, dtype=torch.bool)
+    present = mask.all(dim=-1).all(dim=0) if mask.dim() == 3 else mask.all(dim=0)
+    if int(present.sum()) < 3:
+        raise InputError(f"only {int(present.sum())} residues have N, CA, C, O in every model; 3 are needed",
+                         field="mask")
+    return present
+
+
+class PairDataset(Sequence):
+    """Ordered (template, target) pairs of distinct training models, templates from ``templates``
+    (default: every model): item k -> (template index, target index)."""
+
+    def __init__(self, n_models: int, templates: Sequence[int] | None = None) -> None:
+        self.n = n_models
+        self.templates = list(range(n_models)) if templates is None else list(templates)
+
+    def __len__(self) -> int:
+        return len(self.templates) * (self.n - 1)
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        t, r = divmod(k, self.n - 1)
+        i = self.templates[t]
+        return i, r + (r >= i)
+
+
+def medoid(coords: Tensor, mask: Tensor) -> int:
+    """Index of the model (coords (M, n, 4, 3)) with the smallest mean squared deviation to all
+    others after superposition (residues in ``mask``)."""
+    x = coords[:, mask].reshape(coords.shape[0], -1, 3)
+    atoms = torch.ones(x.shape[:2], dtype=torch.bool)
+    cost = torch.stack([(superpose(x, x[i].expand_as(x), atoms) - x[i]).square().sum(-1).mean()
+                        for i in range(x.shape[0])])
+    return int(cost.argmin())
+
+
+class PairCollate:
+    """Batch of pairs -> (template, target) coordinates (B, n, 4, 3), each centred and randomly
+    rotated (global torch RNG, so the core's checkpoints make it resumable), template noise."""
+
+    def __init__(self, coords: Tensor, mask: Tensor, noise: float) -> None:
+        self.coords, self.mask, self.noise = coords, mask, noise
+
+    def _turned(self, x: Tensor) -> Tensor:
+        centre = x[:, self.mask, 1].mean(1)[:, None, None]
+        rot = random_rotations(x.shape[0], dtype=x.dtype, device=x.device)
+        return torch.einsum("bij,bnaj->bnai", rot, x - centre)
+
+    def __call__(self, items: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
+        i = torch.tensor([a for a, _ in items])
+        j = torch.tensor([b for _, b in items])
+        template = self._turned(self.coords[i])
+        if self.noise > 0:
+            template = template + self.noise * torch.randn_like(template)
+        mask = self.mask.expand(len(items), -1)
+        return {"template": template, "target": self._turned(self.coords[j]), "mask": mask}
+
+
+def build_model(ensemble: Ensemble, train_idx: list[int], mask: Tensor, config: VAEConfig) -> EnsembleVAE:
+    """A fresh VAE for the ensemble's sequence; N, C, O start at the training models' mean local
+    coordinates."""
+    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)[train_idx]
+    ideal = local_coordinates(coords).mean(0)
+    return EnsembleVAE(encode_sequence(ensemble.sequence), ideal, config).to(DTYPE)
+
+
+def _save_model(path: Path, model: EnsembleVAE, ensemble: Ensemble, template_idx: list[int], mask: Tensor,
+                config: TrainConfig) -> None:
+    payload = {"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
+               "objective": config.objective.to_dict(), "sequence": ensemble.sequence,
+               "residue_names": ensemble.residue_names, "residue_numbers": ensemble.residue_numbers,
+               "chain_id": ensemble.chain_id, "source": ensemble.source,
+               "templates": torch.as_tensor(ensemble.coords, dtype=torch.float64)[template_idx],
+               "residue_mask": mask, "template_indices": template_idx}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_model(run_dir: str | Path) -> tuple[EnsembleVAE, dict]:
+    """The trained VAE of a run directory and its saved payload (sequence, templates, mask, ...)."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"no trained model in {run_dir} (expected {MODEL_FILE}; run `equipoise ensemble train`)",
+                         path=path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    config = VAEConfig(**payload["vae_config"])
+    model = EnsembleVAE(encode_sequence(payload["sequence"]), payload["state_dict"]["ideal_local"], config)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(DTYPE).eval(), payload
+
+
+def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = None,
+          progress: str = "auto") -> TrainResult:
+    """Train the VAE on ``ensemble`` (a seeded ``1 - holdout`` share of its models), resuming from
+    ``out_dir`` if it holds a checkpoint of the same run. Returns a :class:`TrainResult`."""
+    config = config or TrainConfig()
+    config.check()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output directory: {exc}", path=out) from exc
+    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)
+    train_idx, holdout_idx = split_models(coords.shape[0], config.holdout, config.seed)
+    mask = residue_mask(ensemble)
+    (out / "split.json").write_text(json.dumps({"seed": config.seed, "holdout": config.holdout,
+                                                "train": train_idx, "holdout_models": holdout_idx}, indent=1))
+    if holdout_idx:
+        write_ensemble(ensemble.select(holdout_idx), out / "holdout.pdb")
+    torch.manual_seed(config.seed)
+    model = build_model(ensemble, train_idx, mask, config.model)
+    collate = PairCollate(coords[train_idx].to(DTYPE), mask, config.noise)
+    templates = [medoid(coords[train_idx], mask)] if config.template == "medoid" else None
+    pairs = PairDataset(len(train_idx), templates)
+    template_idx = [train_idx[i] for i in pairs.templates]
+    last: dict[str, VAEOutput] = {}
+
+    def forward() -> VAEOutput:
+        # core-training's Batches replaces this draw once merged (same global RNG)
+        items = [pairs[int(k)] for k in torch.randint(len(pairs), (config.batch_size,))]
+        batch = collate(items)
+        model.train()
+        last["out"] = model(batch["template"], batch["target"], batch["mask"])
+        return last["out"]
+
+    def summarize() -> dict:
+        return collapse_diagnostic(last["out"]) if "out" in last else {}
+
+    objective = config.objective
+    stage = Stage("train", free=["model"], optimizer="adam", lr=config.lr, steps=config.steps,
+                  balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
+    fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage], forward=forward,
+              run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
+              summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
+              config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
+                      "model": config.model.to_dict(), "objective": objective.to_dict(),
+                      "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
+    started = time.perf_counter()
+    budget = 60.0 * config.minutes
+    result = fit.run(max_steps=1)
+    while not result.completed and time.perf_counter() - started < budget:
+        result = fit.run(max_steps=config.checkpoint_every)
+        _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+    _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+    seconds = time.perf_counter() - started
+    final = _last_terms(out / "fit" / "record.jsonl")
+    train_result = TrainResult(out, result.steps, seconds, len(train_idx), len(holdout_idx), result.completed,
+                               final, summarize(), result.flags)
+    summary = asdict(train_result)
+    summary["out_dir"] = str(out)
+    (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
+    return train_result
+
+
+def _last_terms(record: Path) -> dict[str, float]:
+    """Raw term values of the last logged step of a core record."""
+    terms: dict[str, float] = {}
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            entry = json.loads(line)
+            if "terms" in entry:
+                terms = {t: v["raw"] for t, v in entry["terms"].items()}
+    return terms
