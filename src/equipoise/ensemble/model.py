@@ -47,15 +47,15 @@ class VAEConfig:
     size (0: none); ``k``: neighbours of the spatial graph; ``max_separation``: sequence
     separations beyond this share one embedding; ``coor_init``: initial coordinate-update scale (Å)."""
 
-    hidden: int = 64
+    hidden: int = 32
     latent: int = 16
     residue_latent: int = 2
-    encoder_depth: int = 3
-    decoder_depth: int = 5
-    k: int = 16
+    encoder_depth: int = 2
+    decoder_depth: int = 4
+    k: int = 10
     edge_dim: int = 16
     max_separation: int = 32
-    coor_init: float = 1e-3
+    coor_init: float = 1e-2
 
     def to_dict(self) -> dict:
         """Plain dict (for checkpoints and config.json)."""

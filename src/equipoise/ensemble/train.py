@@ -26,7 +26,7 @@ from torch import Tensor
 from equipoise.core import Fit, Stage
 from equipoise.ensemble.frames import local_coordinates, random_rotations
 from equipoise.ensemble.io import Ensemble, write_ensemble
-from equipoise.ensemble.metrics import superpose
+from equipoise.ensemble.metrics import rmsd_to
 from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
 from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, make_balancer, make_terms
 from equipoise.errors import InputError
@@ -50,8 +50,8 @@ class TrainConfig:
     minutes: float = 20.0
     seed: int = 1
     steps: int = 200_000
-    batch_size: int = 16
-    lr: float = 1e-3
+    batch_size: int = 8
+    lr: float = 2e-3
     noise: float = 0.1
     template: str = "medoid"
     checkpoint_every: int = 100
@@ -141,13 +141,10 @@ class PairDataset(Sequence):
 
 
 def medoid(coords: Tensor, mask: Tensor) -> int:
-    """Index of the model (coords (M, n, 4, 3)) with the smallest mean squared deviation to all
-    others after superposition (residues in ``mask``)."""
+    """Index of the model (coords (M, n, 4, 3)) with the smallest mean squared RMSD to all others
+    (residues in ``mask``)."""
     x = coords[:, mask].reshape(coords.shape[0], -1, 3)
-    atoms = torch.ones(x.shape[:2], dtype=torch.bool)
-    cost = torch.stack([(superpose(x, x[i].expand_as(x), atoms) - x[i]).square().sum(-1).mean()
-                        for i in range(x.shape[0])])
-    return int(cost.argmin())
+    return int(rmsd_to(x, x).square().mean(1).argmin())
 
 
 class PairCollate:
