@@ -170,7 +170,7 @@ class EnsembleComparison:
     (N, CA, C, O) for superposition, RMSD and RMSF. Results: ``mean_pairwise_rmsd`` of samples and
     reference (Å) and their ratio, ``rmsf`` per residue (Å) of each and their Pearson r,
     ``rg`` means, ``ca_distance_js`` (nats) and ``ca_distance_w1`` (Å, mean over residue pairs),
-    ``pc_w1`` (Å, W1 of the projections on the reference's PC1 and PC2), ``precision``, ``recall``
+    ``pc_w1`` (Å, W1 of the projections on the reference's PC1 and PC2, as RMS displacement per atom), ``precision``, ``recall``
     (RMSD threshold ``threshold`` Å).
     """
 
@@ -218,8 +218,10 @@ class EnsembleComparison:
             ref_sup = iterative_superposition(r)
             mean, axes, variances = principal_components(ref_sup)
             sample_sup = superpose(s, mean.reshape(-1, 3).expand_as(s))
-            proj_r = (ref_sup.reshape(r.shape[0], -1) - mean) @ axes.T
-            proj_s = (sample_sup.reshape(s.shape[0], -1) - mean) @ axes.T
+            # projections divided by sqrt(n_atoms): RMS displacement along the axis, in Å
+            scale = math.sqrt(r.shape[1])
+            proj_r = (ref_sup.reshape(r.shape[0], -1) - mean) @ axes.T / scale
+            proj_s = (sample_sup.reshape(s.shape[0], -1) - mean) @ axes.T / scale
             res["pc_variance_reference"] = variances
             res["projections_reference"], res["projections_samples"] = proj_r, proj_s
             res["pc_w1"] = [float(wasserstein_1d(proj_s[:, i], proj_r[:, i])) for i in range(axes.shape[0])]
