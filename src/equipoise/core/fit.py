@@ -1,8 +1,9 @@
 """The fit loop: stages of an optimiser over free parameter groups, balanced terms, diagnostics,
-run records, checkpoints and resume.
+run records, checkpoints and resume; for training also mini-batches, validation, learning-rate
+schedules, gradient clipping, time budgets and data parallelism.
 
-Per step the engine evaluates ``forward()`` once, every active term on its output, and the
-weighted total ``sum_t w_t(step) L_t``. On diagnostic steps (every ``grad_every`` steps) it takes
+Per step the engine evaluates ``forward()`` (with ``data``: ``forward(batch)`` on the step's
+batch) once, every active term on its output, and the weighted total ``sum_t w_t(step) L_t``. On diagnostic steps (every ``grad_every`` steps) it takes
 each term's gradient on the free parameters with ``torch.autograd.grad`` on the step's own graph
 and forms the total gradient as ``sum_t w_t g_t``, so diagnostics add only the difference
 between per-term and total backward passes.
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from equipoise import __version__
 from equipoise.core import diagnostics as diag
+from equipoise.core import distributed as ddp
 from equipoise.core.balancers import Balancer, FixedBalancer, Weight
 from equipoise.core.gradients import Grads, combine, cosines, gradient_norms, term_gradients
 from equipoise.core.groups import ParamGroups
@@ -54,6 +56,7 @@ class StageResult:
     final_weights: dict[str, float]
     final_reasons: dict[str, str]
     final_terms: dict[str, dict[str, float]]
+    ended: str = "steps"
 
 
 @dataclass
@@ -64,7 +67,8 @@ class FitResult:
     stage at the final parameters; ``steps``: steps done in all stages; ``converged``: every stage
     met its ``tol`` test (False for stages without ``tol``); ``flags``: one summary per kind of
     diagnostic flag (first and last step, count); ``completed``: False if ``max_steps`` stopped
-    the run early (resume it with ``run()``).
+    the run early (resume it with ``run()``); ``validation``: ``{"last": {"step", "metrics"},
+    "best": {metric: {"value", "step"}}}`` when the fit has ``validate`` (else empty).
     """
 
     initial_loss: float
@@ -75,6 +79,7 @@ class FitResult:
     run_dir: Path | None
     flags: list[dict] = field(default_factory=list)
     completed: bool = True
+    validation: dict = field(default_factory=dict)
 
 
 class _Skip(Exception):
@@ -119,12 +124,17 @@ class _StageRun:
 
 
 class _Evaluation:
-    """One evaluation of the objective; term gradients and norms are computed on demand, once."""
+    """One evaluation of the objective on one batch (None without data); term gradients and
+    norms are computed on demand, once. Under data parallelism term values and gradients are
+    averaged over the ranks, so every rank sees the values of the union of their batches."""
 
-    def __init__(self, fit: "Fit", run: _StageRun) -> None:
-        out = fit.forward() if fit.forward is not None else None
+    def __init__(self, fit: "Fit", run: _StageRun, batch: Any = None) -> None:
+        if fit.data is None:
+            out = fit.forward() if fit.forward is not None else None
+        else:
+            out = fit.forward(batch) if fit.forward is not None else batch
         self.values = {t: _scalar(fit.terms[t].fn(out), t) for t in run.terms}
-        self.run = run
+        self.run, self.parallel = run, ddp.active()
         self._raw: dict[str, float] | None = None
         self._grads: dict[str, Grads] | None = None
         self._norms: dict[str, dict[str, float]] | None = None
@@ -133,15 +143,37 @@ class _Evaluation:
     def has_grads(self) -> bool:
         return self._grads is not None
 
+    def _reduce(self, total: Tensor | None) -> float | None:
+        """Term values (and ``total``) as float, averaged over ranks: one host synchronisation."""
+        parts = [v.detach().to(torch.float64) for v in self.values.values()]
+        if total is not None:
+            parts.append(total.detach().to(torch.float64).reshape(()))
+        stacked = torch.stack(parts)
+        if self.parallel:
+            stacked = ddp.average([stacked])[0]
+        values = stacked.cpu().tolist()
+        self._raw = dict(zip(self.values, values))
+        return values[-1] if total is not None else None
+
     def raw(self) -> dict[str, float]:
         if self._raw is None:
-            values = torch.stack([v.detach().to(torch.float64) for v in self.values.values()]).cpu().tolist()
-            self._raw = dict(zip(self.values, values))
+            self._reduce(None)
         return self._raw
+
+    def loss(self, total: Tensor) -> float:
+        """``total`` as float; under data parallelism its mean over ranks (term values come along)."""
+        if not self.parallel:
+            return float(total.detach())
+        return self._reduce(total)
 
     def grads(self) -> dict[str, Grads]:
         if self._grads is None:
-            self._grads = term_gradients(self.values, self.run.params)
+            grads = term_gradients(self.values, self.run.params)
+            if self.parallel:  # one all-reduce for all terms
+                flat = ddp.average([g for per in grads.values() for g in per])
+                size = len(self.run.params)
+                grads = {t: flat[k * size:(k + 1) * size] for k, t in enumerate(grads)}
+            self._grads = grads
         return self._grads
 
     def norms(self) -> dict[str, dict[str, float]]:
@@ -185,6 +217,8 @@ class _Outcome:
     evaluations: int = 0
     reweighted: bool = False
     skipped: bool = False
+    lr: float = math.nan
+    grad_norm: Tensor | None = None  # total gradient norm on the free parameters, before clipping
 
 
 @dataclass
@@ -203,6 +237,8 @@ class _State:
     results: list[dict] = field(default_factory=list)
     flags: dict[str, dict] = field(default_factory=dict)
     finished: bool = False
+    stage_seconds: float = 0.0
+    validation: dict = field(default_factory=dict)
 
 
 class Fit:
@@ -221,6 +257,17 @@ class Fit:
     "plain" or "quiet". ``checkpoint_every``: steps between checkpoints (also at every stage end).
     ``config``: free-form user settings stored in config.json. ``diagnostics=False`` turns off
     per-term logging, gradient norms and flags (the benchmark's reference); non-finite checks stay.
+
+    Training: ``data``: a :class:`~equipoise.core.data.Batches` (or any object with ``__next__``,
+    ``peek``, ``state_dict`` and ``load_state_dict``); each step draws one batch and calls
+    ``forward(batch)`` (terms get the batch itself without ``forward``); evaluations outside a
+    step (stage-start weights, final losses) use the next batch (``peek``). ``validate() ->
+    {metric: number}`` runs under ``torch.no_grad()`` every ``validate_every`` steps and after the
+    last step (put the model in eval mode inside it); metrics named in ``validate_maximize`` are
+    better when larger, the others when smaller. ``extra_state``: name -> object with
+    ``state_dict``/``load_state_dict`` or a pair ``(save, load)`` of callables, saved in and
+    restored from checkpoints (e.g. module buffers). Under ``torch.distributed`` with two or more
+    processes see :mod:`equipoise.core.distributed`.
     """
 
     def __init__(self, params: Mapping[str, Tensor | Sequence[Tensor]], terms: Sequence[Term],
@@ -229,7 +276,9 @@ class Fit:
                  nonfinite: str = "raise", dominance_threshold: float = 0.9,
                  summarize: Callable[[], dict[str, float | list[float]]] | None = None,
                  progress: str = "auto", checkpoint_every: int = 50, config: dict | None = None,
-                 diagnostics: bool = True) -> None:
+                 diagnostics: bool = True, data: Any = None, validate: Callable[[], Mapping[str, float]] | None = None,
+                 validate_every: int | None = None, validate_maximize: Sequence[str] = (),
+                 extra_state: Mapping[str, Any] | None = None) -> None:
         self.groups = ParamGroups(params)
         self.terms: dict[str, Term] = {}
         for term in terms:
@@ -267,6 +316,26 @@ class Fit:
         self.log_every, self.grad_every, self.checkpoint_every = log_every, grad_every, checkpoint_every
         self.nonfinite, self.dominance_threshold = nonfinite, dominance_threshold
         self.config, self.diagnostics = dict(config or {}), diagnostics
+        if data is not None:
+            missing = [m for m in ("__next__", "peek", "state_dict", "load_state_dict") if not hasattr(data, m)]
+            if missing:
+                raise InputError(f"data must be a Batches (or have {missing}), got {type(data).__name__}",
+                                 field="data")
+        if validate is not None and not callable(validate):
+            raise InputError(f"must be callable, got {type(validate).__name__}", field="validate")
+        if validate_every is not None:
+            if validate is None:
+                raise InputError("validate_every needs a validate function", field="validate_every")
+            if not isinstance(validate_every, int) or validate_every < 1:
+                raise InputError(f"must be an integer >= 1 or None, got {validate_every!r}", field="validate_every")
+        self.extra_state = dict(extra_state or {})
+        for name, value in self.extra_state.items():
+            pair = isinstance(value, tuple) and len(value) == 2 and all(callable(v) for v in value)
+            if not pair and not (hasattr(value, "state_dict") and hasattr(value, "load_state_dict")):
+                raise InputError(f"extra_state[{name!r}] must have state_dict/load_state_dict or be a "
+                                 "(save, load) pair of callables", field=f"extra_state[{name!r}]")
+        self.data, self.validate, self.validate_every = data, validate, validate_every
+        self.validate_maximize = set(validate_maximize)
         self._record: RunDir | None = None
         self._progress: Progress | None = None
 
@@ -283,7 +352,9 @@ class Fit:
                 "stages": [s.describe() for s in self.stages],
                 "fit": {"log_every": self.log_every, "grad_every": self.grad_every, "nonfinite": self.nonfinite,
                         "dominance_threshold": self.dominance_threshold,
-                        "checkpoint_every": self.checkpoint_every, "diagnostics": self.diagnostics}}
+                        "checkpoint_every": self.checkpoint_every, "diagnostics": self.diagnostics,
+                        "validate_every": self.validate_every, "validate_maximize": sorted(self.validate_maximize)},
+                "data": None if self.data is None else getattr(self.data, "describe", lambda: {})()}
 
     # ----------------------------------------------------------------------------- stages
     def _prepare(self, index: int, balancer: Balancer | None = None) -> _StageRun:
@@ -295,7 +366,7 @@ class Fit:
         balancer = balancer or stage.balancer
         base = {t: self.terms[t].weight for t in terms}
         balancer.bind(terms, base, stage.free, params[0].dtype, params[0].device)
-        optimizer = stage.make_optimizer(params + balancer.parameters())
+        optimizer = stage.make_optimizer(params, balancer.parameters())
         return _StageRun(index, stage, terms, params, self.groups.layout(stage.free), balancer, optimizer)
 
     def balance(self, stage: str | int) -> dict[str, Weight]:
@@ -317,12 +388,17 @@ class Fit:
     def _context(self, run: _StageRun, stage_step: int, step: int) -> _Context:
         def trial(weights: Mapping[str, float], steps: int | None, metric: Callable[[], float]) -> float:
             return self._trial(run.index, weights, steps or run.stage.steps, metric, step)
-        return _Context(lambda: _Evaluation(self, run), stage_step, trial)
+        return _Context(lambda: _Evaluation(self, run, self._peek()), stage_step, trial)
+
+    def _peek(self) -> Any:
+        """The next batch without drawing it (None without data)."""
+        return None if self.data is None else self.data.peek()
 
     def _trial(self, index: int, weights: Mapping[str, float], steps: int, metric: Callable[[], float],
                step: int) -> float:
         """Fit ``steps`` steps of stage ``index`` with fixed ``weights``; return ``metric()``; undo."""
         saved, rng = self.groups.state(), _rng_state()
+        position = None if self.data is None else self.data.state_dict()
         balancer = FixedBalancer()
         run = self._prepare(index, balancer)
         balancer.base = dict(weights)
@@ -336,6 +412,8 @@ class Fit:
         finally:
             self.groups.load(saved)
             _set_rng_state(rng)
+            if position is not None:
+                self.data.load_state_dict(position)
 
     # ----------------------------------------------------------------------------- one step
     def _total(self, run: _StageRun, evaluation: _Evaluation, step: int) -> tuple[Tensor, dict]:
@@ -365,11 +443,13 @@ class Fit:
         if not total.requires_grad:
             return [None] * len(run.opt_params)
         if not per_term:
-            return list(torch.autograd.grad(total, run.opt_params, allow_unused=True))
-        grads = combine(evaluation.grads(), effective, len(run.params))
+            grads = list(torch.autograd.grad(total, run.opt_params, allow_unused=True))
+            return ddp.average(grads) if evaluation.parallel else grads
+        grads = combine(evaluation.grads(), effective, len(run.params))  # per-term grads already averaged
         extra = run.balancer.parameters()
         if extra:
-            grads += list(torch.autograd.grad(total, extra, allow_unused=True))
+            extra_grads = list(torch.autograd.grad(total, extra, allow_unused=True))
+            grads += ddp.average(extra_grads) if evaluation.parallel else extra_grads
         return grads
 
     def _step(self, run: _StageRun, step: int, stage_step: int, observe: bool) -> _Outcome:
@@ -379,21 +459,26 @@ class Fit:
         logged = observe and self.diagnostics and step % self.log_every == 0
         grad_step = logged and step % self.grad_every == 0
         per_term = grad_step or run.balancer.grads_every_step or (rebalance and run.balancer.needs_grads)
-        outcome = _Outcome()
+        outcome = _Outcome(lr=run.stage.lr_at(stage_step))
+        if run.stage.lr_schedule is not None:
+            for group in run.optimizer.param_groups:
+                group["lr"] = outcome.lr
+        batch = None if self.data is None else next(self.data)
+        clip = run.stage.clip_grad_norm
 
         def closure() -> Tensor:
             first = outcome.evaluations == 0
             outcome.evaluations += 1
             for p in run.opt_params:
                 p.grad = None
-            evaluation = _Evaluation(self, run)
+            evaluation = _Evaluation(self, run, batch)
             if first:
                 outcome.evaluation = evaluation
                 if rebalance:
                     run.weights = run.balancer.rebalance(_Context(lambda: evaluation, stage_step, None))
                     outcome.reweighted = True
             total, effective = self._total(run, evaluation, step)
-            loss = float(total.detach())
+            loss = evaluation.loss(total)
             if first:
                 outcome.loss = loss
             if not math.isfinite(loss):
@@ -403,14 +488,22 @@ class Fit:
             grads = self._gradients(run, evaluation, total, effective, per_term and first)
             present = [g.sum() for g in grads if g is not None]
             if present and not bool(torch.isfinite(torch.stack(present)).all()):
-                culprit = evaluation if evaluation.has_grads else _Evaluation(self, run)
+                culprit = evaluation if evaluation.has_grads else _Evaluation(self, run, batch)
                 flag = diag.nonfinite_gradient(culprit.grads(), run.layout, step)
                 self._nonfinite(flag or diag.Flag("nonfinite", step, f"total gradient is not finite at step {step}"),
                                 outcome, run)
+            norm = None
+            if clip is not None or (first and grad_step):
+                model_grads = [g for g in grads[:len(run.params)] if g is not None]
+                norm = torch.nn.utils.get_total_norm(model_grads) if model_grads else None
+                if first:
+                    outcome.grad_norm = norm
             if first and logged:
                 outcome.line = self._observe(run, evaluation, effective, loss, step, stage_step, grad_step, outcome)
             for p, g in zip(run.opt_params, grads):
                 p.grad = g
+            if clip is not None and norm is not None:
+                torch.nn.utils.clip_grads_with_norm_(run.params, clip, norm)
             return total.detach()
 
         snapshot = None
@@ -449,7 +542,7 @@ class Fit:
         weighted = {t: raw[t] * weights[t] for t in run.terms}
         shares = diag.shares(weighted)
         flags = diag.dominance_flags(shares, self.dominance_threshold, step)
-        line = {"step": step, "stage": run.stage.name, "stage_step": stage_step, "loss": loss,
+        line = {"step": step, "stage": run.stage.name, "stage_step": stage_step, "loss": loss, "lr": outcome.lr,
                 "terms": {t: {"raw": raw[t], "weight": weights[t], "weighted": weighted[t], "share": shares[t]}
                           for t in run.terms}}
         if grad_step:
@@ -481,22 +574,31 @@ class Fit:
     def _final_evaluation(self, run: _StageRun, state: _State) -> tuple[float, dict]:
         """Weighted total and per-term values at the current parameters (no gradients)."""
         with torch.no_grad():
-            evaluation = _Evaluation(self, run)
+            evaluation = _Evaluation(self, run, self._peek())
             total, effective = self._total(run, evaluation, max(state.global_step - 1, 0))
+            loss = evaluation.loss(total)
             raw = evaluation.raw()
         weights = {t: float(w) for t, w in effective.items()}
         weighted = {t: raw[t] * weights[t] for t in run.terms}
         shares = diag.shares(weighted)
         terms = {t: {"raw": raw[t], "weight": weights[t], "weighted": weighted[t], "share": shares[t]}
                  for t in run.terms}
-        return float(total), terms
+        return loss, terms
 
     def _checkpoint(self, run: _StageRun | None, state: _State) -> None:
+        """Save the fit's state (rank 0 writes; under data parallelism every rank must call this,
+        since each rank's RNG state is gathered into the checkpoint)."""
+        if self.run_dir is None:
+            return
+        rng = _rng_state()
+        ranks = ddp.gather_objects(rng) if ddp.active() else None
         if self._record is None:
             return
         self._record.save_checkpoint({
             "version": CHECKPOINT_VERSION, "structure": self.structure(), "state": asdict(state),
-            "params": self.groups.state(), "rng": _rng_state(),
+            "params": self.groups.state(), "rng": rng, "rng_ranks": ranks, "world_size": ddp.world_size(),
+            "data": None if self.data is None else self.data.state_dict(),
+            "extra": {name: _save_extra(value) for name, value in self.extra_state.items()},
             "optimizer": None if run is None else run.optimizer.state_dict(),
             "balancer": None if run is None else run.balancer.state_dict(),
             "weights": None if run is None else {t: [w.value, w.reason] for t, w in run.weights.items()},
@@ -508,27 +610,49 @@ class Fit:
             initial_loss=math.nan if state.initial_loss is None else state.initial_loss,
             final_loss=stages[-1].final_loss if stages and state.finished else state.last_loss,
             steps=state.global_step, converged=bool(stages) and all(s.converged for s in stages) and state.finished,
-            stages=stages, run_dir=self.run_dir, flags=list(state.flags.values()), completed=completed)
+            stages=stages, run_dir=self.run_dir, flags=list(state.flags.values()), completed=completed,
+            validation=copy.deepcopy(state.validation))
 
     def _load(self, checkpoint: dict) -> _State:
-        path = self._record.checkpoint
+        path = self.run_dir / "checkpoint.pt"
         if checkpoint.get("version") != CHECKPOINT_VERSION:
             raise InputError(f"checkpoint version {checkpoint.get('version')!r}, expected {CHECKPOINT_VERSION}",
                              path=path, field="version")
         if checkpoint["structure"] != self.structure():
             raise InputError("checkpoint was written by a fit with other parameter groups, terms or stages; "
                              "use run(resume=False) or another run_dir", path=path, field="structure")
+        if checkpoint.get("world_size", 1) != ddp.world_size():
+            raise InputError(f"checkpoint was written by {checkpoint.get('world_size', 1)} processes, this run has "
+                             f"{ddp.world_size()}: resume with the same number", path=path, field="world_size")
+        if self.data is not None:
+            if checkpoint.get("data") is None:
+                raise InputError("checkpoint has no batch position (written by a fit without data)", path=path,
+                                 field="data")
+            self.data.load_state_dict(checkpoint["data"])
+        saved = checkpoint.get("extra") or {}
+        for name, value in self.extra_state.items():
+            if name not in saved:
+                raise InputError(f"checkpoint has no extra state {name!r} (it has {sorted(saved)})", path=path,
+                                 field=f"extra_state[{name!r}]")
+            _load_extra(value, saved[name])
         self.groups.load(checkpoint["params"])
-        _set_rng_state(checkpoint["rng"])
+        ranks = checkpoint.get("rng_ranks")
+        _set_rng_state(ranks[ddp.rank()] if ranks else checkpoint["rng"])
         return _State(**checkpoint["state"])
 
     # ----------------------------------------------------------------------------- the loop
     def run(self, resume: bool = True, max_steps: int | None = None) -> FitResult:
         """Run (or resume) the fit. ``resume``: continue from ``run_dir``'s checkpoint if there is
         one (a finished run returns its result). ``max_steps``: stop after this many steps in this
-        call, with a checkpoint, and return a result with ``completed=False``."""
-        self._record = None if self.run_dir is None else RunDir(self.run_dir)
-        checkpoint = self._record.load_checkpoint() if (self._record is not None and resume) else None
+        call, with a checkpoint, and return a result with ``completed=False``. Under data
+        parallelism every rank calls ``run``; rank 0 reads and writes the run directory."""
+        parallel, main = ddp.active(), ddp.is_main()
+        self._record = None if (self.run_dir is None or not main) else RunDir(self.run_dir)
+        checkpoint = None
+        if self.run_dir is not None and resume:
+            checkpoint = self._record.load_checkpoint() if main else None
+            if parallel:
+                checkpoint = ddp.broadcast_object(checkpoint)
         state = _State()
         if checkpoint is not None:
             state = self._load(checkpoint)
@@ -537,14 +661,18 @@ class Fit:
         elif self._record is not None:
             self._record.clear()
             self._record.write_json(self._record.config, self.describe())
+        if parallel:
+            ddp.broadcast_([t for ts in self.groups.groups.values() for t in ts])
         total_steps = state.global_step + sum(s.steps for s in self.stages[state.stage_index:]) - state.stage_step
-        self._progress = Progress(self.progress_mode, total_steps, state.global_step,
+        self._progress = Progress(self.progress_mode if main else "quiet", total_steps, state.global_step,
                                   None if self._record is None else self._record.log)
         if self._record is not None:
             self._record.open_record(keep_before=state.global_step if checkpoint is not None else None)
         if checkpoint is not None:
             self._progress.event(f"resumed from checkpoint at step {state.global_step} "
                                  f"(stage {self.stages[state.stage_index].name!r}, stage step {state.stage_step})")
+        if parallel:
+            self._progress.event(f"data parallel over {ddp.world_size()} processes")
         started = time.perf_counter()
         try:
             with self.groups.keep_flags():
@@ -569,7 +697,7 @@ class Fit:
             if state.stage_step == 0:
                 run.weights = run.balancer.start(self._context(run, 0, state.global_step))
                 state.stage_weights = {t: [w.value, w.reason] for t, w in run.weights.items()}
-                state.prev_loss, state.calm_steps = None, 0
+                state.prev_loss, state.calm_steps, state.stage_seconds = None, 0, 0.0
                 listing = "; ".join(f"{t}={w.value:.4g} ({w.reason})" for t, w in run.weights.items())
                 self._progress.event(f"stage {stage.name!r} starts at step {state.global_step}: free {stage.free}, "
                                      f"{stage.optimizer} lr {stage.lr:g}, {stage.steps} steps; weights: {listing}")
@@ -578,7 +706,9 @@ class Fit:
                 run.balancer.load_state_dict(checkpoint["balancer"])
                 run.weights = {t: Weight(v, r) for t, (v, r) in checkpoint["weights"].items()}
             converged = stage.tol is not None and state.calm_steps >= stage.patience
-            while state.stage_step < stage.steps and not converged:
+            out_of_time = self._time_up(stage, state)
+            mark = time.perf_counter()
+            while state.stage_step < stage.steps and not converged and not out_of_time:
                 if max_steps is not None and done_here >= max_steps:
                     self._checkpoint(run, state)
                     return False
@@ -597,18 +727,32 @@ class Fit:
                 if state.stage_step == 0:
                     state.stage_initial_loss = outcome.loss
                 self._note_flags(outcome.flags, stage.name, state)
+                if not outcome.skipped:
+                    state.last_loss = outcome.loss
+                    converged = self._converged(stage, state, outcome.loss)
+                now = time.perf_counter()
+                state.stage_seconds += now - mark
+                mark = now
+                out_of_time = self._time_up(stage, state)
+                last = (state.stage_index == len(self.stages) - 1
+                        and (state.stage_step + 1 >= stage.steps or converged or out_of_time))
+                validation = None
+                if self.validate is not None and (last or (self.validate_every is not None
+                                                           and (step + 1) % self.validate_every == 0)):
+                    validation = self._validation(state, step + 1)
                 if self._record is not None:
                     line = outcome.line or {"step": step, "stage": stage.name, "stage_step": state.stage_step,
-                                            "loss": outcome.loss}
+                                            "loss": outcome.loss, "lr": outcome.lr}
+                    if outcome.grad_norm is not None:
+                        line["grad_norm"] = float(outcome.grad_norm)
                     if outcome.flags:
                         line["flags"] = [f.to_dict() for f in outcome.flags]
                     if outcome.skipped:
                         line["skipped"] = True
-                    if outcome.line is not None or not self.diagnostics or outcome.flags:
+                    if validation is not None:
+                        line["validation"] = validation
+                    if outcome.line is not None or not self.diagnostics or outcome.flags or validation is not None:
                         self._record.append(line)
-                if not outcome.skipped:
-                    state.last_loss = outcome.loss
-                    converged = self._converged(stage, state, outcome.loss)
                 state.stage_step += 1
                 state.global_step += 1
                 done_here += 1
@@ -616,12 +760,43 @@ class Fit:
                                     state.last_loss)
                 if state.global_step % self.checkpoint_every == 0:
                     self._checkpoint(run, state)
-            self._finish_stage(run, state, converged)
+            self._finish_stage(run, state, "converged" if converged else "time" if out_of_time else "steps")
         state.finished = True
         self._checkpoint(None, state)
         self._progress.event(f"fit finished after {state.global_step} steps: loss {state.initial_loss:.6g} -> "
                              f"{state.last_loss:.6g}")
         return True
+
+    def _time_up(self, stage: Stage, state: _State) -> bool:
+        """Whether the stage's wall-time budget is spent (the same answer on every rank)."""
+        if stage.max_seconds is None:
+            return False
+        spent = state.stage_seconds >= stage.max_seconds
+        return ddp.any_true(spent) if ddp.active() else spent
+
+    def _validation(self, state: _State, done: int) -> dict[str, float]:
+        """Call ``validate()`` after ``done`` steps; keep the last and best values in ``state``."""
+        with torch.no_grad():
+            metrics = self.validate()
+        if not isinstance(metrics, Mapping) or not all(isinstance(k, str) for k in metrics):
+            raise InputError(f"validate() must return a dict of metric name -> number, got {type(metrics).__name__}",
+                             field="validate")
+        values: dict[str, float] = {}
+        for name, value in metrics.items():
+            try:
+                values[name] = float(value)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise InputError(f"validate() returned {name}={value!r}, not a number", field="validate") from exc
+        best = state.validation.setdefault("best", {})
+        for name, value in values.items():
+            held = best.get(name)
+            better = held is None or not math.isfinite(held["value"]) or (
+                value > held["value"] if name in self.validate_maximize else value < held["value"])
+            if better and (held is None or math.isfinite(value)):
+                best[name] = {"value": value, "step": done}
+        state.validation["last"] = {"step": done, "metrics": values}
+        self._progress.event(f"validation after step {done}: " + ", ".join(f"{k}={v:.6g}" for k, v in values.items()))
+        return values
 
     def _converged(self, stage: Stage, state: _State, loss: float) -> bool:
         if stage.tol is None:
@@ -632,20 +807,35 @@ class Fit:
         state.prev_loss = loss
         return state.calm_steps >= stage.patience
 
-    def _finish_stage(self, run: _StageRun, state: _State, converged: bool) -> None:
+    def _finish_stage(self, run: _StageRun, state: _State, ended: str) -> None:
+        """Close the stage: final losses and weights; ``ended`` is "converged", "time" or "steps"."""
         if run.balancer.parameters():  # learned weights: report their final values
             run.weights = run.balancer.rebalance(self._context(run, state.stage_step, state.global_step))
         final_loss, final_terms = self._final_evaluation(run, state)
         state.last_loss = final_loss
         state.results.append(asdict(StageResult(
-            name=run.stage.name, steps=state.stage_step, converged=converged,
+            name=run.stage.name, steps=state.stage_step, converged=ended == "converged",
             initial_loss=state.stage_initial_loss, final_loss=final_loss,
             weights={t: v for t, (v, _) in state.stage_weights.items()},
             reasons={t: r for t, (_, r) in state.stage_weights.items()},
             final_weights={t: w.value for t, w in run.weights.items()},
-            final_reasons={t: w.reason for t, w in run.weights.items()}, final_terms=final_terms)))
+            final_reasons={t: w.reason for t, w in run.weights.items()}, final_terms=final_terms, ended=ended)))
+        budget = {"converged": "converged", "time": "time budget", "steps": "step budget"}[ended]
         self._progress.event(f"stage {run.stage.name!r} ends after {state.stage_step} steps "
-                             f"({'converged' if converged else 'step budget'}): loss {final_loss:.6g}")
+                             f"({budget}): loss {final_loss:.6g}")
         state.stage_index += 1
         state.stage_step = 0
         self._checkpoint(None, state)
+
+
+def _save_extra(value: Any) -> Any:
+    """State of one ``extra_state`` entry: ``state_dict()`` or ``save()``."""
+    return value[0]() if isinstance(value, tuple) else value.state_dict()
+
+
+def _load_extra(value: Any, saved: Any) -> None:
+    """Restore one ``extra_state`` entry from :func:`_save_extra`'s result."""
+    if isinstance(value, tuple):
+        value[1](saved)
+    else:
+        value.load_state_dict(saved)

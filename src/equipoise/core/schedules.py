@@ -1,8 +1,10 @@
-"""Weight schedules: a term's weight multiplier as a function of the global step.
+"""Schedules: a multiplier as a function of a 0-based step.
 
-A schedule is a callable ``schedule(step) -> float`` where ``step`` is the 0-based global step of
-the fit (counted across stages). The engine multiplies a term's balanced weight by it.
-Every schedule describes itself with :meth:`Schedule.describe` so that run configs are readable.
+A schedule is a callable ``schedule(step) -> float``. As a term's ``schedule``, ``step`` is the
+global step of the fit (counted across stages) and the engine multiplies the term's balanced
+weight by it; as a stage's ``lr_schedule``, ``step`` is the stage step and the engine multiplies
+the stage's ``lr`` by it. Every schedule describes itself with :meth:`Schedule.describe` so that
+run configs are readable.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 
-__all__ = ["Schedule", "Constant", "Linear", "Cosine", "Piecewise", "Cyclical", "free_bits"]
+__all__ = ["Schedule", "Constant", "Linear", "Cosine", "Piecewise", "Cyclical", "WarmupCosine", "free_bits"]
 
 
 class Schedule(ABC):
@@ -142,6 +144,36 @@ class Cyclical(Schedule):
         if position >= self.ratio:
             return self.high
         return self.low + (self.high - self.low) * position / self.ratio
+
+
+@dataclass(frozen=True)
+class WarmupCosine(Schedule):
+    """Learning-rate multiplier: linear warm-up, then cosine decay to ``floor``.
+
+    Steps ``0 .. warmup-1`` ramp linearly as ``(step + 1) / warmup`` (so step 0 already moves);
+    from ``warmup`` to ``total`` the multiplier follows a half cosine from 1 down to ``floor``
+    (Loshchilov & Hutter 2017, "SGDR", eq. 5, one cycle without restarts); after ``total`` it
+    holds ``floor``. ``warmup=0`` starts the decay at once.
+    """
+
+    warmup: int
+    total: int
+    floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InputError(f"must be an integer >= 0 steps, got {self.warmup!r}", field="WarmupCosine.warmup")
+        if not isinstance(self.total, int) or self.total <= self.warmup:
+            raise InputError(f"must be an integer number of steps > warmup ({self.warmup}), got {self.total!r}",
+                             field="WarmupCosine.total")
+        if not 0.0 <= self.floor <= 1.0:
+            raise InputError(f"must lie in [0, 1], got {self.floor!r}", field="WarmupCosine.floor")
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        frac = min(1.0, (step - self.warmup) / (self.total - self.warmup))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
 def free_bits(kl: Tensor, floor: float) -> Tensor:

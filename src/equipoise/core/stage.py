@@ -10,11 +10,12 @@ import torch
 from torch import Tensor
 
 from equipoise.core.balancers import Balancer, FixedBalancer
+from equipoise.core.schedules import Schedule
 from equipoise.errors import InputError
 
 __all__ = ["Stage", "OPTIMIZERS"]
 
-OPTIMIZERS = ("adam", "lbfgs", "sgd")
+OPTIMIZERS = ("adam", "adamw", "lbfgs", "sgd")
 #: L-BFGS defaults: one Fit step = one L-BFGS iteration with a strong-Wolfe line search
 LBFGS_DEFAULTS = {"max_iter": 1, "history_size": 10, "line_search_fn": "strong_wolfe"}
 #: line-search evaluations allowed per L-BFGS iteration. torch bounds the line search by
@@ -29,14 +30,22 @@ class Stage:
 
     ``free``: names of the parameter groups optimised in this stage; all other groups are frozen
     (``requires_grad=False``, not given to the optimiser, bitwise unchanged). ``terms``: active
-    term names (None: all). ``optimizer``: "adam", "lbfgs" (strong-Wolfe line search; one step =
-    one ``optimizer.step(closure)`` call, by default one L-BFGS iteration; ``lr=1`` is the usual
+    term names (None: all). ``optimizer``: "adam", "adamw" (decoupled weight decay, torch default
+    0.01, set with ``optimizer_options={"weight_decay": ...}``; a balancer's own learned weights
+    are never decayed), "lbfgs" (strong-Wolfe line search; one step = one
+    ``optimizer.step(closure)`` call, by default one L-BFGS iteration; ``lr=1`` is the usual
     choice) or "sgd". ``steps``: step budget (>= 1). ``tol``/``patience``: the stage converges
     when the relative change of the weighted total between consecutive steps stays below ``tol``
     for ``patience`` steps. ``balancer``: how effective weights are set (default fixed);
     ``rebalance_every``: recompute them every this many steps of the stage (they are always
     computed at the start of the stage, on this stage's free parameters).
     ``optimizer_options``: extra keyword arguments of the torch optimiser.
+    ``lr_schedule``: multiplies ``lr`` at each stage step (0-based, e.g.
+    :class:`~equipoise.core.schedules.WarmupCosine`). ``clip_grad_norm``: rescale the total
+    gradient of the free parameters to at most this Euclidean norm before each optimiser step
+    (None: no clipping; the pre-clip norm is recorded either way). ``max_seconds``: wall-time
+    budget of the stage in seconds (summed over resumed runs); when spent the stage ends after the
+    current step, not converged.
     """
 
     name: str
@@ -50,6 +59,9 @@ class Stage:
     balancer: Balancer | None = None
     rebalance_every: int | None = None
     optimizer_options: dict | None = field(default=None)
+    lr_schedule: Schedule | None = None
+    clip_grad_norm: float | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         where = f"Stage {self.name!r}"
@@ -77,16 +89,28 @@ class Stage:
         if self.rebalance_every is not None and (not isinstance(self.rebalance_every, int) or self.rebalance_every < 1):
             raise InputError(f"{where}: rebalance_every must be an integer >= 1 or None, got {self.rebalance_every!r}",
                              field="Stage.rebalance_every")
+        if self.lr_schedule is not None and not isinstance(self.lr_schedule, Schedule):
+            raise InputError(f"{where}: lr_schedule must be a Schedule, got {type(self.lr_schedule).__name__}",
+                             field="Stage.lr_schedule")
+        for name, value in (("clip_grad_norm", self.clip_grad_norm), ("max_seconds", self.max_seconds)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise InputError(f"{where}: {name} must be a positive number or None, got {value!r}",
+                                 field=f"Stage.{name}")
         if self.balancer is None:
             self.balancer = FixedBalancer()
         elif not isinstance(self.balancer, Balancer):
             raise InputError(f"{where}: balancer must be a Balancer, got {type(self.balancer).__name__}",
                              field="Stage.balancer")
 
-    def make_optimizer(self, params: list[Tensor]) -> torch.optim.Optimizer:
-        """A fresh torch optimiser of this stage over ``params``."""
+    def make_optimizer(self, params: list[Tensor], extra: Sequence[Tensor] = ()) -> torch.optim.Optimizer:
+        """A fresh torch optimiser of this stage over ``params`` and a balancer's ``extra`` tensors
+        (one parameter group; AdamW puts ``extra`` in a second group without weight decay)."""
         options = dict(self.optimizer_options or {})
         try:
+            if self.optimizer == "adamw":
+                groups = [{"params": params}] + ([{"params": list(extra), "weight_decay": 0.0}] if extra else [])
+                return torch.optim.AdamW(groups, lr=self.lr, **options)
+            params = params + list(extra)
             if self.optimizer == "adam":
                 return torch.optim.Adam(params, lr=self.lr, **options)
             if self.optimizer == "sgd":
@@ -103,4 +127,10 @@ class Stage:
         return {"name": self.name, "free": self.free, "terms": self.terms, "optimizer": self.optimizer,
                 "lr": self.lr, "steps": self.steps, "tol": self.tol, "patience": self.patience,
                 "balancer": self.balancer.describe(), "rebalance_every": self.rebalance_every,
-                "optimizer_options": self.optimizer_options}
+                "optimizer_options": self.optimizer_options,
+                "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.describe(),
+                "clip_grad_norm": self.clip_grad_norm, "max_seconds": self.max_seconds}
+
+    def lr_at(self, stage_step: int) -> float:
+        """Learning rate at the 0-based ``stage_step``: ``lr`` times the schedule's multiplier."""
+        return self.lr if self.lr_schedule is None else self.lr * float(self.lr_schedule(stage_step))
