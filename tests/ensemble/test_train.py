@@ -26,7 +26,8 @@ def tiny_ensemble(n_models: int = 6, n_res: int = 8) -> Ensemble:
 
 
 def tiny_config(steps: int) -> TrainConfig:
-    return TrainConfig(steps=steps, minutes=2.0, batch_size=3, checkpoint_every=2, log_every=1, model=TINY)
+    return TrainConfig(steps=steps, minutes=2.0, batch_size=3, checkpoint_every=2, log_every=1, validate_every=2,
+                       warmup=2, model=TINY)
 
 
 def test_split_is_seeded_and_disjoint() -> None:
@@ -47,9 +48,7 @@ def test_pairs_are_distinct_models() -> None:
 def test_tiny_training_writes_model_and_resumes(tmp_path) -> None:
     torch.set_num_threads(1)
     ensemble = tiny_ensemble()
-    cut = tiny_config(steps=5)
-    cut.minutes = 1e-6  # the time budget ends after the first step
-    result = train(ensemble, tmp_path, cut, progress="quiet")
+    result = train(ensemble, tmp_path, tiny_config(steps=5), progress="quiet", max_steps=1)
     assert result.steps == 1 and not result.completed and result.n_holdout == 1 and result.n_train == 5
     assert (tmp_path / MODEL_FILE).is_file() and (tmp_path / "holdout.pdb").is_file()
     split = json.loads((tmp_path / "split.json").read_text())
@@ -60,6 +59,7 @@ def test_tiny_training_writes_model_and_resumes(tmp_path) -> None:
     assert payload["sequence"] == ensemble.sequence and payload["templates"].shape == (1, 8, 4, 3)
     more = train(ensemble, tmp_path, tiny_config(steps=5), progress="quiet")
     assert more.steps == 5 and more.completed
+    assert set(more.validation["last"]["metrics"]) == {"recon_rmsd_A", "prior_spread_ratio"}
     assert "resumed from checkpoint at step 1" in (tmp_path / "fit" / "run.log").read_text()
 
 

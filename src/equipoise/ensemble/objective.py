@@ -15,10 +15,16 @@ returns a scalar; the geometry terms are the plain torch functions of
 | clashes | backbone clash penalty (|i-j| >= 2 overlaps below the sum of radii - 0.4 Å) |
 | kl | free bits (Kingma et al. 2016) of the global and residue latents, nats |
 
-Balancing: :class:`~equipoise.core.TargetShareBalancer` with the shares of
-:class:`ObjectiveConfig`, rebalanced every ``rebalance_every`` steps, so no term dominates and
-every term's share is in the record. The KL weight follows a cyclical schedule that ramps over
-the first ``kl_ratio`` of each cycle and then *holds* (Fu et al. 2019).
+Balancing: :class:`~equipoise.core.GradNormRatioBalancer` with reconstruction as the reference:
+each term's weight makes its gradient norm on the model a set ratio (``ObjectiveConfig.ratios``)
+of the reconstruction's, recomputed every ``rebalance_every`` steps; every term's share and
+gradient norm is in the record. (Target shares of the values were tried first: the geometry
+terms' gradients are 100x the reconstruction's per unit of value, so equal value shares left the
+reconstruction without gradient, and a near-zero clash value got a weight of 4e7.) Clashes are
+off in training by default (ratio 0): decoded backbones reconstruct real ones and hardly clash,
+so the term is ~0 with a meaningless balanced weight; the sampling refinement applies it. The KL
+weight follows a cyclical schedule that ramps over the first ``kl_ratio`` of each cycle and then
+*holds* (Fu et al. 2019).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from equipoise.core import TargetShareBalancer, Term, robust, schedules
+from equipoise.core import GradNormRatioBalancer, Term, robust, schedules
 from equipoise.ensemble import geometry
 from equipoise.ensemble.metrics import superpose
 from equipoise.ensemble.model import VAEOutput
@@ -37,17 +43,19 @@ from equipoise.ensemble.model import VAEOutput
 __all__ = ["ObjectiveConfig", "make_terms", "make_balancer", "kl_per_dimension", "collapse_diagnostic",
            "reconstruction_msd", "pair_distance_loss", "geometry_terms"]
 
-DEFAULT_SHARES = {"reconstruction": 0.30, "pairs": 0.15, "bonds": 0.10, "angles": 0.10, "omega": 0.05,
-                  "ramachandran": 0.05, "clashes": 0.05, "kl": 0.20}
+REFERENCE = "reconstruction"
+DEFAULT_RATIOS = {"pairs": 0.5, "bonds": 0.2, "angles": 0.2, "omega": 0.1, "ramachandran": 0.1, "clashes": 0.0,
+                  "kl": 0.3}
 
 
 @dataclass
 class ObjectiveConfig:
-    """Objective settings. ``shares``: target share of each term (sum 1); ``free_bits``: KL floor per
-    latent dimension (nats); ``kl_period``/``kl_ratio``: cyclical KL schedule (steps, ramp
-    fraction); ``pair_cutoff``: Å; ``rebalance_every``: steps between target-share rebalancing."""
+    """Objective settings. ``ratios``: each term's gradient norm as a ratio of the reconstruction's
+    (0: term off); ``free_bits``: KL floor per latent dimension (nats); ``kl_period``/``kl_ratio``:
+    cyclical KL schedule (steps, ramp fraction); ``pair_cutoff``: Å; ``rebalance_every``: steps
+    between rebalancing."""
 
-    shares: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_SHARES))
+    ratios: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_RATIOS))
     free_bits: float = 0.1
     kl_period: int = 500
     kl_ratio: float = 0.5
@@ -125,12 +133,12 @@ def make_terms(config: ObjectiveConfig, sequence: str | None = None) -> list[Ter
              Term("pairs", lambda out: pair_distance_loss(out.pred, out.target, out.mask, config.pair_cutoff))]
     terms += [Term(name, geom(name)) for name in ("bonds", "angles", "omega", "ramachandran", "clashes")]
     terms.append(Term("kl", lambda out: _kl(out, config.free_bits), schedule=kl_schedule))
-    return [t for t in terms if config.shares.get(t.name, 0.0) > 0.0]
+    return [t for t in terms if t.name == REFERENCE or config.ratios.get(t.name, 0.0) > 0.0]
 
 
-def make_balancer(config: ObjectiveConfig) -> TargetShareBalancer:
-    """Target shares of the active terms (those with a share > 0)."""
-    return TargetShareBalancer({t: s for t, s in config.shares.items() if s > 0.0})
+def make_balancer(config: ObjectiveConfig) -> GradNormRatioBalancer:
+    """Gradient-norm ratios to the reconstruction for the active terms (those with a ratio > 0)."""
+    return GradNormRatioBalancer(REFERENCE, {t: r for t, r in config.ratios.items() if r > 0.0})
 
 
 def collapse_diagnostic(out: VAEOutput, active_threshold: float = 0.01) -> dict[str, float | list[float]]:

@@ -23,16 +23,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from equipoise.core import Fit, Stage
+from equipoise.core import Fit, Stage, schedules
+from equipoise.core.data import Batches
 from equipoise.ensemble.frames import local_coordinates, random_rotations
 from equipoise.ensemble.io import Ensemble, write_ensemble
-from equipoise.ensemble.metrics import rmsd_to
+from equipoise.ensemble.metrics import kabsch_rmsd, pairwise_rmsd, rmsd_to
 from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
 from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, make_balancer, make_terms
 from equipoise.errors import InputError
 
-__all__ = ["TrainConfig", "TrainResult", "PairDataset", "split_models", "train", "load_model",
-           "MODEL_FILE", "residue_mask"]
+__all__ = ["TrainConfig", "TrainResult", "PairDataset", "PairCollate", "split_models", "train", "load_model",
+           "build_model", "medoid", "training_fit_metrics", "MODEL_FILE", "residue_mask"]
 
 MODEL_FILE = "model.pt"
 DTYPE = torch.float32
@@ -43,7 +44,8 @@ TEMPLATES = ("medoid", "pairs")
 class TrainConfig:
     """Training settings. ``holdout``: fraction of models kept out (0 <= f < 1); ``minutes``: wall
     time budget; ``steps``: step budget (whichever ends first); ``noise``: std (Å) of the Gaussian
-    noise on template coordinates; ``lr``: Adam(W) learning rate; ``template``: "medoid" (decode
+    noise on template coordinates; ``lr``: AdamW learning rate (linear warm-up over ``warmup``
+    steps, cosine decay to 0.1 lr at ``steps``); ``clip_grad_norm``: gradient clipping (None: off); ``template``: "medoid" (decode
     every target from the training medoid) or "pairs" (from every other training model)."""
 
     holdout: float = 0.2
@@ -54,6 +56,9 @@ class TrainConfig:
     lr: float = 2e-3
     noise: float = 0.1
     template: str = "medoid"
+    warmup: int = 50
+    clip_grad_norm: float | None = 10.0
+    validate_every: int = 100
     checkpoint_every: int = 100
     log_every: int = 10
     model: VAEConfig = field(default_factory=VAEConfig)
@@ -77,7 +82,8 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     """Outcome of :func:`train`: where the model is, how long it trained, the last term values
-    (raw) and the collapse diagnostic of the last logged batch."""
+    (raw), the collapse diagnostic of the last logged batch, and the validation history
+    (last and best of :func:`training_fit_metrics`)."""
 
     out_dir: Path
     steps: int
@@ -88,6 +94,7 @@ class TrainResult:
     final_terms: dict[str, float]
     collapse: dict
     flags: list[dict]
+    validation: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """A few readable lines."""
@@ -97,7 +104,8 @@ class TrainResult:
                 f"final terms: {terms}\n"
                 f"latent: {self.collapse.get('active_units', 0):.0f}/{self.collapse.get('latent_dims', 0):.0f} "
                 f"active units, global KL {self.collapse.get('kl_global_nats', float('nan')):.3g} nats; "
-                f"{len(self.flags)} kinds of flags")
+                f"{len(self.flags)} kinds of flags\n"
+                f"validation (training models only): {self.validation.get('last', {}).get('metrics', {})}")
 
 
 def split_models(n_models: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -149,7 +157,8 @@ def medoid(coords: Tensor, mask: Tensor) -> int:
 
 class PairCollate:
     """Batch of pairs -> (template, target) coordinates (B, n, 4, 3), each centred and randomly
-    rotated (global torch RNG, so the core's checkpoints make it resumable), template noise."""
+    rotated, template noise (global torch RNG: the core's checkpoints hold it, so a resumed run
+    draws the same rotations)."""
 
     def __init__(self, coords: Tensor, mask: Tensor, noise: float) -> None:
         self.coords, self.mask, self.noise = coords, mask, noise
@@ -204,9 +213,10 @@ def load_model(run_dir: str | Path) -> tuple[EnsembleVAE, dict]:
 
 
 def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = None,
-          progress: str = "auto") -> TrainResult:
+          progress: str = "auto", max_steps: int | None = None) -> TrainResult:
     """Train the VAE on ``ensemble`` (a seeded ``1 - holdout`` share of its models), resuming from
-    ``out_dir`` if it holds a checkpoint of the same run. Returns a :class:`TrainResult`."""
+    ``out_dir`` if it holds a checkpoint of the same run. ``max_steps``: stop after this many
+    steps in this call (with a checkpoint; run again to continue). Returns a :class:`TrainResult`."""
     config = config or TrainConfig()
     config.check()
     out = Path(out_dir)
@@ -223,16 +233,15 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
         write_ensemble(ensemble.select(holdout_idx), out / "holdout.pdb")
     torch.manual_seed(config.seed)
     model = build_model(ensemble, train_idx, mask, config.model)
-    collate = PairCollate(coords[train_idx].to(DTYPE), mask, config.noise)
     templates = [medoid(coords[train_idx], mask)] if config.template == "medoid" else None
     pairs = PairDataset(len(train_idx), templates)
     template_idx = [train_idx[i] for i in pairs.templates]
+    train_coords = coords[train_idx].to(DTYPE)
+    batches = Batches(pairs, batch_size=min(config.batch_size, len(pairs)), shuffle=True, seed=config.seed,
+                      collate=PairCollate(train_coords, mask, config.noise))
     last: dict[str, VAEOutput] = {}
 
-    def forward() -> VAEOutput:
-        # core-training's Batches replaces this draw once merged (same global RNG)
-        items = [pairs[int(k)] for k in torch.randint(len(pairs), (config.batch_size,))]
-        batch = collate(items)
+    def forward(batch: dict[str, Tensor]) -> VAEOutput:
         model.train()
         last["out"] = model(batch["template"], batch["target"], batch["mask"])
         return last["out"]
@@ -240,30 +249,60 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
     def summarize() -> dict:
         return collapse_diagnostic(last["out"]) if "out" in last else {}
 
+    def validate() -> dict[str, float]:
+        metrics = training_fit_metrics(model, train_coords, mask, train_coords[pairs.templates])
+        _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+        return metrics
+
     objective = config.objective
-    stage = Stage("train", free=["model"], optimizer="adam", lr=config.lr, steps=config.steps,
+    stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
+                  lr_schedule=schedules.WarmupCosine(warmup=config.warmup, total=config.steps, floor=0.1),
+                  clip_grad_norm=config.clip_grad_norm, max_seconds=60.0 * config.minutes,
                   balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
-    fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage], forward=forward,
+    fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage],
+              forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
               run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
               summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
               config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
                       "model": config.model.to_dict(), "objective": objective.to_dict(),
                       "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
     started = time.perf_counter()
-    budget = 60.0 * config.minutes
-    result = fit.run(max_steps=1)
-    while not result.completed and time.perf_counter() - started < budget:
-        result = fit.run(max_steps=config.checkpoint_every)
-        _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+    result = fit.run(max_steps=max_steps)
     _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
     seconds = time.perf_counter() - started
     final = _last_terms(out / "fit" / "record.jsonl")
     train_result = TrainResult(out, result.steps, seconds, len(train_idx), len(holdout_idx), result.completed,
-                               final, summarize(), result.flags)
+                               final, summarize(), result.flags, result.validation)
     summary = asdict(train_result)
     summary["out_dir"] = str(out)
     (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
     return train_result
+
+
+def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
+                         n: int = 16) -> dict[str, float]:
+    """Validation numbers from training models only (the held-out models are never seen):
+    ``recon_rmsd_A``, the mean RMSD of posterior-mean reconstructions of the first ``n`` training
+    models; ``prior_spread_ratio``, the mean pairwise RMSD of ``n`` prior samples over that of the
+    training models (1 = the training spread; near 0 = collapsed)."""
+    was_training = model.training
+    model.eval()
+    x = coords[:n]
+    m = mask.expand(x.shape[0], -1)
+    atoms = mask.repeat_interleave(4)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
+        recon = model(template, x, m, sample=False).pred
+        z, z_res = model.prior(x.shape[0], 1.0, gen, x.dtype)
+        prior = model.decode(template, m, z, z_res)
+    def flat(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], -1, 3).to(torch.float64)
+
+    recon_rmsd = kabsch_rmsd(flat(recon), flat(x), atoms).mean()
+    spread = pairwise_rmsd(flat(prior), atoms).mean() / pairwise_rmsd(flat(x), atoms).mean()
+    model.train(was_training)
+    return {"recon_rmsd_A": float(recon_rmsd), "prior_spread_ratio": float(spread)}
 
 
 def _last_terms(record: Path) -> dict[str, float]:
