@@ -256,7 +256,8 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
 
     objective = config.objective
     stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
-                  lr_schedule=schedules.WarmupCosine(warmup=config.warmup, total=config.steps, floor=0.1),
+                  lr_schedule=schedules.WarmupCosine(warmup=min(config.warmup, config.steps - 1), total=config.steps,
+                                                     floor=0.1),
                   clip_grad_norm=config.clip_grad_norm, max_seconds=60.0 * config.minutes,
                   balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
     fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage],
