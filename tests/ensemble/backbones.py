@@ -22,7 +22,7 @@ def need_2k39() -> Path:
     return ENSEMBLE_2K39
 
 
-def ideal_ensemble(n_models: int = 4, n_res: int = 10, spread_deg: float = 8.0, seed: int = 0,
+def ideal_ensemble(n_models: int = 4, n_res: int = 10, spread_deg: float = 4.0, seed: int = 0,
                    sequence: str | None = None) -> Ensemble:
     """Helices (phi -63, psi -43, omega 180 deg plus Gaussian noise of ``spread_deg``) with Engh &
     Huber bonds and angles: ideal geometry, no clashes, no breaks."""

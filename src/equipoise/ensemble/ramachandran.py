@@ -8,8 +8,9 @@ the categories are those of MolProbity's *general* definition applied to every r
 favoured inside the density contour enclosing 98% of the reference residues, allowed inside
 99.95%, outlier beyond (Lovell et al. 2003, section "Contour levels").
 
-Energy: ``-log`` of the lightly smoothed density (periodic Gaussian, 1 bin) plus a broad
-component (periodic Gaussian, 40 deg, weight 1e-3) so that the log density has slope everywhere,
+Energy: ``-log`` of the lightly smoothed density (periodic Gaussian, 1 bin; set to 0 outside the
+allowed contour) plus a broad component (periodic Gaussian, 40 deg, weight 1e-3) so that the log
+density has slope everywhere and no local minimum among the outliers,
 then band-limited by a Gaussian taper in Fourier space and evaluated as a 2-D Fourier series:
 periodic in phi and psi, infinitely smooth, with analytic gradients; 0 at its most favoured point.
 """
@@ -38,11 +39,17 @@ _TAPER = 14.0  # Gaussian taper width (orders) against ringing
 
 def reference_histogram() -> "numpy.ndarray":  # noqa: F821
     """The Top500 (phi, psi) histogram ``(90, 90)`` (rows phi, columns psi, -180..180 in 4 deg bins)."""
-    try:
-        from MDAnalysis.analysis.data.filenames import Rama_ref
-    except ImportError as exc:
+    import importlib.util
+    from pathlib import Path
+
+    # locate the file MDAnalysis.analysis.data.filenames.Rama_ref names, without importing MDAnalysis
+    spec = importlib.util.find_spec("MDAnalysis")
+    if spec is None or spec.origin is None:
         raise InputError("the Ramachandran reference comes from MDAnalysis: pip install MDAnalysis",
-                         field="ramachandran") from exc
+                         field="ramachandran")
+    Rama_ref = Path(spec.origin).parent / "analysis" / "data" / "rama_ref_data.npy"
+    if not Rama_ref.is_file():
+        raise InputError("MDAnalysis is installed without its Ramachandran reference data", path=Rama_ref)
     import numpy as np
 
     # MDAnalysis stores rows = psi, columns = phi (it draws contourf(X=phi, Y=psi, Z)): transpose
@@ -73,7 +80,10 @@ def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float]]:  
     levels = tuple(float(order[min(np.searchsorted(mass, m), order.size - 1)]) for m in (_FAVOURED_MASS, _ALLOWED_MASS))
     broad = np.clip(_periodic_blur(hist, _BROAD_DEG / 4.0), 0.0, None)
     broad /= broad.sum()
-    log_density = np.log(density + _BROAD_WEIGHT * broad)
+    # sparse counts beyond the allowed contour would make local minima among the outliers: drop
+    # them, so that there only the broad component (which rises towards populated regions) shapes it
+    kept = np.where(density >= levels[1], density, 0.0)
+    log_density = np.log(kept + _BROAD_WEIGHT * broad)
     coeff = np.fft.fft2(log_density) / _BINS ** 2
     k = np.fft.fftfreq(_BINS) * _BINS
     taper = np.exp(-0.5 * (k / _TAPER) ** 2)
@@ -88,35 +98,36 @@ def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float]]:  
 
 
 @lru_cache(maxsize=8)
-def _energy_tensors(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor, Tensor, float]:
+def _energy_tensors(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor, float]:
+    """(orders k, the real matrix W of the series, the series' maximum on a 1 deg grid)."""
     import numpy as np
 
     _, coeff, _ = _tables()
     ks = np.fft.fftfreq(_BINS) * _BINS
     ks = ks[np.abs(ks) <= _ORDER]
-    re = torch.tensor(coeff[0], dtype=dtype, device=device)
-    im = torch.tensor(coeff[1], dtype=dtype, device=device)
+    re, im = coeff[0], coeff[1]
+    weights = torch.tensor(np.block([[re, -im], [-im, -re]]), dtype=dtype, device=device)
     k = torch.tensor(ks, dtype=dtype, device=device)
     grid = torch.linspace(-math.pi, math.pi, 361, dtype=dtype, device=device)
-    top = float(_series(grid[:, None].expand(-1, 361), grid[None, :].expand(361, -1), re, im, k).max())
-    return re, im, k, top
+    top = float(_series(grid[:, None].expand(-1, 361), grid[None, :].expand(361, -1), weights, k).max())
+    return weights, k, top
 
 
-def _series(phi: Tensor, psi: Tensor, re: Tensor, im: Tensor, k: Tensor) -> Tensor:
-    """Real part of sum_kl c_kl exp(i (k phi + l psi)) (the band-limited log density)."""
+def _series(phi: Tensor, psi: Tensor, weights: Tensor, k: Tensor) -> Tensor:
+    """Re sum_kl c_kl exp(i (k phi + l psi)) (the band-limited log density) as one matrix product:
+    [cos k phi, sin k phi] @ [[Re c, -Im c], [-Im c, -Re c]] . [cos l psi, sin l psi]."""
     a = phi[..., None] * k
     b = psi[..., None] * k
-    ca, sa, cb, sb = torch.cos(a), torch.sin(a), torch.cos(b), torch.sin(b)
-    # Re[(re + i im) (ca + i sa)(cb + i sb)] = re (ca cb - sa sb) - im (sa cb + ca sb)
-    return (torch.einsum("...k,kl,...l->...", ca, re, cb) - torch.einsum("...k,kl,...l->...", sa, re, sb)
-            - torch.einsum("...k,kl,...l->...", sa, im, cb) - torch.einsum("...k,kl,...l->...", ca, im, sb))
+    left = torch.cat([torch.cos(a), torch.sin(a)], dim=-1)
+    right = torch.cat([torch.cos(b), torch.sin(b)], dim=-1)
+    return ((left @ weights) * right).sum(-1)
 
 
 def rama_energy(phi: Tensor, psi: Tensor) -> Tensor:
     """Ramachandran energy (nats, >= ~0; 0 at the most favoured point) of angles in radians, any
     shape. Periodic in both angles with period 2 pi; smooth; differentiable everywhere."""
-    re, im, k, top = _energy_tensors(phi.dtype, str(phi.device))
-    return top - _series(phi, psi, re, im, k)
+    weights, k, top = _energy_tensors(phi.dtype, str(phi.device))
+    return top - _series(phi, psi, weights, k)
 
 
 def rama_categories(phi: Tensor, psi: Tensor) -> Tensor:
