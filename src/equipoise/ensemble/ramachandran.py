@@ -12,7 +12,7 @@ Energy: ``-log`` of the lightly smoothed density (periodic Gaussian, 1 bin; set 
 allowed contour) plus a broad component (periodic Gaussian, 40 deg, weight 1e-3) so that the log
 density has slope everywhere and no local minimum among the outliers,
 then band-limited by a Gaussian taper in Fourier space and evaluated as a 2-D Fourier series:
-periodic in phi and psi, infinitely smooth, with analytic gradients; 0 at its most favoured point.
+periodic in phi and psi, infinitely smooth, with analytic gradients; 0 at its most favoured bin centre.
 """
 
 from __future__ import annotations
@@ -68,8 +68,9 @@ def _periodic_blur(grid: "numpy.ndarray", sigma_bins: float) -> "numpy.ndarray":
 
 
 @lru_cache(maxsize=1)
-def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float]]:  # noqa: F821
-    """(density for categories, Fourier coefficients of the energy, (favoured, allowed) levels)."""
+def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float], float]:  # noqa: F821
+    """(density for categories, Fourier coefficients of the energy, (favoured, allowed) levels,
+    maximum of the series)."""
     import numpy as np
 
     hist = reference_histogram()
@@ -89,28 +90,27 @@ def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float]]:  
     taper = np.exp(-0.5 * (k / _TAPER) ** 2)
     coeff = coeff * taper[:, None] * taper[None, :]
     keep = np.abs(k) <= _ORDER
+    # the series' maximum over the bin centres sets the energy's zero
+    top = float(np.real(np.fft.ifft2(np.where(keep[:, None] & keep[None, :], coeff, 0.0)) * _BINS ** 2).max())
     coeff = coeff[keep][:, keep]
     ks = k[keep]
     # grid sample i sits at bin centre -180 + 4 (i + 1/2) deg: shift the phase to angles
     shift = np.exp(-1j * ks * (-math.pi + _BIN_RAD / 2))
     coeff = coeff * shift[:, None] * shift[None, :]
-    return density, np.stack([coeff.real, coeff.imag]), levels  # type: ignore[return-value]
+    return density, np.stack([coeff.real, coeff.imag]), levels, top  # type: ignore[return-value]
 
 
 @lru_cache(maxsize=8)
 def _energy_tensors(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor, float]:
-    """(orders k, the real matrix W of the series, the series' maximum on a 1 deg grid)."""
+    """(the real matrix W of the series, orders k, the series' maximum)."""
     import numpy as np
 
-    _, coeff, _ = _tables()
+    _, coeff, _, top = _tables()
     ks = np.fft.fftfreq(_BINS) * _BINS
     ks = ks[np.abs(ks) <= _ORDER]
     re, im = coeff[0], coeff[1]
     weights = torch.tensor(np.block([[re, -im], [-im, -re]]), dtype=dtype, device=device)
-    k = torch.tensor(ks, dtype=dtype, device=device)
-    grid = torch.linspace(-math.pi, math.pi, 361, dtype=dtype, device=device)
-    top = float(_series(grid[:, None].expand(-1, 361), grid[None, :].expand(361, -1), weights, k).max())
-    return weights, k, top
+    return weights, torch.tensor(ks, dtype=dtype, device=device), top
 
 
 def _series(phi: Tensor, psi: Tensor, weights: Tensor, k: Tensor) -> Tensor:
@@ -133,7 +133,7 @@ def rama_energy(phi: Tensor, psi: Tensor) -> Tensor:
 def rama_categories(phi: Tensor, psi: Tensor) -> Tensor:
     """MolProbity-style category per (phi, psi) in radians: 0 favoured, 1 allowed, 2 outlier
     (int64, same shape), by the reference density in the 4 deg bin of each point."""
-    density, _, (favoured, allowed) = _tables()
+    density, _, (favoured, allowed), _ = _tables()
     table = torch.tensor(density, dtype=torch.float64, device=phi.device)
     i = torch.floor((phi.detach() + math.pi) / _BIN_RAD).long().remainder(_BINS)
     j = torch.floor((psi.detach() + math.pi) / _BIN_RAD).long().remainder(_BINS)
