@@ -90,13 +90,14 @@ def test_ramachandran_gradient_leads_every_outlier_out():
     gp, gq = torch.autograd.grad(rama_energy(p, q).sum(), (p, q))
     assert float((gp.square() + gq.square()).sqrt().min()) > 0.01
     p, q = phi[rama_categories(phi, psi) == OUTLIER].clone(), psi[rama_categories(phi, psi) == OUTLIER].clone()
-    for _ in range(100):
+    for step in range(150):
+        size = math.radians(3.0 if step < 100 else 1.0)
         p.requires_grad_(True)
         q.requires_grad_(True)
         gp, gq = torch.autograd.grad(rama_energy(p, q).sum(), (p, q))
         norm = (gp.square() + gq.square()).sqrt().clamp_min(1e-12)
-        p = (p - math.radians(3.0) * gp / norm).detach()
-        q = (q - math.radians(3.0) * gq / norm).detach()
+        p = (p - size * gp / norm).detach()
+        q = (q - size * gq / norm).detach()
     assert int((rama_categories(p, q) == OUTLIER).sum()) == 0
 
 
