@@ -1,7 +1,9 @@
 """Sampling conformers from a trained ensemble VAE, with a post-hoc geometry refinement.
 
-- **Prior** (conditioned on the sequence): z ~ N(0, T^2 I) (temperature T), decoded from
-  templates drawn (seeded) from the training conformers.
+- **Prior** (conditioned on the sequence): z ~ N(0, T^2 I), decoded from templates drawn (seeded)
+  from the run's templates; T is the user's temperature times the run's calibrated temperature
+  (:func:`equipoise.ensemble.train.calibrate_temperature`: the prior spread matches the training
+  models').
 - **Posterior** around given conformers: z ~ q(z | x) with its standard deviation scaled by T,
   decoded from the conformer itself.
 - **Refinement** (optional, on by default): a few L-BFGS steps of the geometry terms of
@@ -35,7 +37,8 @@ REFINE_WEIGHTS = {"bonds": 1.0, "angles": 1.0, "omega": 1.0, "ramachandran": 1.0
 
 @dataclass
 class SampleConfig:
-    """``n``: conformers; ``seed``; ``temperature``: scale of the latent spread (1: the prior);
+    """``n``: conformers; ``seed``; ``temperature``: scale of the latent spread (1: the prior at the
+    run's calibrated temperature);
     ``refine_steps``: L-BFGS steps of the geometry refinement (0: none); ``restraint_sigma``: Å."""
 
     n: int = 100
@@ -143,7 +146,8 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, around: Tens
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     if around is None:
-        coords = decode_prior(model, payload["templates"], mask, config.n, config.temperature, generator)
+        temperature = config.temperature * payload.get("temperature", 1.0)
+        coords = decode_prior(model, payload["templates"], mask, config.n, temperature, generator)
     else:
         around = torch.as_tensor(around, dtype=torch.float64)
         if tuple(around.shape[1:]) != tuple(payload["templates"].shape[1:]):

@@ -24,7 +24,7 @@ def register_sample(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="FILE", help="output multi-model PDB/mmCIF")
     p.add_argument("--n", type=int, default=100, help="number of conformers (default 100)")
     p.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="latent spread scale (default 1: the prior)")
+    p.add_argument("--temperature", type=float, default=1.0, help="latent spread scale, times the run's calibrated temperature (default 1)")
     p.add_argument("--around", metavar="FILE", default=None,
                    help="sample the posterior around this file's models instead of the prior")
     p.add_argument("--refine-steps", type=int, default=40, help="geometry refinement L-BFGS steps (default 40)")

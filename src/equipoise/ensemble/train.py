@@ -33,7 +33,7 @@ from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, m
 from equipoise.errors import InputError
 
 __all__ = ["TrainConfig", "TrainResult", "PairDataset", "PairCollate", "split_models", "train", "load_model",
-           "build_model", "medoid", "training_fit_metrics", "MODEL_FILE", "residue_mask"]
+           "build_model", "medoid", "training_fit_metrics", "prior_spread", "calibrate_temperature", "MODEL_FILE", "residue_mask"]
 
 MODEL_FILE = "model.pt"
 DTYPE = torch.float32
@@ -83,7 +83,9 @@ class TrainConfig:
 class TrainResult:
     """Outcome of :func:`train`: where the model is, how long it trained, the last term values
     (raw), the collapse diagnostic of the last logged batch, and the validation history
-    (last and best of :func:`training_fit_metrics`)."""
+    (last and best of :func:`training_fit_metrics`); ``temperature``: the prior temperature that
+    matches the training spread (:func:`calibrate_temperature`; ``calibration``: ratio per
+    temperature), which sampling multiplies with the user's."""
 
     out_dir: Path
     steps: int
@@ -95,6 +97,8 @@ class TrainResult:
     collapse: dict
     flags: list[dict]
     validation: dict = field(default_factory=dict)
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """A few readable lines."""
@@ -105,7 +109,8 @@ class TrainResult:
                 f"latent: {self.collapse.get('active_units', 0):.0f}/{self.collapse.get('latent_dims', 0):.0f} "
                 f"active units, global KL {self.collapse.get('kl_global_nats', float('nan')):.3g} nats; "
                 f"{len(self.flags)} kinds of flags\n"
-                f"validation (training models only): {self.validation.get('last', {}).get('metrics', {})}")
+                f"validation (training models only): {self.validation.get('last', {}).get('metrics', {})}; "
+                f"calibrated prior temperature {self.temperature:g}")
 
 
 def split_models(n_models: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -187,8 +192,8 @@ def build_model(ensemble: Ensemble, train_idx: list[int], mask: Tensor, config: 
 
 
 def _save_model(path: Path, model: EnsembleVAE, ensemble: Ensemble, template_idx: list[int], mask: Tensor,
-                config: TrainConfig) -> None:
-    payload = {"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
+                config: TrainConfig, temperature: float = 1.0, calibration: dict | None = None) -> None:
+    payload = {"temperature": temperature, "calibration": calibration or {},"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
                "objective": config.objective.to_dict(), "sequence": ensemble.sequence,
                "residue_names": ensemble.residue_names, "residue_numbers": ensemble.residue_numbers,
                "chain_id": ensemble.chain_id, "source": ensemble.source,
@@ -269,41 +274,65 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
                       "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
     started = time.perf_counter()
     result = fit.run(max_steps=max_steps)
-    _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+    temperature, calibration = calibrate_temperature(model, train_coords, mask, train_coords[pairs.templates])
+    _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config, temperature, calibration)
     seconds = time.perf_counter() - started
     final = _last_terms(out / "fit" / "record.jsonl")
     train_result = TrainResult(out, result.steps, seconds, len(train_idx), len(holdout_idx), result.completed,
-                               final, summarize(), result.flags, result.validation)
+                               final, summarize(), result.flags, result.validation, temperature, calibration)
     summary = asdict(train_result)
     summary["out_dir"] = str(out)
     (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
     return train_result
 
 
-def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
-                         n: int = 16) -> dict[str, float]:
-    """Validation numbers from training models only (the held-out models are never seen):
-    ``recon_rmsd_A``, the mean RMSD of posterior-mean reconstructions of the first ``n`` training
-    models; ``prior_spread_ratio``, the mean pairwise RMSD of ``n`` prior samples over that of the
-    training models (1 = the training spread; near 0 = collapsed)."""
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1, 3).to(torch.float64)
+
+
+def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor, temperature: float = 1.0,
+                 n: int = 32, seed: int = 0) -> float:
+    """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of the first ``n``
+    models of ``coords`` (training models): 1 = the training spread, near 0 = collapsed."""
     was_training = model.training
     model.eval()
     x = coords[:n]
     m = mask.expand(x.shape[0], -1)
     atoms = mask.repeat_interleave(4)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
+        z, z_res = model.prior(x.shape[0], temperature, gen, x.dtype)
+        prior = model.decode(template, m, z, z_res)
+    model.train(was_training)
+    return float(pairwise_rmsd(_flat(prior), atoms).mean() / pairwise_rmsd(_flat(x), atoms).mean())
+
+
+def calibrate_temperature(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
+                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)) -> tuple[float, dict]:
+    """The prior temperature on ``grid`` whose samples spread like the training models (mean
+    pairwise RMSD ratio closest to 1; :func:`prior_spread`). Uses training models only."""
+    ratios = {t: prior_spread(model, coords, mask, templates, t) for t in grid}
+    best = min(ratios, key=lambda t: abs(ratios[t] - 1.0))
+    return best, {f"{t:g}": r for t, r in ratios.items()}
+
+
+def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
+                         n: int = 16) -> dict[str, float]:
+    """Validation numbers from training models only (the held-out models are never seen):
+    ``recon_rmsd_A``, the mean RMSD of posterior-mean reconstructions of the first ``n`` training
+    models, and ``prior_spread_ratio`` (:func:`prior_spread` at temperature 1)."""
+    was_training = model.training
+    model.eval()
+    x = coords[:n]
+    m = mask.expand(x.shape[0], -1)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
         recon = model(template, x, m, sample=False).pred
-        z, z_res = model.prior(x.shape[0], 1.0, gen, x.dtype)
-        prior = model.decode(template, m, z, z_res)
-    def flat(t: Tensor) -> Tensor:
-        return t.reshape(t.shape[0], -1, 3).to(torch.float64)
-
-    recon_rmsd = kabsch_rmsd(flat(recon), flat(x), atoms).mean()
-    spread = pairwise_rmsd(flat(prior), atoms).mean() / pairwise_rmsd(flat(x), atoms).mean()
     model.train(was_training)
-    return {"recon_rmsd_A": float(recon_rmsd), "prior_spread_ratio": float(spread)}
+    recon_rmsd = kabsch_rmsd(_flat(recon), _flat(x), mask.repeat_interleave(4)).mean()
+    return {"recon_rmsd_A": float(recon_rmsd), "prior_spread_ratio": prior_spread(model, coords, mask, templates, n=n)}
 
 
 def _last_terms(record: Path) -> dict[str, float]:
