@@ -1,0 +1,346 @@
+"""Training the ensemble VAE on an ensemble's models, as one :class:`equipoise.core.Fit`.
+
+A seeded split keeps ``holdout`` of the models out of training (written to ``DIR/holdout.pdb``
+and ``DIR/split.json``); the rest make training pairs: encode one conformer (the target),
+decode it from another (the template), each turned by an independent uniform random rotation,
+the template with optional Gaussian coordinate noise. Everything else (mini-batches,
+balancing, records, checkpoints, resume, time budget) is the core's.
+
+Run directory: ``DIR/model.pt`` (what sampling needs: weights, configs, sequence, template
+conformers), ``DIR/fit/`` (the core's config.json, record.jsonl, summary.json, run.log,
+checkpoint.pt), ``DIR/holdout.pdb``, ``DIR/split.json``, ``DIR/train.json`` (the result).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from equipoise.core import Fit, Stage, schedules
+from equipoise.core.data import Batches
+from equipoise.ensemble.frames import local_coordinates, random_rotations
+from equipoise.ensemble.io import Ensemble, write_ensemble
+from equipoise.ensemble.metrics import kabsch_rmsd, pairwise_rmsd, rmsd_to
+from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
+from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, make_balancer, make_terms
+from equipoise.errors import InputError
+
+__all__ = ["TrainConfig", "TrainResult", "PairDataset", "PairCollate", "split_models", "train", "load_model",
+           "build_model", "medoid", "training_fit_metrics", "prior_spread", "calibrate_temperature", "MODEL_FILE", "residue_mask"]
+
+MODEL_FILE = "model.pt"
+DTYPE = torch.float32
+TEMPLATES = ("medoid", "pairs")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``holdout``: fraction of models kept out (0 <= f < 1); ``minutes``: wall
+    time budget; ``steps``: step budget (whichever ends first); ``noise``: std (Å) of the Gaussian
+    noise on template coordinates; ``lr``: AdamW learning rate (linear warm-up over ``warmup``
+    steps, cosine decay to 0.1 lr at ``steps``); ``clip_grad_norm``: gradient clipping (None: off); ``template``: "medoid" (decode
+    every target from the training medoid) or "pairs" (from every other training model)."""
+
+    holdout: float = 0.2
+    minutes: float = 20.0
+    seed: int = 1
+    steps: int = 200_000
+    batch_size: int = 8
+    lr: float = 2e-3
+    noise: float = 0.1
+    template: str = "medoid"
+    warmup: int = 50
+    clip_grad_norm: float | None = 10.0
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    log_every: int = 10
+    model: VAEConfig = field(default_factory=VAEConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def check(self) -> None:
+        """InputError for impossible settings, before any computation."""
+        if not 0.0 <= self.holdout < 1.0:
+            raise InputError(f"holdout must lie in [0, 1), got {self.holdout}", field="--holdout")
+        if not (self.minutes > 0 and math.isfinite(self.minutes)):
+            raise InputError(f"minutes must be a positive number, got {self.minutes}", field="--minutes")
+        if self.steps < 1 or self.batch_size < 1:
+            raise InputError(f"steps and batch size must be >= 1, got {self.steps}, {self.batch_size}",
+                             field="steps")
+        if self.template not in TEMPLATES:
+            raise InputError(f"template must be one of {TEMPLATES}, got {self.template!r}", field="template")
+        if self.noise < 0:
+            raise InputError(f"template noise must be >= 0 Å, got {self.noise}", field="noise")
+
+
+@dataclass
+class TrainResult:
+    """Outcome of :func:`train`: where the model is, how long it trained, the last term values
+    (raw), the collapse diagnostic of the last logged batch, and the validation history
+    (last and best of :func:`training_fit_metrics`); ``temperature``: the prior temperature that
+    matches the training spread (:func:`calibrate_temperature`; ``calibration``: ratio per
+    temperature), which sampling multiplies with the user's."""
+
+    out_dir: Path
+    steps: int
+    seconds: float
+    n_train: int
+    n_holdout: int
+    completed: bool
+    final_terms: dict[str, float]
+    collapse: dict
+    flags: list[dict]
+    validation: dict = field(default_factory=dict)
+    temperature: float = 1.0
+    calibration: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """A few readable lines."""
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in self.final_terms.items())
+        return (f"trained {self.steps} steps in {self.seconds:.0f} s on {self.n_train} models "
+                f"({self.n_holdout} held out) -> {self.out_dir / MODEL_FILE}\n"
+                f"final terms: {terms}\n"
+                f"latent: {self.collapse.get('active_units', 0):.0f}/{self.collapse.get('latent_dims', 0):.0f} "
+                f"active units, global KL {self.collapse.get('kl_global_nats', float('nan')):.3g} nats; "
+                f"{len(self.flags)} kinds of flags\n"
+                f"validation (training models only): {self.validation.get('last', {}).get('metrics', {})}; "
+                f"calibrated prior temperature {self.temperature:g}")
+
+
+def split_models(n_models: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of model indices into (train, holdout); the holdout has round(holdout * n)
+    models (at least 1 when holdout > 0) and training keeps at least 2."""
+    n_out = max(1, round(holdout * n_models)) if holdout > 0 else 0
+    if n_models - n_out < 2:
+        raise InputError(f"{n_models} models with holdout {holdout} leave fewer than 2 for training",
+                         field="--holdout")
+    perm = torch.randperm(n_models, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(perm[n_out:]), sorted(perm[:n_out])
+
+
+def residue_mask(ensemble: Ensemble) -> Tensor:
+    """Residues (n,) bool whose four backbone atoms are present in every model."""
+    mask = torch.as_tensor(ensemble.mask, dtype=torch.bool)
+    present = mask.all(dim=-1).all(dim=0) if mask.dim() == 3 else mask.all(dim=0)
+    if int(present.sum()) < 3:
+        raise InputError(f"only {int(present.sum())} residues have N, CA, C, O in every model; 3 are needed",
+                         field="mask")
+    return present
+
+
+class PairDataset(Sequence):
+    """Ordered (template, target) pairs of distinct training models, templates from ``templates``
+    (default: every model): item k -> (template index, target index)."""
+
+    def __init__(self, n_models: int, templates: Sequence[int] | None = None) -> None:
+        self.n = n_models
+        self.templates = list(range(n_models)) if templates is None else list(templates)
+
+    def __len__(self) -> int:
+        return len(self.templates) * (self.n - 1)
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        t, r = divmod(k, self.n - 1)
+        i = self.templates[t]
+        return i, r + (r >= i)
+
+
+def medoid(coords: Tensor, mask: Tensor) -> int:
+    """Index of the model (coords (M, n, 4, 3)) with the smallest mean squared RMSD to all others
+    (residues in ``mask``)."""
+    x = coords[:, mask].reshape(coords.shape[0], -1, 3)
+    return int(rmsd_to(x, x).square().mean(1).argmin())
+
+
+class PairCollate:
+    """Batch of pairs -> (template, target) coordinates (B, n, 4, 3), each centred and randomly
+    rotated, template noise (global torch RNG: the core's checkpoints hold it, so a resumed run
+    draws the same rotations)."""
+
+    def __init__(self, coords: Tensor, mask: Tensor, noise: float) -> None:
+        self.coords, self.mask, self.noise = coords, mask, noise
+
+    def _turned(self, x: Tensor) -> Tensor:
+        centre = x[:, self.mask, 1].mean(1)[:, None, None]
+        rot = random_rotations(x.shape[0], dtype=x.dtype, device=x.device)
+        return torch.einsum("bij,bnaj->bnai", rot, x - centre)
+
+    def __call__(self, items: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
+        i = torch.tensor([a for a, _ in items])
+        j = torch.tensor([b for _, b in items])
+        template = self._turned(self.coords[i])
+        if self.noise > 0:
+            template = template + self.noise * torch.randn_like(template)
+        mask = self.mask.expand(len(items), -1)
+        return {"template": template, "target": self._turned(self.coords[j]), "mask": mask}
+
+
+def build_model(ensemble: Ensemble, train_idx: list[int], mask: Tensor, config: VAEConfig) -> EnsembleVAE:
+    """A fresh VAE for the ensemble's sequence; N, C, O start at the training models' mean local
+    coordinates."""
+    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)[train_idx]
+    ideal = local_coordinates(coords).mean(0)
+    return EnsembleVAE(encode_sequence(ensemble.sequence), ideal, config).to(DTYPE)
+
+
+def _save_model(path: Path, model: EnsembleVAE, ensemble: Ensemble, template_idx: list[int], mask: Tensor,
+                config: TrainConfig, temperature: float = 1.0, calibration: dict | None = None) -> None:
+    payload = {"temperature": temperature, "calibration": calibration or {},"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
+               "objective": config.objective.to_dict(), "sequence": ensemble.sequence,
+               "residue_names": ensemble.residue_names, "residue_numbers": ensemble.residue_numbers,
+               "chain_id": ensemble.chain_id, "source": ensemble.source,
+               "templates": torch.as_tensor(ensemble.coords, dtype=torch.float64)[template_idx],
+               "residue_mask": mask, "template_indices": template_idx}
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def load_model(run_dir: str | Path) -> tuple[EnsembleVAE, dict]:
+    """The trained VAE of a run directory and its saved payload (sequence, templates, mask, ...)."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise InputError(f"no trained model in {run_dir} (expected {MODEL_FILE}; run `equipoise ensemble train`)",
+                         path=path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    config = VAEConfig(**payload["vae_config"])
+    model = EnsembleVAE(encode_sequence(payload["sequence"]), payload["state_dict"]["ideal_local"], config)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(DTYPE).eval(), payload
+
+
+def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = None,
+          progress: str = "auto", max_steps: int | None = None) -> TrainResult:
+    """Train the VAE on ``ensemble`` (a seeded ``1 - holdout`` share of its models), resuming from
+    ``out_dir`` if it holds a checkpoint of the same run. ``max_steps``: stop after this many
+    steps in this call (with a checkpoint; run again to continue). Returns a :class:`TrainResult`."""
+    config = config or TrainConfig()
+    config.check()
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output directory: {exc}", path=out) from exc
+    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)
+    train_idx, holdout_idx = split_models(coords.shape[0], config.holdout, config.seed)
+    mask = residue_mask(ensemble)
+    (out / "split.json").write_text(json.dumps({"seed": config.seed, "holdout": config.holdout,
+                                                "train": train_idx, "holdout_models": holdout_idx}, indent=1))
+    if holdout_idx:
+        write_ensemble(ensemble.select(holdout_idx), out / "holdout.pdb")
+    torch.manual_seed(config.seed)
+    model = build_model(ensemble, train_idx, mask, config.model)
+    templates = [medoid(coords[train_idx], mask)] if config.template == "medoid" else None
+    pairs = PairDataset(len(train_idx), templates)
+    template_idx = [train_idx[i] for i in pairs.templates]
+    train_coords = coords[train_idx].to(DTYPE)
+    batches = Batches(pairs, batch_size=min(config.batch_size, len(pairs)), shuffle=True, seed=config.seed,
+                      collate=PairCollate(train_coords, mask, config.noise))
+    last: dict[str, VAEOutput] = {}
+
+    def forward(batch: dict[str, Tensor]) -> VAEOutput:
+        model.train()
+        last["out"] = model(batch["template"], batch["target"], batch["mask"])
+        return last["out"]
+
+    def summarize() -> dict:
+        return collapse_diagnostic(last["out"]) if "out" in last else {}
+
+    def validate() -> dict[str, float]:
+        metrics = training_fit_metrics(model, train_coords, mask, train_coords[pairs.templates])
+        _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+        return metrics
+
+    objective = config.objective
+    stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
+                  lr_schedule=schedules.WarmupCosine(warmup=min(config.warmup, config.steps - 1), total=config.steps,
+                                                     floor=0.1),
+                  clip_grad_norm=config.clip_grad_norm, max_seconds=60.0 * config.minutes,
+                  balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
+    fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage],
+              forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
+              run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
+              summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
+              config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
+                      "model": config.model.to_dict(), "objective": objective.to_dict(),
+                      "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
+    started = time.perf_counter()
+    result = fit.run(max_steps=max_steps)
+    temperature, calibration = calibrate_temperature(model, train_coords, mask, train_coords[pairs.templates])
+    _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config, temperature, calibration)
+    seconds = time.perf_counter() - started
+    final = _last_terms(out / "fit" / "record.jsonl")
+    train_result = TrainResult(out, result.steps, seconds, len(train_idx), len(holdout_idx), result.completed,
+                               final, summarize(), result.flags, result.validation, temperature, calibration)
+    summary = asdict(train_result)
+    summary["out_dir"] = str(out)
+    (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
+    return train_result
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1, 3).to(torch.float64)
+
+
+def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor, temperature: float = 1.0,
+                 n: int = 32, seed: int = 0) -> float:
+    """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of the first ``n``
+    models of ``coords`` (training models): 1 = the training spread, near 0 = collapsed."""
+    was_training = model.training
+    model.eval()
+    x = coords[:n]
+    m = mask.expand(x.shape[0], -1)
+    atoms = mask.repeat_interleave(4)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
+        z, z_res = model.prior(x.shape[0], temperature, gen, x.dtype)
+        prior = model.decode(template, m, z, z_res)
+    model.train(was_training)
+    return float(pairwise_rmsd(_flat(prior), atoms).mean() / pairwise_rmsd(_flat(x), atoms).mean())
+
+
+def calibrate_temperature(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
+                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)) -> tuple[float, dict]:
+    """The prior temperature on ``grid`` whose samples spread like the training models (mean
+    pairwise RMSD ratio closest to 1; :func:`prior_spread`). Uses training models only."""
+    ratios = {t: prior_spread(model, coords, mask, templates, t) for t in grid}
+    best = min(ratios, key=lambda t: abs(ratios[t] - 1.0))
+    return best, {f"{t:g}": r for t, r in ratios.items()}
+
+
+def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
+                         n: int = 16) -> dict[str, float]:
+    """Validation numbers from training models only (the held-out models are never seen):
+    ``recon_rmsd_A``, the mean RMSD of posterior-mean reconstructions of the first ``n`` training
+    models, and ``prior_spread_ratio`` (:func:`prior_spread` at temperature 1)."""
+    was_training = model.training
+    model.eval()
+    x = coords[:n]
+    m = mask.expand(x.shape[0], -1)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
+        recon = model(template, x, m, sample=False).pred
+    model.train(was_training)
+    recon_rmsd = kabsch_rmsd(_flat(recon), _flat(x), mask.repeat_interleave(4)).mean()
+    return {"recon_rmsd_A": float(recon_rmsd), "prior_spread_ratio": prior_spread(model, coords, mask, templates, n=n)}
+
+
+def _last_terms(record: Path) -> dict[str, float]:
+    """Raw term values of the last logged step of a core record."""
+    terms: dict[str, float] = {}
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            entry = json.loads(line)
+            if "terms" in entry:
+                terms = {t: v["raw"] for t, v in entry["terms"].items()}
+    return terms
