@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from equipoise.core import distributed
 from equipoise.core.record import read_record
 
-from training_problem import make_training
+from tests.core.training_problem import make_training
 
 STEPS = 8
 

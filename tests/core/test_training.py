@@ -9,7 +9,7 @@ from equipoise.core import Batches, Fit, Stage, Term, schedules
 from equipoise.core.record import read_record
 from equipoise.errors import InputError
 
-from training_problem import DTYPE, Points, make_training
+from tests.core.training_problem import DTYPE, Points, make_training
 
 
 def test_batches_cover_each_epoch_once_and_resume_mid_epoch():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backbones import ideal_ensemble, need_2k39
+from tests.ensemble.backbones import ideal_ensemble, need_2k39
 from equipoise.ensemble import geometry as g
 from equipoise.ensemble.baselines import build_backbone, internal_gaussian, pca_gaussian, run_baseline
 from equipoise.ensemble.io import read_ensemble

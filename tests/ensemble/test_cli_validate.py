@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from backbones import ideal_ensemble
+from tests.ensemble.backbones import ideal_ensemble
 from equipoise.cli import main
 from equipoise.ensemble.io import read_ensemble, write_ensemble
 from equipoise.ensemble.validation import gate

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from backbones import ideal_ensemble, need_2k39
+from tests.ensemble.backbones import ideal_ensemble, need_2k39
 from equipoise.ensemble import geometry as g
 from equipoise.ensemble.baselines import build_backbone
 from equipoise.ensemble.ramachandran import ALLOWED, FAVOURED, OUTLIER, rama_categories, rama_energy

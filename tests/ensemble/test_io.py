@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from backbones import ideal_ensemble, need_2k39
+from tests.ensemble.backbones import ideal_ensemble, need_2k39
 from equipoise.ensemble.geometry import bond_angles, dihedral, place_oxygens
 from equipoise.ensemble.io import Ensemble, read_ensemble, read_trajectory, write_ensemble
 from equipoise.errors import InputError

@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from scipy.stats import wasserstein_distance
 
-from backbones import ideal_ensemble
+from tests.ensemble.backbones import ideal_ensemble
 from equipoise.ensemble import metrics as m
 from equipoise.errors import InputError
 

@@ -9,7 +9,7 @@ from equipoise.ensemble.frames import local_coordinates
 from equipoise.ensemble.model import EnsembleVAE, VAEConfig, encode_sequence
 from equipoise.errors import InputError
 
-from test_equivariance import _helix_backbone
+from tests.ensemble.test_equivariance import _helix_backbone
 
 DTYPE = torch.float64
 

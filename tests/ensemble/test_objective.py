@@ -12,7 +12,7 @@ from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_s
 from equipoise.ensemble.objective import (ObjectiveConfig, collapse_diagnostic, kl_per_dimension, make_balancer,
                                           make_terms, pair_distance_loss, reconstruction_msd)
 
-from test_equivariance import _helix_backbone
+from tests.ensemble.test_equivariance import _helix_backbone
 
 DTYPE = torch.float64
 

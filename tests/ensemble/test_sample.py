@@ -10,8 +10,8 @@ from equipoise.ensemble.sample import SampleConfig, refine_geometry, sample
 from equipoise.ensemble.train import train
 from equipoise.errors import InputError
 
-from test_equivariance import _helix_backbone
-from test_train import tiny_config, tiny_ensemble
+from tests.ensemble.test_equivariance import _helix_backbone
+from tests.ensemble.test_train import tiny_config, tiny_ensemble
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from equipoise.ensemble.model import VAEConfig
 from equipoise.ensemble.train import MODEL_FILE, PairDataset, TrainConfig, load_model, split_models, train
 from equipoise.errors import InputError
 
-from backbones import ideal_ensemble
+from tests.ensemble.backbones import ideal_ensemble
 
 TINY = VAEConfig(hidden=16, latent=4, residue_latent=1, encoder_depth=1, decoder_depth=2, k=4)
 
