@@ -23,10 +23,11 @@ from dataclasses import replace
 import torch
 
 from equipoise.peptide.decoding import DecodingConfig, predict
-from equipoise.peptide.model import PeptideTransformer, load_model, prepare
+from equipoise.peptide.model import PeptideTransformer, collate, load_model, prepare
 from equipoise.peptide.sequence_cli import DEFAULT_MODEL
 from equipoise.peptide.synth import synthesize
-from equipoise.peptide.train import Batches, build_fit, load_recipe
+from equipoise.core.data import Batches
+from equipoise.peptide.train import build_fit, load_recipe
 from equipoise.peptide.vocab import DEFAULT_VOCABULARY
 
 
@@ -41,12 +42,12 @@ def main() -> None:
     torch.manual_seed(0)
     vocab = DEFAULT_VOCABULARY
     recipe = load_recipe()
-    recipe = replace(recipe, steps=args.steps + 5, warmup_steps=0, decay_stages=1, chunk=args.steps + 5)
+    recipe = replace(recipe, steps=args.steps + 5, warmup_steps=0, max_seconds=None)
     spectra = synthesize(max(args.spectra, recipe.batch_size * (args.steps + 6)), seed=99)
     items = [prepare(s, vocab, recipe.model) for s in spectra]
 
     model = PeptideTransformer(vocab, recipe.model)
-    batches = Batches(items, recipe.batch_size, seed=0)
+    batches = Batches(items, recipe.batch_size, seed=0, collate=collate)
     fit = build_fit(model, batches, recipe, None, progress="quiet")
     fit.run(max_steps=5)                                              # warm-up steps, not timed
     start = time.perf_counter()

@@ -11,6 +11,7 @@ import pytest
 HAS_DDP = importlib.util.find_spec("equipoise.core.distributed") is not None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_DDP, reason="equipoise.core.distributed (core-training) not merged into this branch yet")
 def test_two_processes_stay_in_sync(tmp_path) -> None:
     import torch.multiprocessing as mp
@@ -31,19 +32,21 @@ def _worker(rank: int, world: int, folder: str) -> None:  # pragma: no cover - r
     from equipoise.core import distributed
     from equipoise.peptide.model import ModelConfig, PeptideTransformer, prepare
     from equipoise.peptide.synth import synthesize
-    from equipoise.peptide.train import Batches, TrainConfig, build_fit
+    from equipoise.core.data import Batches
+    from equipoise.peptide.model import collate
+    from equipoise.peptide.train import TrainConfig, build_fit
     from equipoise.peptide.vocab import DEFAULT_VOCABULARY
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT="29533")
     torch.set_num_threads(1)
     context = distributed.setup()
-    config = TrainConfig(batch_size=4, steps=4, warmup_steps=0, decay_stages=1, chunk=4, validate_every=4,
+    config = TrainConfig(batch_size=4, steps=4, warmup_steps=0, checkpoint_every=4, validate_every=4,
                          model=ModelConfig(d_model=32, n_heads=2, dim_feedforward=32, encoder_layers=1,
                                            decoder_layers=1, max_peaks=32))
     torch.manual_seed(rank)  # different initial weights: the fit must broadcast rank 0's
     model = PeptideTransformer(DEFAULT_VOCABULARY, config.model)
     items = [prepare(s, DEFAULT_VOCABULARY, config.model) for s in synthesize(16, seed=5)]
-    build_fit(model, Batches(items, 4, seed=rank), config, None, progress="quiet").run()
+    build_fit(model, Batches(items, 4, seed=5, collate=collate), config, None, progress="quiet").run()
     torch.save(model.state_dict(), f"{folder}/rank{context.rank}.pt")
     distributed.teardown()

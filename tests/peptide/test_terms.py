@@ -5,7 +5,9 @@ import torch
 from equipoise.peptide import terms
 from equipoise.peptide.model import ModelConfig, PeptideTransformer, collate, prepare
 from equipoise.peptide.synth import synthesize
-from equipoise.peptide.train import Batches, targets_with_stop, training_output
+from equipoise.core.data import Batches
+from equipoise.peptide.model import collate
+from equipoise.peptide.train import targets_with_stop, training_output
 from equipoise.peptide.vocab import DEFAULT_VOCABULARY as V
 
 BIG = 30.0  # logit of the chosen token in one-hot-like logits
@@ -60,7 +62,7 @@ def test_terms_are_differentiable_and_share_the_vocabulary() -> None:
     config = ModelConfig(d_model=32, n_heads=2, dim_feedforward=32, encoder_layers=1, decoder_layers=1)
     items = [prepare(s, V, config) for s in spectra]
     model = PeptideTransformer(V, config)
-    batches = Batches(items, 4, seed=1)
+    batches = Batches(items, 4, seed=1, collate=collate)
     out = training_output(model, next(batches))
     made = terms.make_terms(V, {"ce": 1.0, "spectrum": 1.0, "precursor": 1.0})
     assert [t.name for t in made] == ["ce", "spectrum", "precursor"]

@@ -1,18 +1,16 @@
-"""Training the de novo model on labelled spectra, as an ``equipoise.core`` fit.
+"""Training the de novo model on labelled spectra, as one ``equipoise.core`` fit.
 
-One parameter group (``model``), the terms of :mod:`equipoise.peptide.terms` (``ce``,
+One parameter group (``model``); the terms of :mod:`equipoise.peptide.terms` (``ce``,
 ``spectrum``, ``precursor``) with curriculum schedules (``schedules.Piecewise`` tables) and a
 :class:`~equipoise.core.TargetShareBalancer` rebalanced every ``rebalance_every`` steps, so each
-term's share, weight and gradient norms are in ``fit/record.jsonl`` and core's dominance and
-dead-gradient flags watch them. ``forward()`` draws the next mini-batch from :class:`Batches`
-(seeded permutations; its position is saved beside every checkpoint, so a resumed run sees the
-batches it would have seen).
-
-Learning rate: linear warm-up then cosine decay, applied as piecewise-constant stages (the core
-``Fit`` of this branch has no per-step learning-rate schedule yet; each stage starts a fresh Adam).
-Validation (CE, peptide recall, AA precision/recall with peptide-A's metrics, beam search with the
-precursor constraint) runs every ``validate_every`` steps between fit chunks and goes to
-``validation.jsonl`` and ``run.log``; the best model by validation peptide recall is kept.
+term's share, weight and gradient norms are in ``record.jsonl`` and core's dominance and
+dead-gradient flags watch them. Core does the rest (docs/core.md, "Training"): seeded resumable
+mini-batches (``core.data.Batches``), AdamW with a warm-up + cosine learning rate
+(``schedules.WarmupCosine``), gradient clipping, a wall-time budget, validation every
+``validate_every`` steps (CE, and peptide recall / AA precision / AA recall of beam-search
+predictions with peptide-A's metrics) in the record and summary, checkpoints and resume, and data
+parallelism under ``torchrun`` (rank 0 writes). The best model by validation peptide recall is
+kept beside the last one.
 """
 
 from __future__ import annotations
@@ -21,13 +19,14 @@ import json
 import math
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from equipoise.core import Fit, Stage, TargetShareBalancer, schedules
+from equipoise.core import Fit, Stage, TargetShareBalancer, distributed, schedules
+from equipoise.core.data import Batches
 from equipoise.errors import InputError
 from equipoise.peptide.decoding import DecodingConfig, beam_search
 from equipoise.peptide.io import read_spectra
@@ -37,7 +36,10 @@ from equipoise.peptide.model import (ModelConfig, PeptideTransformer, PreparedSp
 from equipoise.peptide.terms import TrainingOutput, cross_entropy, make_terms
 from equipoise.peptide.vocab import DEFAULT_VOCABULARY, Vocabulary
 
-__all__ = ["TrainConfig", "load_recipe", "load_labelled", "Batches", "targets_with_stop", "build_fit", "train", "TrainResult",
+#: validation metrics where larger is better (the others, val_ce, smaller)
+VALIDATION_MAXIMIZE = ("peptide_recall", "aa_precision", "aa_recall", "precursor_fraction")
+
+__all__ = ["TrainConfig", "load_recipe", "load_labelled", "targets_with_stop", "build_fit", "train", "TrainResult",
            "DEFAULT_RECIPE"]
 
 DEFAULT_RECIPE = Path(__file__).with_name("recipes") / "default.toml"
@@ -50,11 +52,12 @@ class TrainConfig:
     ``terms``: base weights; ``shares``: target shares of the balancer (None, in TOML
     ``shares = false``: fixed weights);
     ``curriculum``: per term a ``[[step, multiplier], ...]`` table (``schedules.Piecewise``);
-    ``steps``: optimiser steps; ``lr``: peak learning rate; ``warmup_steps`` at ``lr/10``, then
-    ``decay_stages`` stages following a cosine down to ``lr_floor * lr``; ``max_seconds``: wall
-    budget (the run stops at the next chunk boundary after it, resumable); ``chunk``: steps between
-    checkpoints and budget checks; ``validate_every``: steps between validations (a multiple of
-    ``chunk``); ``val_spectra``/``val_beams``: validation set size and beam width.
+    ``steps``: optimiser steps; ``lr``: peak learning rate of AdamW (``weight_decay``), linear
+    warm-up over ``warmup_steps`` then a cosine down to ``lr_floor * lr`` at ``steps``;
+    ``clip_grad_norm``: gradient clipping (None: off); ``max_seconds``: wall budget of the run
+    (it ends after the step that spends it); ``checkpoint_every``: steps between checkpoints;
+    ``validate_every``: steps between validations; ``val_spectra``/``val_beams``: validation set
+    size and beam width.
     """
 
     seed: int = 1
@@ -62,8 +65,9 @@ class TrainConfig:
     steps: int = 20000
     lr: float = 5e-4
     warmup_steps: int = 500
-    decay_stages: int = 3
-    lr_floor: float = 0.1
+    lr_floor: float = 0.05
+    weight_decay: float = 0.01
+    clip_grad_norm: float | None = 1.0
     label_smoothing: float = 0.01
     precursor_scale_ppm: float = 100.0
     terms: dict[str, float] = field(default_factory=lambda: {"ce": 1.0, "spectrum": 1.0, "precursor": 1.0})
@@ -72,7 +76,7 @@ class TrainConfig:
     curriculum: dict[str, list[list[float]]] = field(default_factory=lambda: {
         "spectrum": [[0, 0.0], [1000, 1.0]], "precursor": [[0, 0.0], [1000, 1.0]]})
     max_seconds: float | None = None
-    chunk: int = 100
+    checkpoint_every: int = 100
     validate_every: int = 500
     val_spectra: int = 256
     val_beams: int = 1
@@ -81,16 +85,13 @@ class TrainConfig:
 
     def check(self, where: str = "recipe") -> None:
         """InputError naming the key for impossible settings."""
-        for name in ("batch_size", "steps", "warmup_steps", "decay_stages", "chunk", "validate_every",
+        for name in ("batch_size", "steps", "warmup_steps", "checkpoint_every", "validate_every",
                      "val_spectra", "val_beams", "rebalance_every", "grad_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < (0 if name == "warmup_steps" else 1):
                 raise InputError(f"must be a positive integer, got {value!r}", path=where, field=name)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise InputError(f"must be > 0, got {self.lr!r}", path=where, field="lr")
-        if self.validate_every % self.chunk:
-            raise InputError(f"must be a multiple of chunk ({self.chunk}), got {self.validate_every}", path=where,
-                             field="validate_every")
         if self.shares is not None and set(self.shares) != set(self.terms):
             raise InputError(f"shares {sorted(self.shares)} must name exactly the terms {sorted(self.terms)}",
                              path=where, field="shares")
@@ -113,8 +114,9 @@ def load_recipe(path: str | Path | None = None) -> TrainConfig:
     for key in data:
         if key not in known:
             raise InputError(f"unknown recipe key {key!r}; known: {sorted(known)}", path=path, field=key)
-    if data.get("shares") is False:          # TOML has no null: "shares = false" means fixed weights
-        data["shares"] = None
+    for key in ("shares", "clip_grad_norm", "max_seconds"):
+        if data.get(key) is False:          # TOML has no null: "key = false" means None (off)
+            data[key] = None
     model = ModelConfig.from_dict(data.pop("model", {}), where=f"{path}: model")
     config = TrainConfig(**data, model=model)
     config.check(str(path))
@@ -137,37 +139,6 @@ def load_labelled(path: str | Path, vocab: Vocabulary, model_config: ModelConfig
     return prepared
 
 
-class Batches:
-    """Endless seeded mini-batches over ``items``: a fresh permutation each epoch
-    (``seed + epoch``), ``batch_size`` items per batch, the last partial batch of an epoch dropped.
-    :meth:`state`/:meth:`load` save and restore the position."""
-
-    def __init__(self, items: list[PreparedSpectrum], batch_size: int, seed: int) -> None:
-        if len(items) < batch_size:
-            raise InputError(f"{len(items)} training spectra, fewer than one batch of {batch_size}", field="batch_size")
-        self.items, self.batch_size, self.seed = items, batch_size, seed
-        self.epoch, self.position = 0, 0
-        self._order = self._permutation()
-
-    def _permutation(self) -> np.ndarray:
-        return np.random.default_rng(self.seed + self.epoch).permutation(len(self.items))
-
-    def __next__(self) -> SpectrumBatch:
-        if self.position + self.batch_size > len(self.items):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._permutation()
-        chosen = self._order[self.position:self.position + self.batch_size]
-        self.position += self.batch_size
-        return collate([self.items[i] for i in chosen])
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
-
-    def load(self, state: dict) -> None:
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-        self._order = self._permutation()
-
-
 def targets_with_stop(tokens: torch.Tensor, vocab: Vocabulary) -> torch.Tensor:
     """(B, T) residue tokens padded with 0 -> (B, T + 1) with the stop token after each peptide."""
     targets = torch.cat([tokens, tokens.new_zeros(tokens.shape[0], 1)], dim=1)
@@ -181,24 +152,6 @@ def training_output(model: PeptideTransformer, batch: SpectrumBatch) -> Training
     batch = batch.to(model.device)
     return TrainingOutput(model(batch), targets_with_stop(batch.tokens, model.vocab), batch.mz, batch.intensity,
                           batch.peak_padding, batch.precursor_mass)
-
-
-def lr_stages(config: TrainConfig) -> list[tuple[str, int, float]]:
-    """(name, steps, lr) of the piecewise-constant learning-rate plan: warm-up at ``lr/10``, then
-    ``decay_stages`` stages at the cosine (from ``lr`` to ``lr_floor * lr``) of their midpoints.
-    Stage lengths are multiples of ``chunk`` so checkpoints and batch positions stay aligned."""
-    def rounded(n: float) -> int:
-        return max(config.chunk, int(round(n / config.chunk)) * config.chunk)
-    plan = []
-    if config.warmup_steps:
-        plan.append(("warmup", rounded(config.warmup_steps), config.lr / 10))
-    rest = max(config.steps - sum(p[1] for p in plan), config.chunk)
-    each = rounded(rest / config.decay_stages)
-    for i in range(config.decay_stages):
-        mid = (i + 0.5) / config.decay_stages
-        factor = config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * mid))
-        plan.append((f"lr{i + 1}", each, config.lr * factor))
-    return plan
 
 
 @torch.no_grad()
@@ -228,47 +181,49 @@ def validate(model: PeptideTransformer, items: list[PreparedSpectrum], batch_siz
 
 
 def build_fit(model: PeptideTransformer, batches: Batches, config: TrainConfig, run_dir: Path | None,
-              progress: str = "auto", record_config: dict | None = None) -> Fit:
+              progress: str = "auto", validate: Callable[[], dict[str, float]] | None = None,
+              record_config: dict | None = None) -> Fit:
     """The core ``Fit`` of a training run: one group ``model``, the recipe's terms, curriculum
-    schedules and balancer, one stage per learning-rate segment; ``forward()`` draws the next
-    batch from ``batches``."""
-    def forward() -> TrainingOutput:
-        return training_output(model, next(batches))
-
+    schedules and balancer, one AdamW stage with warm-up + cosine learning rate, clipping and the
+    time budget; each step's batch comes from ``batches`` (core ``Batches``)."""
     terms = make_terms(model.vocab, config.terms,
                        {t: schedules.Piecewise(tuple((int(s), float(m)) for s, m in table))
                         for t, table in config.curriculum.items()},
                        label_smoothing=config.label_smoothing, precursor_scale_ppm=config.precursor_scale_ppm)
-    stages = [Stage(name, free=["model"], optimizer="adam", lr=lr, steps=steps,
-                    balancer=TargetShareBalancer(config.shares) if config.shares else None,
-                    rebalance_every=config.rebalance_every if config.shares else None)
-              for name, steps, lr in lr_stages(config)]
-    return Fit({"model": list(model.parameters())}, terms, stages, forward=forward, run_dir=run_dir,
-               grad_every=config.grad_every, progress=progress, checkpoint_every=config.chunk,
-               config=record_config)
+    stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
+                  optimizer_options={"weight_decay": config.weight_decay},
+                  lr_schedule=schedules.WarmupCosine(warmup=config.warmup_steps, total=config.steps,
+                                                     floor=config.lr_floor),
+                  clip_grad_norm=config.clip_grad_norm, max_seconds=config.max_seconds,
+                  balancer=TargetShareBalancer(config.shares) if config.shares else None,
+                  rebalance_every=config.rebalance_every if config.shares else None)
+    return Fit({"model": list(model.parameters())}, terms, [stage], forward=lambda batch: training_output(model, batch),
+               data=batches, validate=validate, validate_every=config.validate_every if validate else None,
+               validate_maximize=list(VALIDATION_MAXIMIZE), run_dir=run_dir, grad_every=config.grad_every,
+               progress=progress, checkpoint_every=config.checkpoint_every, config=record_config)
 
 
 @dataclass
 class TrainResult:
-    """Outcome of :func:`train`: steps done, whether the step plan finished (False: stopped by
-    the time budget; run again to resume), the last and best validation, model paths."""
+    """Outcome of :func:`train`: steps done, how the stage ended ("steps" or "time"), the last
+    validation metrics and the best value of each (with its step), model paths."""
 
     steps: int
-    completed: bool
+    ended: str
     elapsed_s: float
-    validation: list[dict]
-    best: dict | None
+    validation: dict
     model_path: Path
     best_model_path: Path
     run_dir: Path
 
     def summary(self) -> str:
-        last = self.validation[-1] if self.validation else {}
-        best = self.best or {}
-        state = "finished" if self.completed else "stopped by the time budget (resumable)"
-        return (f"{self.steps} steps in {self.elapsed_s:.0f} s, {state}\n"
-                f"last validation: {_fmt(last)}\nbest validation: {_fmt(best)}\n"
-                f"model: {self.model_path}\nbest model: {self.best_model_path}")
+        last = self.validation.get("last") or {}
+        best = self.validation.get("best") or {}
+        lines = [f"{self.steps} steps in {self.elapsed_s:.0f} s (ended by {self.ended})",
+                 f"last validation (step {last.get('step', '-')}): {_fmt(last.get('metrics', {}))}",
+                 "best: " + (", ".join(f"{k} {v['value']:.4g} (step {v['step']})" for k, v in best.items()) or "-"),
+                 f"model: {self.model_path}", f"best model (peptide recall): {self.best_model_path}"]
+        return "\n".join(lines)
 
 
 def _fmt(values: dict) -> str:
@@ -278,8 +233,10 @@ def _fmt(values: dict) -> str:
 def train(train_path: str | Path, val_path: str | Path, out: str | Path, config: TrainConfig | None = None,
           vocab: Vocabulary = DEFAULT_VOCABULARY, progress: str = "auto", resume: bool = True) -> TrainResult:
     """Train a :class:`PeptideTransformer` on labelled spectra; resumes from ``out`` when it holds
-    a checkpoint (and ``resume``). Writes ``out/fit/`` (core run directory), ``out/validation.jsonl``,
-    ``out/model.pt`` (last), ``out/best.pt`` (best validation peptide recall), ``out/recipe.json``."""
+    a checkpoint (and ``resume``). ``out`` is the core run directory (config.json, record.jsonl,
+    summary.json, run.log, checkpoint.pt) and gets ``model.pt`` (last) and ``best.pt`` (best
+    validation peptide recall). Under ``torchrun`` call :func:`equipoise.core.distributed.setup`
+    first: every rank trains on its shard, rank 0 writes."""
     config = config or TrainConfig()
     config.check()
     out = Path(out)
@@ -287,49 +244,32 @@ def train(train_path: str | Path, val_path: str | Path, out: str | Path, config:
     torch.manual_seed(config.seed)
     train_items = load_labelled(train_path, vocab, config.model)
     val_items = load_labelled(val_path, vocab, config.model)[: config.val_spectra]
+    if len(train_items) < config.batch_size * distributed.world_size():
+        raise InputError(f"{len(train_items)} training spectra, fewer than one batch of {config.batch_size}",
+                         path=train_path, field="batch_size")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output directory: {exc.strerror}", path=out) from None
     model = PeptideTransformer(vocab, config.model)
     model.train()
-    batches = Batches(train_items, config.batch_size, config.seed)
-    batch_state = out / "batches.json"
-    if resume and batch_state.is_file():
-        batches.load(json.loads(batch_state.read_text()))
-    (out / "recipe.json").write_text(json.dumps(asdict(config), indent=1))
+    batches = Batches(train_items, config.batch_size, seed=config.seed, collate=collate, drop_last=True)
+    model_path, best_path, best_file = out / "model.pt", out / "best.pt", out / "best.json"
 
-    fit = build_fit(model, batches, config, out / "fit", progress,
-                    {"recipe": asdict(config), "train": str(train_path), "val": str(val_path)})
-    history_path = out / "validation.jsonl"
-    history = [json.loads(line) for line in history_path.read_text().splitlines()] \
-        if resume and history_path.is_file() else []
-    best = max(history, key=lambda h: (h["peptide_recall"], -h["val_ce"]), default=None)
-    model_path, best_path = out / "model.pt", out / "best.pt"
-    while True:
-        result = fit.run(resume=resume, max_steps=config.chunk)
-        resume = True
-        batch_state.write_text(json.dumps(batches.state()))
-        step = result.steps
-        if step % config.validate_every == 0 or result.completed:
-            values = {"step": step, **validate(model, val_items, config.batch_size, config.val_beams),
-                      "elapsed_s": time.perf_counter() - started}
-            history.append(values)
-            with history_path.open("a") as handle:
-                handle.write(json.dumps(values) + "\n")
-            with (out / "fit" / "run.log").open("a") as log:
-                log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} validation at step {step}: {_fmt(values)}\n")
-            if progress != "quiet":
-                print(f"[equipoise] validation at step {step}: {_fmt(values)}", flush=True)
-            save_model(model, model_path, {"step": step, "validation": values})
+    def validation() -> dict[str, float]:
+        values = validate(model, val_items, config.batch_size, config.val_beams)
+        if distributed.is_main():
+            save_model(model, model_path, {"validation": values})
+            best = json.loads(best_file.read_text()) if best_file.is_file() else None
             if best is None or (values["peptide_recall"], -values["val_ce"]) > (best["peptide_recall"], -best["val_ce"]):
-                best = values
-                save_model(model, best_path, {"step": step, "validation": values})
-        over_budget = config.max_seconds is not None and time.perf_counter() - started > config.max_seconds
-        if result.completed or over_budget:
-            break
-    if not best_path.is_file():
-        save_model(model, best_path, {"step": step})
-    if not model_path.is_file():
-        save_model(model, model_path, {"step": step})
-    return TrainResult(step, result.completed, time.perf_counter() - started, history, best, model_path, best_path, out)
+                save_model(model, best_path, {"validation": values})
+                best_file.write_text(json.dumps(values))
+        return values
+
+    fit = build_fit(model, batches, config, out, progress, validation,
+                    {"recipe": asdict(config), "train": str(train_path), "val": str(val_path)})
+    result = fit.run(resume=resume)
+    if distributed.is_main():
+        save_model(model, model_path, {"steps": result.steps, "validation": result.validation})
+    return TrainResult(result.steps, result.stages[-1].ended if result.stages else "steps",
+                       time.perf_counter() - started, result.validation or {}, model_path, best_path, out)
