@@ -42,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     val.add_argument("--json", metavar="FILE", help="write the report as JSON")
     val.add_argument("--plots", metavar="DIR", help="folder for the PNG figures")
     val.add_argument("--threshold", type=float, default=2.0, help="precision/recall RMSD threshold, Å (default 2)")
+    val.add_argument("--quiet", action="store_true", help="no progress lines")
     val.set_defaults(handler=_validate)
     base = commands.add_parser("baseline", help="sample a baseline ensemble (PCA or internal-coordinate Gaussian)",
                                description="Fit a baseline generator to an ensemble and write samples.")
@@ -54,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="fit on a seeded (1 - holdout) share of the models, the split of `ensemble train` "
                            "(default 0: all); the held-out models go to OUT's stem + _holdout")
     base.add_argument("--seed", type=int, default=1, help="seed of the split and the draws (default 1)")
+    base.add_argument("--quiet", action="store_true", help="no progress lines")
     base.set_defaults(handler=_baseline)
     for module, function in _EXTRA_COMMANDS:
         if importlib.util.find_spec(module) is not None:
@@ -66,9 +68,14 @@ def _validate(args: argparse.Namespace) -> int:
     from equipoise.ensemble.io import read_ensemble
     from equipoise.ensemble.validation import validate, write_json, write_plots
 
+    progress = _progress(args, 4)
     samples = read_ensemble(args.samples, chain=args.chain)
+    progress.event(f"read {args.samples}: {samples.n_models} models x {samples.n_res} residues, chain {samples.chain_id}")
     reference = read_ensemble(args.reference, chain=args.chain) if args.reference else None
+    if reference is not None:
+        progress.event(f"read {args.reference}: {reference.n_models} models (reference)")
     report = validate(samples, reference, threshold=args.threshold)
+    progress.event("geometry" + (" and distribution comparison" if reference is not None else "") + " done")
     print(report.summary())
     plots = args.plots
     if plots is None and args.json:
@@ -79,7 +86,15 @@ def _validate(args: argparse.Namespace) -> int:
     if plots is not None:
         for path in write_plots(report, plots):
             print(path)
+    progress.close()
     return 0 if report.gate["passed"] else 1
+
+
+def _progress(args: argparse.Namespace, total: int):
+    """Progress lines on the console (core's Progress, events only: these commands are not fits)."""
+    from equipoise.core.progress import Progress
+
+    return Progress("quiet" if args.quiet else "plain", total=total, done=0, log_path=None)
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -93,7 +108,9 @@ def _baseline(args: argparse.Namespace) -> int:
 
     if not 0 <= args.holdout < 1:
         raise InputError(f"must be in [0, 1), got {args.holdout}", field="--holdout")
+    progress = _progress(args, 2)
     ensemble = read_ensemble(args.ensemble, chain=args.chain)
+    progress.event(f"read {args.ensemble}: {ensemble.n_models} models x {ensemble.n_res} residues")
     out = Path(args.out)
     fit_on = ensemble
     if args.holdout:
@@ -102,6 +119,7 @@ def _baseline(args: argparse.Namespace) -> int:
         held = out.with_name(out.name.split(".")[0] + "_holdout" + "".join(out.suffixes))
         print(write_ensemble(ensemble.select(holdout_idx), held))
     result = run_baseline(fit_on, args.kind, args.n, args.seed)
-    print(result.summary())
+    progress.event(result.summary())
     print(write_ensemble(result.samples, out))
+    progress.close()
     return 0
