@@ -129,6 +129,23 @@ def test_clashes_and_chain_breaks():
     assert int(g.chain_breaks(broken)) == 1
 
 
+def test_clash_candidates_give_the_dense_value_and_gradient():
+    ens = ideal_ensemble(2, 8, spread_deg=0.0)
+    x = ens.coords.clone()
+    x[0, 6] = x[0, 1] + torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)  # clashes in model 0 only
+    x[1, 5] = x[1, 2] + torch.tensor([0.5, 1.2, 0.4], dtype=torch.float64)  # and in model 1
+    pairs = g.clash_candidates(x, ens.mask, margin=0.5)
+    assert pairs.shape[1] == 3 and bool((pairs[:, 1] < pairs[:, 2]).all()) and set(pairs[:, 0].tolist()) == {0, 1}
+    assert len(pairs) >= int(g.clash_count(x).sum())
+    x.requires_grad_(True)
+    dense, sparse = g.clash_loss(x, ens.mask), g.clash_loss(x, ens.mask, pairs)
+    (gd,), (gs,) = torch.autograd.grad(dense, x), torch.autograd.grad(sparse, x)
+    dense, sparse = float(dense.detach()), float(sparse.detach())
+    assert dense > 0 and abs(dense - sparse) < 1e-12 and float((gd - gs).abs().max()) < 1e-12
+    # the buffer widens every clash distance: a pair just outside clashes with it
+    assert float(g.clash_loss(x.detach(), ens.mask, pairs, buffer=0.3)) > sparse
+
+
 def test_2k39_own_geometry():
     from equipoise.ensemble.io import read_ensemble
 

@@ -20,6 +20,7 @@ below 2.5 Å. A chain break is a CA-CA distance above 4.2 Å.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -28,7 +29,7 @@ from equipoise.core.robust import angle_difference, angular_huber
 
 __all__ = ["BOND_NAMES", "ANGLE_NAMES", "ideal_geometry", "place_atom", "place_oxygens", "dihedral",
            "bond_lengths", "bond_angles", "backbone_dihedrals", "bond_loss", "angle_loss", "omega_loss",
-           "ramachandran_loss", "clash_loss", "clash_count", "chain_breaks", "geometry_summary",
+           "ramachandran_loss", "clash_candidates", "clash_loss", "clash_count", "chain_breaks", "geometry_summary",
            "bond_valid", "angle_valid"]
 
 #: columns of :func:`bond_lengths`: bonds of residue i (the last one links to residue i+1)
@@ -241,31 +242,67 @@ def ramachandran_loss(coords: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean(rama_energy(phi, psi), valid)
 
 
-def _clash_overlaps(coords: Tensor, mask: Tensor | None) -> Tensor:
-    """Overlap ``r_a + r_b - 0.4 - d`` (Å, clamped at 0) of every atom pair of residues >= 2 apart,
-    ``(..., 4 n_res, 4 n_res)`` (each pair twice); N...O pairs: ``2.5 - d`` (hydrogen bonds)."""
+def _clash_limits(n_res: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Clash distance ``r_a + r_b - 0.4`` Å (N...O: 2.5 Å) of every atom pair ``(4 n_res, 4 n_res)``
+    and which pairs are judged (residues >= 2 apart)."""
+    return _clash_limit_tables(n_res, dtype, str(device))
+
+
+@lru_cache(maxsize=8)
+def _clash_limit_tables(n_res: int, dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    residue = torch.arange(n_res, device=device).repeat_interleave(4)
+    far = (residue[:, None] - residue[None, :]).abs() >= 2
+    radii = torch.tensor(VDW_RADII, dtype=dtype, device=device).repeat(n_res)
+    limit = radii[:, None] + radii[None, :] - CLASH_TOLERANCE
+    element = torch.tensor([0, 1, 1, 2], device=device).repeat(n_res)  # N, C, C, O
+    n_o = ((element[:, None] == 0) & (element[None, :] == 2)) | ((element[:, None] == 2) & (element[None, :] == 0))
+    return torch.where(n_o, torch.full_like(limit, HBOND_N_O_MIN), limit), far
+
+
+def _clash_overlaps(coords: Tensor, mask: Tensor | None, margin: float = 0.0) -> Tensor:
+    """Overlap ``r_a + r_b - 0.4 + margin - d`` (Å, clamped at 0) of every atom pair of residues
+    >= 2 apart, ``(..., 4 n_res, 4 n_res)`` (each pair twice); N...O pairs: ``2.5 + margin - d``
+    (hydrogen bonds)."""
     x = coords[..., :4, :]
     n_res = x.shape[-3]
     flat = x.reshape(*x.shape[:-3], n_res * 4, 3)
     present = _atom_mask(mask, x).reshape(*x.shape[:-3], n_res * 4)
-    residue = torch.arange(n_res, device=x.device).repeat_interleave(4)
-    far = (residue[:, None] - residue[None, :]).abs() >= 2
-    radii = torch.tensor(VDW_RADII, dtype=x.dtype, device=x.device).repeat(n_res)
-    limit = radii[:, None] + radii[None, :] - CLASH_TOLERANCE
-    element = torch.tensor([0, 1, 1, 2], device=x.device).repeat(n_res)  # N, C, C, O
-    n_o = ((element[:, None] == 0) & (element[None, :] == 2)) | ((element[:, None] == 2) & (element[None, :] == 0))
-    limit = torch.where(n_o, torch.full_like(limit, HBOND_N_O_MIN), limit)
+    limit, far = _clash_limits(n_res, x.dtype, x.device)
     dist = torch.cdist(flat, flat)
     ok = far & present[..., :, None] & present[..., None, :]
-    return torch.where(ok, (limit - dist).clamp_min(0.0), torch.zeros_like(dist))
+    return torch.where(ok, (limit + margin - dist).clamp_min(0.0), torch.zeros_like(dist))
 
 
-def clash_loss(coords: Tensor, mask: Tensor | None = None) -> Tensor:
+def clash_candidates(coords: Tensor, mask: Tensor | None = None, margin: float = 1.0) -> Tensor:
+    """Atom pairs that clash or come within ``margin`` Å of clashing: ``(P, 3)`` int64 rows
+    (model, atom a, atom b), a < b, models of the flattened leading dimensions, atoms
+    ``4 * residue + (N, CA, C, O)``. For :func:`clash_loss` when atoms move little (a refinement):
+    the dense all-pairs distance is computed once, not at every evaluation."""
+    with torch.no_grad():
+        x = coords.detach()[..., :4, :]
+        dense = _clash_overlaps(x.reshape(-1, *x.shape[-3:]), None if mask is None else
+                                _atom_mask(mask, x).reshape(-1, *x.shape[-3:-1]), margin)
+        return torch.triu(dense > 0, diagonal=1).nonzero()
+
+
+def clash_loss(coords: Tensor, mask: Tensor | None = None, pairs: Tensor | None = None,
+               buffer: float = 0.0) -> Tensor:
     """Sum of squared clash overlaps (Å^2) per atom, averaged over models (zero without clashes;
-    gradient ``2 * overlap`` pushes each pair apart)."""
-    overlaps = _clash_overlaps(coords, mask)
+    gradient ``2 * overlap`` pushes each pair apart). ``pairs``: only these atom pairs
+    (:func:`clash_candidates`; the same value and gradient wherever no other pair overlaps);
+    ``buffer``: Å added to every clash distance (a refinement's target stays that far outside)."""
     n_atoms = _atom_mask(mask, coords[..., :4, :]).sum().clamp_min(1)
-    return 0.5 * overlaps.square().sum() / n_atoms
+    if pairs is None:
+        overlaps = _clash_overlaps(coords, mask, buffer)
+        return 0.5 * overlaps.square().sum() / n_atoms
+    x = coords[..., :4, :]
+    n_res = x.shape[-3]
+    flat = x.reshape(-1, n_res * 4, 3)
+    limit, _ = _clash_limits(n_res, x.dtype, x.device)
+    model, a, b = pairs.unbind(-1)
+    dist = (flat[model, a] - flat[model, b]).square().sum(-1).clamp_min(1e-12).sqrt()
+    overlaps = (limit[a, b] + buffer - dist).clamp_min(0.0)
+    return overlaps.square().sum() / n_atoms
 
 
 def clash_count(coords: Tensor, mask: Tensor | None = None) -> Tensor:

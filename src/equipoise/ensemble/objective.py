@@ -103,15 +103,17 @@ def _kl(out: VAEOutput, floor: float) -> Tensor:
     return total
 
 
-def geometry_terms(backbone: Tensor, mask: Tensor, sequence: str | None = None) -> dict[str, Tensor]:
+def geometry_terms(backbone: Tensor, mask: Tensor, sequence: str | None = None, clash_pairs: Tensor | None = None,
+                   clash_buffer: float = 0.0) -> dict[str, Tensor]:
     """The geometry losses of backbones (B, n, 4, 3) with residue mask (B, n) and one-letter
     ``sequence`` (Gly/Pro targets; None: general): bonds, angles, omega, ramachandran, clashes
-    (scalars; see the module table). Shared by training and by the post-hoc refinement of sampled
-    conformers."""
+    (scalars; see the module table). ``clash_pairs``/``clash_buffer``: see
+    :func:`~equipoise.ensemble.geometry.clash_loss`. Shared by training and by the post-hoc
+    refinement of sampled conformers."""
     return {"bonds": geometry.bond_loss(backbone, mask, sequence),
             "angles": geometry.angle_loss(backbone, mask, sequence),
             "omega": geometry.omega_loss(backbone, mask), "ramachandran": geometry.ramachandran_loss(backbone, mask),
-            "clashes": geometry.clash_loss(backbone, mask)}
+            "clashes": geometry.clash_loss(backbone, mask, clash_pairs, clash_buffer)}
 
 
 def make_terms(config: ObjectiveConfig, sequence: str | None = None) -> list[Term]:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from equipoise.core import Fit, Stage, Term
+from equipoise.ensemble.geometry import clash_candidates
 from equipoise.ensemble.io import Ensemble
 from equipoise.ensemble.model import EnsembleVAE
 from equipoise.ensemble.objective import geometry_terms
@@ -32,7 +33,12 @@ from equipoise.errors import InputError
 __all__ = ["SampleConfig", "SampleResult", "sample", "decode_prior", "decode_posterior", "refine_geometry"]
 
 #: weights of the refinement (dimensionless; geometry terms are in sigma units, see objective.py)
-REFINE_WEIGHTS = {"bonds": 1.0, "angles": 1.0, "omega": 1.0, "ramachandran": 1.0, "clashes": 1.0}
+REFINE_WEIGHTS = {"bonds": 1.0, "angles": 1.0, "omega": 1.0, "ramachandran": 1.0, "clashes": 100.0}
+#: Å: pairs within this of clashing at the start are the refinement's clash candidates
+CLASH_MARGIN = 1.0
+#: Å: the refinement pushes pairs this far beyond the clash distance (a quadratic penalty leaves a
+#: small residual overlap, which would still count as a clash)
+CLASH_BUFFER = 0.1
 
 
 @dataclass
@@ -104,18 +110,22 @@ def decode_posterior(model: EnsembleVAE, conformers: Tensor, mask: Tensor, per_c
 
 
 def refine_geometry(coords: Tensor, mask: Tensor, steps: int, restraint_sigma: float = 0.3,
-                    sequence: str | None = None, run_dir: str | Path | None = None) -> tuple[Tensor, dict]:
+                    sequence: str | None = None, run_dir: str | Path | None = None,
+                    dtype: torch.dtype = torch.float64) -> tuple[Tensor, dict]:
     """L-BFGS refinement of backbones (B, n, 4, 3) Å (residue mask (n,), one-letter ``sequence``
-    for Gly/Pro targets) on the geometry terms plus a harmonic restraint
-    to the starting atoms (mean squared displacement / sigma^2). Returns the refined coordinates
-    (float64) and a report (rms displacement Å, term values before and after)."""
-    start = coords.detach().to(torch.float64)
+    for Gly/Pro targets) on the geometry terms plus a harmonic restraint to the starting atoms
+    (mean squared displacement / sigma^2), computed in ``dtype``. Clashes are judged on the atom
+    pairs within ``CLASH_MARGIN`` Å of clashing at the start (:func:`clash_candidates`), pushed
+    ``CLASH_BUFFER`` Å beyond the clash distance. Returns the refined coordinates (float64) and a
+    report (rms displacement Å, term values before and after, the clash term over the candidates)."""
+    start = coords.detach().to(dtype)
     xyz = start.clone().requires_grad_(True)
     batch_mask = mask.expand(start.shape[0], -1)
-    atoms = batch_mask.unsqueeze(-1).to(torch.float64)
+    atoms = batch_mask.unsqueeze(-1).to(dtype)
+    pairs = clash_candidates(start, batch_mask, CLASH_MARGIN)
 
-    def forward() -> dict[str, Tensor]:
-        return geometry_terms(xyz, batch_mask, sequence)
+    def terms_of(x: Tensor) -> dict[str, Tensor]:
+        return geometry_terms(x, batch_mask, sequence, pairs, CLASH_BUFFER)
 
     def restraint(_: dict) -> Tensor:
         sq = ((xyz - start).square().sum(-1) * atoms).sum() / (4.0 * atoms.sum())
@@ -124,15 +134,17 @@ def refine_geometry(coords: Tensor, mask: Tensor, steps: int, restraint_sigma: f
     terms = [Term(name, (lambda key: lambda values: values[key])(name), weight=w) for name, w in REFINE_WEIGHTS.items()]
     terms.append(Term("restraint", restraint))
     with torch.no_grad():
-        before = {k: float(v) for k, v in forward().items()}
+        before = {k: float(v) for k, v in terms_of(start).items()}
     fit = Fit({"xyz": xyz}, terms, [Stage("refine", free=["xyz"], optimizer="lbfgs", lr=1.0, steps=steps)],
-              forward=forward, run_dir=run_dir, progress="quiet", log_every=max(1, steps), grad_every=max(1, steps))
+              forward=lambda: terms_of(xyz), run_dir=run_dir, progress="quiet", log_every=max(1, steps),
+              grad_every=max(1, steps))
     fit.run(resume=False)
     refined = xyz.detach()
     with torch.no_grad():
-        after = {k: float(v) for k, v in geometry_terms(refined, batch_mask, sequence).items()}
+        after = {k: float(v) for k, v in terms_of(refined).items()}
         moved = float(((refined - start).square().sum(-1) * atoms).sum() / (4.0 * atoms.sum())) ** 0.5
-    return refined, {"steps": steps, "rms_displacement_A": moved, "before": before, "after": after}
+    return refined.to(torch.float64), {"steps": steps, "rms_displacement_A": moved, "before": before,
+                                       "after": after}
 
 
 def sample(run_dir: str | Path, config: SampleConfig | None = None, around: Tensor | None = None) -> SampleResult:
