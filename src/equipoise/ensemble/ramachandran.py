@@ -101,23 +101,28 @@ def _tables() -> tuple["numpy.ndarray", "numpy.ndarray", tuple[float, float], fl
 
 
 @lru_cache(maxsize=8)
-def _energy_tensors(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor, float]:
-    """(the real matrix W of the series, orders k, the series' maximum)."""
+def _energy_tensors(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor, Tensor, float]:
+    """(the real matrix W of the series, phi orders k >= 0, psi orders l, the series' maximum).
+    The log density is real, so c_{-k,-l} = conj(c_{k,l}) and the (-k, -l) term equals the (k, l)
+    term: the phi orders k > 0 are kept with weight 2 and k < 0 dropped (half the work)."""
     import numpy as np
 
     _, coeff, _, top = _tables()
     ks = np.fft.fftfreq(_BINS) * _BINS
     ks = ks[np.abs(ks) <= _ORDER]
-    re, im = coeff[0], coeff[1]
+    half = ks >= 0
+    fold = np.where(ks[half] > 0, 2.0, 1.0)[:, None]
+    re, im = coeff[0][half] * fold, coeff[1][half] * fold
     weights = torch.tensor(np.block([[re, -im], [-im, -re]]), dtype=dtype, device=device)
-    return weights, torch.tensor(ks, dtype=dtype, device=device), top
+    return (weights, torch.tensor(ks[half], dtype=dtype, device=device), torch.tensor(ks, dtype=dtype, device=device),
+            top)
 
 
-def _series(phi: Tensor, psi: Tensor, weights: Tensor, k: Tensor) -> Tensor:
+def _series(phi: Tensor, psi: Tensor, weights: Tensor, k: Tensor, l: Tensor) -> Tensor:
     """Re sum_kl c_kl exp(i (k phi + l psi)) (the band-limited log density) as one matrix product:
     [cos k phi, sin k phi] @ [[Re c, -Im c], [-Im c, -Re c]] . [cos l psi, sin l psi]."""
     a = phi[..., None] * k
-    b = psi[..., None] * k
+    b = psi[..., None] * l
     left = torch.cat([torch.cos(a), torch.sin(a)], dim=-1)
     right = torch.cat([torch.cos(b), torch.sin(b)], dim=-1)
     return ((left @ weights) * right).sum(-1)
@@ -126,8 +131,8 @@ def _series(phi: Tensor, psi: Tensor, weights: Tensor, k: Tensor) -> Tensor:
 def rama_energy(phi: Tensor, psi: Tensor) -> Tensor:
     """Ramachandran energy (nats, >= ~0; 0 at the most favoured point) of angles in radians, any
     shape. Periodic in both angles with period 2 pi; smooth; differentiable everywhere."""
-    weights, k, top = _energy_tensors(phi.dtype, str(phi.device))
-    return top - _series(phi, psi, weights, k)
+    weights, k, l, top = _energy_tensors(phi.dtype, str(phi.device))
+    return top - _series(phi, psi, weights, k, l)
 
 
 def rama_categories(phi: Tensor, psi: Tensor) -> Tensor:
