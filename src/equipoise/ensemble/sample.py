@@ -33,12 +33,12 @@ from equipoise.errors import InputError
 __all__ = ["SampleConfig", "SampleResult", "sample", "decode_prior", "decode_posterior", "refine_geometry"]
 
 #: weights of the refinement (dimensionless; geometry terms are in sigma units, see objective.py)
-REFINE_WEIGHTS = {"bonds": 1.0, "angles": 1.0, "omega": 1.0, "ramachandran": 1.0, "clashes": 100.0}
+REFINE_WEIGHTS = {"bonds": 1.0, "angles": 1.0, "omega": 1.0, "ramachandran": 1.0, "clashes": 1000.0}
 #: Å: pairs within this of clashing at the start are the refinement's clash candidates
 CLASH_MARGIN = 1.0
 #: Å: the refinement pushes pairs this far beyond the clash distance (a quadratic penalty leaves a
 #: small residual overlap, which would still count as a clash)
-CLASH_BUFFER = 0.1
+CLASH_BUFFER = 0.15
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SampleConfig:
     n: int = 100
     seed: int = 1
     temperature: float = 1.0
-    refine_steps: int = 40
+    refine_steps: int = 25
     restraint_sigma: float = 0.3
 
     def check(self) -> None:
@@ -171,7 +171,7 @@ def sample(run_dir: str | Path, config: SampleConfig | None = None, around: Tens
     report: dict = {}
     if config.refine_steps:
         coords, report = refine_geometry(coords, mask, config.refine_steps, config.restraint_sigma,
-                                         payload["sequence"])
+                                         payload["sequence"], dtype=DTYPE)
     refined = time.perf_counter()
     full_mask = mask.view(1, -1, 1).expand(coords.shape[0], -1, 4).clone()
     ensemble = Ensemble(coords, full_mask, payload["sequence"], tuple(payload["residue_names"]),

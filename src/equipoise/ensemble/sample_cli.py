@@ -27,7 +27,7 @@ def register_sample(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="latent spread scale, times the run's calibrated temperature (default 1)")
     p.add_argument("--around", metavar="FILE", default=None,
                    help="sample the posterior around this file's models instead of the prior")
-    p.add_argument("--refine-steps", type=int, default=40, help="geometry refinement L-BFGS steps (default 40)")
+    p.add_argument("--refine-steps", type=int, default=25, help="geometry refinement L-BFGS steps (default 25)")
     p.set_defaults(handler=_sample)
 
 
