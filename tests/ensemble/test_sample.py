@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from equipoise.ensemble.objective import geometry_terms
-from equipoise.ensemble.sample import SampleConfig, refine_geometry, sample
+from equipoise.ensemble.sample import SampleConfig, flawed, polish, refine_geometry, sample
 from equipoise.ensemble.train import train
 from equipoise.errors import InputError
 
 from tests.ensemble.test_equivariance import _helix_backbone
+from tests.ensemble.backbones import ideal_ensemble
 from tests.ensemble.test_train import tiny_config, tiny_ensemble
 
 
@@ -51,6 +52,19 @@ def test_refinement_fixes_bonds_and_moves_atoms_little() -> None:
     assert float(after["angles"]) < float(before["angles"])
     moved = float((refined - noisy).square().sum(-1).mean().sqrt())
     assert abs(report["rms_displacement_A"] - moved) < 1e-9 and 0.0 < moved < 2.5  # a crude start
+
+
+def test_polish_refines_the_flawed_conformers_again() -> None:
+    torch.set_num_threads(1)
+    x = ideal_ensemble(2, 8, spread_deg=0.0).coords.clone()
+    mask = torch.ones(8, dtype=torch.bool)
+    x[1, 6] = x[1, 1] + torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64)  # residue 6 onto residue 1
+    assert flawed(x, mask).tolist() == [False, True]
+    refined, report = polish(x, mask, SampleConfig(refine_steps=5))
+    assert report["polished"] == [1] and refined.dtype == torch.float64
+    assert float((refined[0] - x[0]).abs().max()) < 0.05  # the sound one is barely touched
+    moved = float((refined - x).square().sum(-1).mean().sqrt())
+    assert abs(report["rms_displacement_A"] - moved) < 1e-6
 
 
 def test_bad_sampling_settings_are_input_errors(run_dir) -> None:
