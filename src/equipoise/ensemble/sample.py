@@ -6,11 +6,12 @@
   models').
 - **Posterior** around given conformers: z ~ q(z | x) with its standard deviation scaled by T,
   decoded from the conformer itself.
-- **Refinement** (optional, on by default): a few L-BFGS steps of the geometry terms of
-  :func:`equipoise.ensemble.objective.geometry_terms` plus a harmonic restraint (sigma
-  ``restraint_sigma`` Å) to the decoded atoms, as one :class:`equipoise.core.Fit`. It fixes
-  bond lengths and angles (a decoder's ~0.05 Å bond noise) while moving atoms by a few tenths
-  of an Å; the measured displacement is reported.
+- **Refinement** (optional, on by default): L-BFGS steps (float32) of the geometry terms of
+  :func:`equipoise.ensemble.objective.geometry_terms` (clashes on candidate pairs, strongly
+  weighted) plus a harmonic restraint (sigma ``restraint_sigma`` Å) to the decoded atoms, as one
+  :class:`equipoise.core.Fit`; then :func:`polish` refines again the conformers that still
+  clash or break. It fixes bond lengths and angles (the decoder's bond noise) and clashes while
+  moving atoms by about a third of an Å (2K39); the measured displacement is reported.
 """
 
 from __future__ import annotations
