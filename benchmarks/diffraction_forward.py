@@ -18,9 +18,14 @@ Backward is the gradient of the image sum w.r.t. (cell, distance_mm, mosaic_spre
 
 ``--pilatus``: the whole ``equipoise diffraction simulate`` process at Pilatus 6M size (2463 × 2527
 pixels of 0.172 mm, 10 mosaic domains, writing the float and int images, ``-nonoise -nopgm``),
-``--repeats`` runs, against the C program's time for the same 62 M inner evaluations. The C
-program is not installed here, so that time is extrapolated from TIMINGS.md (its 10 M-evaluation
-mosaic case, 0.53 s wall with 2 threads: 0.53 × 6.22 = 3.3 s), not measured side by side.
+``--repeats`` runs, against the C program's time for the same 62 M inner evaluations.
+
+The C program side by side: set ``NANOBRAGG_C`` to a nanoBragg executable (built from the public
+nanoBragg.c with ``gcc -O3 -fopenmp``, outside this repository) and every C time is measured in
+this process, the same command line with ``OMP_NUM_THREADS`` = ``--threads``, interleaved with
+ours (the whole C process, writing its float image: ``-nonoise -nopgm -floatfile``). Without it
+the C times are TIMINGS.md's (above) and, for ``--pilatus``, extrapolated from its 10 M-evaluation
+mosaic case (0.53 s wall with 2 threads: 0.53 × 6.22 = 3.3 s).
 """
 
 from __future__ import annotations
@@ -39,6 +44,11 @@ from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.simulate import Simulator
 
 C_WALL_S = {"simple_cubic": 0.12, "mosaic_1000": 0.53}  # TIMINGS.md, nanoBragg -O3 -fopenmp, 2 threads
+#: the same cases as nanoBragg command lines (for the C program run side by side)
+C_FLAGS = {"simple_cubic": "-cell 100 100 100 90 90 90 -default_F 100 -lambda 6.2 -N 5 -distance 100 -pixel 0.1 "
+                           "-detpixels 1024".split(),
+           "mosaic_1000": "-cell 100 100 100 90 90 90 -default_F 100 -lambda 6.2 -N 5 -distance 100 -detsize 100 "
+                          "-pixel 0.1 -mosaic 1.0 -mosaic_domains 10".split()}
 
 
 def config(case: str) -> SimulationConfig:
@@ -86,22 +96,45 @@ PILATUS_EVALS = 2463 * 2527 * 10
 C_PILATUS_WALL_S = C_WALL_S["mosaic_1000"] * PILATUS_EVALS / 10_000_000  # extrapolated (module docstring)
 
 
-def pilatus(repeats: int, threads: int) -> None:
-    """Whole-process simulate at Pilatus 6M size against the extrapolated C time."""
+def c_program() -> str | None:
+    """Path of the nanoBragg executable named by ``NANOBRAGG_C`` (None when unset); an error if it is not one."""
+    path = os.environ.get("NANOBRAGG_C")
+    if path and not os.access(path, os.X_OK):
+        raise SystemExit(f"NANOBRAGG_C={path}: not an executable file")
+    return path or None
+
+
+def c_run(program: str, flags: list[str], threads: int, folder: str) -> float:
+    """Wall time (s) of one whole C process with ``flags`` (float image only) in ``folder``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    walls = []
+    t0 = time.perf_counter()
+    subprocess.run([program, *flags, "-nonoise", "-nopgm", "-floatfile", "c.bin"], cwd=folder, env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def pilatus(repeats: int, threads: int) -> None:
+    """Whole-process simulate at Pilatus 6M size against the C program (side by side when NANOBRAGG_C is set)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    program = c_program()
+    walls, c_walls = [], []
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(repeats):
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "equipoise.cli", "diffraction", "simulate", *PILATUS, "--quiet",
                             "-floatfile", "f.bin", "-intfile", "i.img"], cwd=folder, env=env, check=True)
             walls.append(time.perf_counter() - t0)
+            if program:
+                c_walls.append(c_run(program, [f for f in PILATUS if f not in ("-nonoise", "-nopgm")]
+                                     + ["-intfile", "ci.img"], threads, folder))
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-c", "import torch, equipoise.diffraction.simulate"], env=env, check=True)
         startup = time.perf_counter() - t0
     wall = statistics.median(walls)
-    print(f"pilatus 6M x 10 domains, {threads} threads: whole process {wall:.2f} s (runs {walls}), of which "
-          f"~{startup:.2f} s import; C extrapolated {C_PILATUS_WALL_S:.2f} s; process/C {wall / C_PILATUS_WALL_S:.2f}")
+    c_wall = statistics.median(c_walls) if program else C_PILATUS_WALL_S
+    source = f"C measured side by side (runs {[round(w, 2) for w in c_walls]})" if program else "C extrapolated"
+    print(f"pilatus 6M x 10 domains, {threads} threads: whole process {wall:.2f} s (runs {[round(w, 2) for w in walls]}), "
+          f"of which ~{startup:.2f} s import; {source} {c_wall:.2f} s; process/C {wall / c_wall:.2f}")
 
 
 def main() -> None:
@@ -126,17 +159,24 @@ def main() -> None:
         fns[key] = runners(*key)
         first[key] = (timed(fns[key][0]), timed(fns[key][1]))  # warm-up (and compilation)
     times = {key: ([], []) for key in keys}
-    for _ in range(args.repeats):
-        for key in keys:
-            for i in (0, 1):
-                times[key][i].append(timed(fns[key][i]))
+    program = c_program()
+    c_times: dict[str, list[float]] = {case: [] for case in C_FLAGS}
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(args.repeats):
+            for key in keys:
+                for i in (0, 1):
+                    times[key][i].append(timed(fns[key][i]))
+            for case in C_FLAGS if program else ():
+                c_times[case].append(c_run(program, C_FLAGS[case], args.threads, folder))
+    c_wall = {case: statistics.median(c_times[case]) if program else C_WALL_S[case] for case in C_FLAGS}
+    print(f"C times: {'measured side by side, whole process, ' + program if program else 'TIMINGS.md (not measured here)'}")
     print(f"{'case':13s} {'dtype':8s} {'kernel':8s} {'fwd s':>7s} {'fwd+bwd s':>9s} {'fb/fwd':>7s} "
           f"{'C wall s':>8s} {'fwd/C':>6s} {'fb/C':>6s} {'1st fwd s':>9s}")
     for key in keys:
         case, dtype, compiled = key
         tf, tb = (statistics.median(t) for t in times[key])
         ratio = statistics.median(b / f for f, b in zip(*times[key]))
-        c = C_WALL_S[case]
+        c = c_wall[case]
         print(f"{case:13s} {str(dtype)[6:]:8s} {'compile' if compiled else 'eager':8s} {tf:7.3f} {tb:9.3f} "
               f"{ratio:7.2f} {c:8.2f} {tf / c:6.2f} {tb / c:6.2f} {first[key][0]:9.2f}")
     print(f"load average after: {os.getloadavg()[0]:.1f}")

@@ -19,6 +19,7 @@ import torch
 
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.flags import parse_nanobragg_args
+from equipoise.diffraction.mosaic_reference import draw_reference
 from equipoise.diffraction.noise import noise_image
 from equipoise.diffraction.refine import RefineResult, evaluate_loss, refine, starting_config
 from equipoise.diffraction.simulate import Simulator
@@ -195,26 +196,32 @@ def run_demo(out_dir: str | Path | None = "runs/demo", *, dtype: torch.dtype = t
 CAPTURE_DETECTORS = {64: (64, 0.1), 128: (128, 0.4), 512: (512, 0.1), 1024: (1024, 0.1)}
 CAPTURE_START_MOSAIC = 0.3
 CAPTURE_FLUENCE = "1e30"
+CAPTURE_MODEL_DOMAINS = 10
 
 
-def capture_case(size: int, offset_deg: float, seed: int):
+def capture_case(size: int, offset_deg: float, seed: int, observed_domains: int = 10):
     """(observed photons (S, F), starting model config, truth dict) of one capture-table cell
     (benchmarks/diffraction_capture.py): truth mosaic log-uniform in [0.05, 2] deg, misset
-    ``offset_deg`` from (0, 0, 0) in a random direction, the observed image from its own 10
-    nanoBragg domains (``-mosaic_seed`` 1000 + seed) with Poisson noise; the model a 10-domain
-    quadrature starting at mosaic 0.3 deg."""
+    ``offset_deg`` from (0, 0, 0) in a random direction, the observed image from its own
+    ``observed_domains`` nanoBragg domains (``-mosaic_seed`` 1000 + seed) with Poisson noise; the
+    model a 10-domain quadrature starting at mosaic 0.3 deg. The truth dict holds the nominal
+    ``mosaic_spread_deg`` and ``misset_deg`` and, under ``draw``, what the observed domain draw
+    determines (:func:`equipoise.diffraction.mosaic_reference.draw_reference`)."""
     rng = np.random.default_rng(1000 * size + 10 * int(offset_deg) + seed)
     mosaic = float(math.exp(rng.uniform(math.log(0.05), math.log(2.0))))
     direction = rng.normal(size=3)
     misset = (offset_deg * direction / np.linalg.norm(direction)).tolist()
     pixels, pixel_mm = CAPTURE_DETECTORS[size]
     geometry = (f"-cell 100 100 100 90 90 90 -N 5 -default_F 100 -lambda 1 -distance 100 -detpixels {pixels} "
-                f"-pixel {pixel_mm} -fluence {CAPTURE_FLUENCE} -mosaic_domains 10").split()
+                f"-pixel {pixel_mm} -fluence {CAPTURE_FLUENCE}").split()
     truth = parse_nanobragg_args(geometry + ["-mosaic", f"{mosaic}", "-mosaic_seed", str(1000 + seed),
+                                             "-mosaic_domains", str(observed_domains),
                                              "-misset", *[f"{v}" for v in misset]])
     with torch.no_grad():
         clean = Simulator(truth)().numpy()
     observed = noise_image(clean, seed=seed + 1, adc=0.0).pixels.astype(np.float64)
-    start = parse_nanobragg_args(geometry + ["-mosaic", str(CAPTURE_START_MOSAIC), "-misset", "0", "0", "0"])
+    start = parse_nanobragg_args(geometry + ["-mosaic_domains", str(CAPTURE_MODEL_DOMAINS), "-mosaic",
+                                             str(CAPTURE_START_MOSAIC), "-misset", "0", "0", "0"])
     start = starting_config(start, mosaic_sampling="quadrature")
-    return observed, start, {"mosaic_spread_deg": mosaic, "misset_deg": misset}
+    return observed, start, {"mosaic_spread_deg": mosaic, "misset_deg": misset,
+                             "draw": draw_reference(truth, CAPTURE_MODEL_DOMAINS)}
