@@ -1,4 +1,5 @@
-"""Spreading atoms as Gaussians on a periodic grid, and the real FFT, with analytic backwards.
+"""Spreading atoms as Gaussians on a periodic grid, and the band-limited real FFT, with analytic
+backwards.
 
 Used by ``FFTStructureFactors`` (``equipoise.xtal.structure_factors``). An isotropic atom with
 form-factor Gaussians (a_k, b_k), B and blur B_add has the density (Å^-3)
@@ -26,28 +27,43 @@ import torch
 FOUR_PI2 = 4.0 * math.pi ** 2
 
 
-class RealFFT(torch.autograd.Function):
-    """``torch.fft.rfftn`` of a real 3-D grid with a real-to-complex-sized backward.
+class BandFFT(torch.autograd.Function):
+    """Real 3-D FFT restricted to the band |k_1| <= h_1, 0 <= k_2 <= h_2 (all k_0), where the
+    reflections lie (pruned: the last-axis rfft, then the other two axes on the kept band only).
 
-    For y = rfftn(x) (half spectrum along the last axis) and a real loss with gradient g on y,
-    dL/dx_n = Re sum_half g_k exp(+2 pi i k.n / N) = (N / 2) irfftn(g'), where g' doubles the
-    planes k_3 = 0 and k_3 = N_3 / 2 (the planes irfftn counts once). torch's default backward
-    does a full complex transform of the zero-padded spectrum, about 8x the work.
+    Output (n0, 2 h_1 + 1, h_2 + 1) complex: column j holds k_1 = j for j <= h_1 and
+    k_1 = j - 2 h_1 - 1 (mod n1) above. The backward is the adjoint of the same steps: for real
+    x, dL/dx_n = Re sum_band g_k exp(+2 pi i k.n / N), the last step an irfft with the k_2 = 0
+    plane doubled, so it costs about one real FFT (torch's default backward of
+    rfftn does a complex transform of the whole zero-padded spectrum).
     """
 
     @staticmethod
-    def forward(ctx, rho):  # type: ignore[override]
-        ctx.shape = tuple(rho.shape)
-        return torch.fft.rfftn(rho)
+    def forward(ctx, rho, h1, h2):  # type: ignore[override]
+        n0, n1, n2 = rho.shape
+        rows = band_rows(n1, h1, rho.device)
+        ctx.meta = (tuple(rho.shape), rows, h2)
+        y = torch.fft.rfft(rho, dim=2)[:, :, :h2 + 1]
+        y = torch.fft.fft(y, dim=1).index_select(1, rows)
+        return torch.fft.fft(y, dim=0)
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        shape = ctx.shape
-        g = grad.clone()
-        g[..., 0] *= 2.0
-        if shape[-1] % 2 == 0:
-            g[..., -1] *= 2.0
-        return torch.fft.irfftn(g, s=shape) * (float(np.prod(shape)) / 2.0)
+        (n0, n1, n2), rows, h2 = ctx.meta
+        # unnormalised inverse transforms (norm="forward"); halving the k_2 > 0 planes is the
+        # same as doubling the k_2 = 0 plane and halving the result (the Nyquist plane is
+        # outside the band: n2 > 2 h2 + 1)
+        g = torch.fft.ifft(grad, dim=0, norm="forward")
+        g[:, :, 1:] *= 0.5
+        full = torch.zeros(n0, n1, h2 + 1, dtype=g.dtype, device=g.device)
+        full.index_copy_(1, rows, g)
+        g = torch.fft.ifft(full, dim=1, norm="forward")
+        return torch.fft.irfft(g, n=n2, dim=2, norm="forward"), None, None     # zero-pads k_2 > h_2
+
+
+def band_rows(n1: int, h1: int, device: torch.device) -> torch.Tensor:
+    """Indices k_1 (mod n1) kept by ``BandFFT``: 0..h1, then n1-h1..n1-1."""
+    return torch.cat([torch.arange(h1 + 1, device=device), torch.arange(n1 - h1, n1, device=device)])
 
 
 def _axis_factors(x: torch.Tensor, t: torch.Tensor, spacing: float, half: int, n: int):
@@ -70,14 +86,17 @@ class _Boxes:
         length = [max(h[i] for h in halves) * 2 + 2 for i in range(3)]
         self.padded = tuple(n + lng - 1 for n, lng in zip(shape, length))
 
-    def local(self, half: list[int], device: torch.device) -> torch.Tensor:
-        """(L0 L1 L2,) flat offsets of a box's nodes from its first node in the padded grid."""
+    def add(self, padded: torch.Tensor, half: list[int], starts: list[torch.Tensor], box: torch.Tensor) -> None:
+        """Add boxes (c, L0, L1, L2) whose first nodes are ``starts`` (3 x (c,)) to ``padded``."""
+        if padded.device.type == "cpu":
+            # an accumulating index_put_ runs serially on CPU, so overlapping windows are safe
+            self.windows(padded, half).index_put_(tuple(starts), box, accumulate=True)
+            return
         p1, p2 = self.padded[1], self.padded[2]
-        i, j, k = (torch.arange(2 * h + 2, device=device) for h in half)
-        return ((i[:, None, None] * p1 + j[None, :, None]) * p2 + k[None, None, :]).reshape(-1)
-
-    def base(self, starts: list[torch.Tensor]) -> torch.Tensor:
-        return (starts[0] * self.padded[1] + starts[1]) * self.padded[2] + starts[2]
+        i, j, k = (torch.arange(2 * h + 2, device=padded.device) for h in half)
+        local = ((i[:, None, None] * p1 + j[None, :, None]) * p2 + k[None, None, :]).reshape(-1)
+        base = (starts[0] * p1 + starts[1]) * p2 + starts[2]
+        padded.view(-1).index_add_(0, (base[:, None] + local[None]).reshape(-1), box.reshape(-1))
 
     def fold(self, padded: torch.Tensor) -> torch.Tensor:
         """(P0, P1, P2) padded grid -> (n0, n1, n2) periodic grid (padding added back, in place)."""
@@ -114,16 +133,15 @@ class _SpreadSeparable(torch.autograd.Function):
         boxes = _Boxes(shape, [h for _, h in groups], xyz.device)
         ctx.save_for_backward(xyz, b_iso, occ, a, b)
         ctx.meta = (groups, boxes, spacing, b_add, chunk)
-        flat = torch.zeros(int(np.prod(boxes.padded)), dtype=xyz.dtype, device=xyz.device)
-        for sel, half, local, sl in _group_chunks(groups, boxes, chunk, xyz.device):
+        padded = torch.zeros(boxes.padded, dtype=xyz.dtype, device=xyz.device)
+        for sel, half, sl in _group_chunks(groups, chunk):
             idx = sel[sl]
             t = b[idx] + b_iso[idx, None] + b_add
             p = occ[idx, None] * a[idx] * (4.0 * math.pi / t) ** 1.5
             axes = [_axis_factors(xyz[idx, i], t, spacing[i], half[i], shape[i]) for i in range(3)]
             box = torch.einsum("ct,cti,ctj,ctk->cijk", p, axes[0][0], axes[1][0], axes[2][0])
-            start = boxes.base([ax[2] for ax in axes])
-            flat.index_add_(0, (start[:, None] + local[None]).reshape(-1), box.reshape(-1))
-        return boxes.fold(flat.reshape(boxes.padded))
+            boxes.add(padded, half, [ax[2] for ax in axes], box)
+        return boxes.fold(padded)
 
     @staticmethod
     def backward(ctx, grad_grid):  # type: ignore[override]
@@ -132,7 +150,7 @@ class _SpreadSeparable(torch.autograd.Function):
         g_pad = boxes.unfold(grad_grid)
         gx, gb, go = torch.zeros_like(xyz), torch.zeros_like(b_iso), torch.zeros_like(occ)
         shape = boxes.shape
-        for sel, half, local, sl in _group_chunks(groups, boxes, chunk, xyz.device):
+        for sel, half, sl in _group_chunks(groups, chunk):
             idx = sel[sl]
             t = b[idx] + b_iso[idx, None] + b_add
             p = a[idx] * (4.0 * math.pi / t) ** 1.5
@@ -158,12 +176,11 @@ class _SpreadSeparable(torch.autograd.Function):
         return gx, gb, go, None, None, None, None, None, None, None
 
 
-def _group_chunks(groups, boxes: _Boxes, chunk_points: int, device: torch.device):
+def _group_chunks(groups, chunk_points: int):
     for sel, half in groups:
-        local = boxes.local(half, device)
-        step = max(1, chunk_points // local.numel())
+        step = max(1, chunk_points // int(np.prod([2 * h + 2 for h in half])))
         for s in range(0, sel.numel(), step):
-            yield sel, half, local, slice(s, min(sel.numel(), s + step))
+            yield sel, half, slice(s, min(sel.numel(), s + step))
 
 
 def spread_separable(xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, a: torch.Tensor,

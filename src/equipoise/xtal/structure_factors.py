@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from equipoise.errors import InputError
-from equipoise.xtal.spreading import RealFFT, spread_separable
+from equipoise.xtal.spreading import BandFFT, spread_separable
 
 TWO_PI = 2.0 * math.pi
 FOUR_PI2 = 4.0 * math.pi ** 2
@@ -242,8 +242,11 @@ class FFTStructureFactors:
         neg = rotated[..., 2] < 0
         sign = torch.where(neg, -1, 1)[..., None]
         idx = torch.remainder(rotated * sign, torch.tensor(self.shape, device=self.device))
-        half = self.shape[2] // 2 + 1
-        self.read_index = (idx[..., 0] * self.shape[1] + idx[..., 1]) * half + idx[..., 2]   # (k, m)
+        # BandFFT keeps |k_1| <= h_1 (columns 0..h_1, then the negative ones) and 0 <= k_2 <= h_2
+        self.band = (int(hmax[1]), int(hmax[2]))
+        n1, width = self.shape[1], 2 * self.band[0] + 1
+        col = torch.where(idx[..., 1] <= self.band[0], idx[..., 1], idx[..., 1] - (n1 - width))
+        self.read_index = (idx[..., 0] * width + col) * (self.band[1] + 1) + idx[..., 2]    # (k, m)
         self.read_conj = ~neg                                                                 # (k, m)
         phase = TWO_PI * (h @ tran.T).T                                                       # (k, m)
         self.op_phase = torch.polar(torch.ones_like(phase), phase)
@@ -324,7 +327,7 @@ class FFTStructureFactors:
                                 self._offsets(plan.radius), self.shape, orth_grid, frac, plan.b_add)
             if bool(iso.any()):
                 rho = rho + self._spread_iso(xyz[iso], b_iso[iso], occ[iso], a[iso], b[iso], plan.b_add)
-        transform = RealFFT.apply(rho).reshape(-1)
+        transform = BandFFT.apply(rho, *self.band).reshape(-1)
         values = transform[self.read_index].to(self.op_phase.dtype)                     # (k, m)
         values = torch.where(self.read_conj, values.conj(), values)
         f = (values * self.op_phase).sum(0)
