@@ -157,13 +157,16 @@ class _SpreadSeparable(torch.autograd.Function):
             (ex, dx, sx), (ey, dy, sy), (ez, dz, sz) = (
                 _axis_factors(xyz[idx, i], t, spacing[i], half[i], shape[i]) for i in range(3))
             g = boxes.windows(g_pad, half)[sx, sy, sz]                                 # (c, I, J, K)
-            zv = torch.stack([ez, ez * dz, ez * dz * dz], 2)                          # (c, t, 3, K)
-            tz = torch.einsum("cijk,ctvk->ctvij", g, zv)
-            y00 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey)
-            y01 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey * dy)
-            y02 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey * dy * dy)
-            y10 = torch.einsum("ctij,ctj->cti", tz[:, :, 1], ey)
-            y20 = torch.einsum("ctij,ctj->cti", tz[:, :, 2], ey)
+            c, n_i, n_j, n_k = g.shape
+            zv = torch.stack([ez, ez * dz, ez * dz * dz], 2).reshape(c, 15, n_k)      # (c, t v, K)
+            # contract K first (the largest step, one batched matmul), then J, then I
+            tz = torch.bmm(zv, g.reshape(c, n_i * n_j, n_k).transpose(1, 2))          # (c, t v, I J)
+            tz = tz.reshape(c * 15, n_i, n_j)
+            yv = torch.stack([ey, ey * dy, ey * dy * dy], 2)                          # (c, t, w, J)
+            yv = yv[:, :, None].expand(c, 5, 3, 3, n_j).reshape(c * 15, 3, n_j)
+            y = torch.bmm(tz, yv.transpose(1, 2)).reshape(c, 5, 3, n_i, 3)            # (c, t, v, I, w)
+            y00, y01, y02 = y[:, :, 0, :, 0], y[:, :, 0, :, 1], y[:, :, 0, :, 2]
+            y10, y20 = y[:, :, 1, :, 0], y[:, :, 2, :, 0]
             s0 = (y00 * ex).sum(-1)
             grad_d = torch.stack([(y00 * ex * dx).sum(-1), (y01 * ex).sum(-1), (y10 * ex).sum(-1)], -1)
             r2_term = (y00 * ex * dx * dx).sum(-1) + (y02 * ex).sum(-1) + (y20 * ex).sum(-1)

@@ -264,11 +264,13 @@ class FFTStructureFactors:
         # aliasing: the nearest alias of the highest reflection is at s ~ (2 rate - 1) / d_min
         alias = ((2 * self.rate - 1) ** 2 - 1) / self.d_min ** 2
         b_add = max(0.0, 4.0 * log_tol / alias - float(b_iso.detach().min()))
-        return GridPlan(self.shape, b_add, self._radius(b_iso.detach().max(), b_add).item(), 0)
+        radius = self._radius(b_iso, b_add, self._grid_tables[1]).max().item()
+        return GridPlan(self.shape, b_add, radius, 0)
 
-    def _radius(self, b_iso: torch.Tensor, b_add: float) -> torch.Tensor:
-        """Radius (Å) where the atom's broadest Gaussian falls to ``tolerance`` of its peak."""
-        t_max = float(self.b.max()) + b_iso + b_add
+    def _radius(self, b_iso: torch.Tensor, b_add: float, b: torch.Tensor) -> torch.Tensor:
+        """(n,) radius (Å) where each atom's broadest Gaussian falls to ``tolerance`` of its peak;
+        b_iso (n,) Å^2, b (n, 5) the atoms' form-factor widths (Å^2)."""
+        t_max = b.amax(-1) + b_iso.detach() + b_add
         return torch.sqrt(torch.clamp(t_max, min=1.0) * math.log(1.0 / self.tolerance)) / TWO_PI
 
     def _offsets(self, radius: float) -> torch.Tensor:
@@ -291,10 +293,15 @@ class FFTStructureFactors:
     def _spread_iso(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, a: torch.Tensor,
                     b: torch.Tensor, b_add: float) -> torch.Tensor:
         """Density of isotropic atoms, atoms grouped by spreading radius (0.5 Å steps)."""
-        radius = torch.ceil(self._radius(b_iso.detach(), b_add) * 2.0) / 2.0
+        radius = torch.ceil(self._radius(b_iso, b_add, b) * 2.0) / 2.0
         unique = torch.unique(radius).tolist()
         if self.separable:
-            groups = [(torch.nonzero(radius == r).squeeze(1), self._half(r)) for r in unique]
+            spacing = torch.diagonal(self._grid_tables[2])
+            node = torch.remainder(torch.floor(xyz.detach() / spacing).to(torch.int64),
+                                   torch.tensor(self.shape, device=self.device))
+            # atoms in memory order of their boxes: neighbouring boxes share cache lines
+            order = torch.argsort((node[:, 0] * self.shape[1] + node[:, 1]) * self.shape[2] + node[:, 2])
+            groups = [(order[radius[order] == r], self._half(r)) for r in unique]
             return spread_separable(xyz, b_iso, occ, a, b, groups, self.shape,
                                     torch.diagonal(self.orth_grid).tolist(), b_add, self.chunk_points)
         rho = torch.zeros(self.shape, dtype=self.grid_dtype, device=self.device)
