@@ -92,11 +92,20 @@ class _Boxes:
             # an accumulating index_put_ runs serially on CPU, so overlapping windows are safe
             self.windows(padded, half).index_put_(tuple(starts), box, accumulate=True)
             return
+        padded.view(-1).index_add_(0, self.flat_index(half, starts), box.reshape(-1))
+
+    def flat_index(self, half: list[int], starts: list[torch.Tensor]) -> torch.Tensor:
+        """(c L0 L1 L2,) flat indices into the padded grid of boxes starting at ``starts``."""
         p1, p2 = self.padded[1], self.padded[2]
-        i, j, k = (torch.arange(2 * h + 2, device=padded.device) for h in half)
+        i, j, k = (torch.arange(2 * h + 2, device=starts[0].device) for h in half)
         local = ((i[:, None, None] * p1 + j[None, :, None]) * p2 + k[None, None, :]).reshape(-1)
         base = (starts[0] * p1 + starts[1]) * p2 + starts[2]
-        padded.view(-1).index_add_(0, (base[:, None] + local[None]).reshape(-1), box.reshape(-1))
+        return (base[:, None] + local[None]).reshape(-1)
+
+    def gather(self, padded: torch.Tensor, half: list[int], starts: list[torch.Tensor]) -> torch.Tensor:
+        """Boxes (c, L0, L1, L2) of ``padded`` starting at ``starts`` (3 x (c,))."""
+        flat = padded.view(-1).index_select(0, self.flat_index(half, starts))
+        return flat.reshape(-1, *(2 * h + 2 for h in half))
 
     def fold(self, padded: torch.Tensor) -> torch.Tensor:
         """(P0, P1, P2) padded grid -> (n0, n1, n2) periodic grid (padding added back, in place)."""
@@ -156,7 +165,7 @@ class _SpreadSeparable(torch.autograd.Function):
             p = a[idx] * (4.0 * math.pi / t) ** 1.5
             (ex, dx, sx), (ey, dy, sy), (ez, dz, sz) = (
                 _axis_factors(xyz[idx, i], t, spacing[i], half[i], shape[i]) for i in range(3))
-            g = boxes.windows(g_pad, half)[sx, sy, sz]                                 # (c, I, J, K)
+            g = boxes.gather(g_pad, half, [sx, sy, sz])                               # (c, I, J, K)
             c, n_i, n_j, n_k = g.shape
             zv = torch.stack([ez, ez * dz, ez * dz * dz], 2).reshape(c, 15, n_k)      # (c, t v, K)
             # contract K first (the largest step, one batched matmul), then J, then I

@@ -220,7 +220,7 @@ class FFTStructureFactors:
 
     def __init__(self, hkl: torch.Tensor, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
                  elements: list[str], *, rate: float = 1.5, tolerance: float = 5e-3,
-                 chunk_points: int = 2_000_000, dtype: torch.dtype = torch.float64,
+                 chunk_points: int = 1_000_000, dtype: torch.dtype = torch.float64,
                  grid_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         self.dtype, self.device = dtype, torch.device(device)
         self.grid_dtype = grid_dtype
