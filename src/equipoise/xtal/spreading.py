@@ -9,12 +9,13 @@ form-factor Gaussians (a_k, b_k), B and blur B_add has the density (Å^-3)
 (the Fourier transform of a_k exp(-T_k s^2 / 4); Ten Eyck 1977, Agarwal 1978).
 
 ``spread_separable`` is the fast path for grids with orthogonal axes: each Gaussian is a product
-of three 1-D factors, so an atom's box is an outer product. Every atom's box is one contiguous
-block of a grid padded on the high side of each axis (size n + L - 1 for boxes of L nodes), so
-its flat indices are ``start + local`` (one add per point, no wrapping); the padding is folded
-back periodically afterwards. The backward gathers the periodically padded gradient map over
-the same boxes and contracts it with the 1-D factors (the adjoint of the forward, recomputed chunk
-by chunk so memory stays small). ``spread_general`` handles any cell with explicit offsets.
+of three 1-D factors, so an atom's box is an outer product (one batched matmul). Every atom's box
+is one contiguous block of a grid padded on the high side of each axis (size n + L - 1 for boxes
+of L nodes), so no index wraps; the padding is folded back periodically afterwards. Atoms come
+sorted by box position (neighbouring boxes share cache lines). The backward gathers the
+periodically padded gradient map over the same boxes and contracts it with the 1-D factors and
+their first and second moments (the adjoint of the forward, recomputed chunk by chunk so memory
+stays small). Cells with oblique axes use ``_SpreadIso`` in ``structure_factors``.
 """
 
 from __future__ import annotations
