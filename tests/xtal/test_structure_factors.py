@@ -7,21 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from equipoise.xtal.model import AtomModel
 from equipoise.xtal.structure_factors import FFTStructureFactors, direct_structure_factors
 from equipoise.xtal.synthetic import random_structure
 
 
 def _atoms(st):
-    el, xyz, b, occ = [], [], [], []
-    for ch in st[0]:
-        for res in ch:
-            for at in res:
-                el.append(at.element.name)
-                xyz.append(at.pos.tolist())
-                b.append(at.b_iso)
-                occ.append(at.occ)
-    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
-    return el, t(xyz), t(b), t(occ)
+    m = AtomModel.from_structure(st, hydrogens="keep")
+    return m.elements, m.xyz, m.b_iso, m.occ
 
 
 def _hkl(st, d_min):

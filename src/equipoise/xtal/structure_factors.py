@@ -10,10 +10,12 @@ Two paths compute the same numbers:
 - ``direct_structure_factors``: the sum above, term by term (small cells, tests, gradcheck).
 - ``FFTStructureFactors``: atoms of the asymmetric model spread on a P1 grid of the unit cell as
   Gaussians blurred by ``B_add`` (as gemmi's DensityCalculator and cctbx's ``fft`` do, Ten Eyck
-  1977; Agarwal 1978), one real FFT, then for every symmetry operator the transform is read at
-  R^T h with phase exp(2 pi i h.t) and un-blurred by exp(B_add s^2/4). Spreading has an analytic
-  backward (recomputed chunk by chunk, so memory stays small). Accuracy against gemmi's
-  StructureFactorCalculator: amplitude R ~1e-5 at the data resolution (tests/xtal).
+  1977; Agarwal 1978), one real FFT (pruned to the reflections' index band), then for every
+  symmetry operator the transform is read at R^T h with phase exp(2 pi i h.t) and un-blurred by
+  exp(B_add s^2/4). The grid is float32 by default (``grid_dtype``; inputs and outputs keep their
+  dtype). Spreading and FFT have analytic backwards (``equipoise.xtal.spreading``). Accuracy
+  against gemmi's StructureFactorCalculator: amplitude R ~2e-5 at the data resolution
+  (``benchmarks/xtal_sf_accuracy.py``; tests/xtal).
 
 Atoms with a non-zero ``u_aniso`` row use U (Å^2, order u11 u22 u33 u12 u13 u23) and ignore
 their ``b_iso``.
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 
 from equipoise.errors import InputError
+from equipoise.xtal.spreading import BandFFT, spread_separable
 
 TWO_PI = 2.0 * math.pi
 FOUR_PI2 = 4.0 * math.pi ** 2
@@ -175,69 +178,6 @@ class _SpreadIso(torch.autograd.Function):
         return gx, gb, go, None, None, None, None, None, None, None, None
 
 
-class _SpreadIsoSeparable(torch.autograd.Function):
-    """``_SpreadIso`` for grids with orthogonal axes, where each Gaussian factorises into three
-    1-D factors: the box is an outer product (no per-point exponentials) and the backward is a few
-    tensor contractions. Same density, same arguments (``half`` is the box half-width per axis)."""
-
-    @staticmethod
-    def forward(ctx, xyz, b_iso, occ, a, b, half, shape, spacing, b_add, chunk):  # type: ignore[override]
-        ctx.save_for_backward(xyz, b_iso, occ, a, b)
-        ctx.meta = (half, shape, spacing, b_add, chunk)
-        grid = torch.zeros(int(np.prod(shape)), dtype=xyz.dtype, device=xyz.device)
-        for sl in _chunks(xyz.shape[0], chunk, int(np.prod([2 * h + 2 for h in half]))):
-            idx, p, t, factors, _ = _separable_terms(xyz[sl], b_iso[sl], a[sl], b[sl], half, shape, spacing, b_add)
-            box = torch.einsum("ct,cti,ctj,ctk->cijk", occ[sl, None] * p, *factors)
-            grid.index_add_(0, idx.reshape(-1), box.reshape(-1))
-        return grid.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad_grid):  # type: ignore[override]
-        xyz, b_iso, occ, a, b = ctx.saved_tensors
-        half, shape, spacing, b_add, chunk = ctx.meta
-        g_flat = grad_grid.reshape(-1)
-        gx, gb, go = torch.zeros_like(xyz), torch.zeros_like(b_iso), torch.zeros_like(occ)
-        for sl in _chunks(xyz.shape[0], chunk, int(np.prod([2 * h + 2 for h in half]))):
-            idx, p, t, (ex, ey, ez), (dx, dy, dz) = _separable_terms(xyz[sl], b_iso[sl], a[sl], b[sl], half,
-                                                                     shape, spacing, b_add)
-            g = g_flat[idx]                                                           # (c, I, J, K)
-            zv = torch.stack([ez, ez * dz, ez * dz * dz], 2)                          # (c, t, 3, K)
-            tz = torch.einsum("cijk,ctvk->ctvij", g, zv)
-            y00 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey)
-            y01 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey * dy)
-            y02 = torch.einsum("ctij,ctj->cti", tz[:, :, 0], ey * dy * dy)
-            y10 = torch.einsum("ctij,ctj->cti", tz[:, :, 1], ey)
-            y20 = torch.einsum("ctij,ctj->cti", tz[:, :, 2], ey)
-            s0 = (y00 * ex).sum(-1)
-            grad_d = torch.stack([(y00 * ex * dx).sum(-1), (y01 * ex).sum(-1), (y10 * ex).sum(-1)], -1)
-            r2_term = (y00 * ex * dx * dx).sum(-1) + (y02 * ex).sum(-1) + (y20 * ex).sum(-1)
-            o = occ[sl, None]
-            go[sl] = (p * s0).sum(-1)
-            # d/dx of exp(-4 pi^2 (n g - x)^2 / T) = exp(.) 8 pi^2 d / T
-            gx[sl] = (o[..., None] * (p * 2.0 * FOUR_PI2 / t)[..., None] * grad_d).sum(1)
-            gb[sl] = (o * p * (-1.5 / t * s0 + FOUR_PI2 / t ** 2 * r2_term)).sum(-1)
-        return gx, gb, go, None, None, None, None, None, None, None
-
-
-def _separable_terms(xyz, b_iso, a, b, half, shape, spacing, b_add):
-    """Flat indices (c, I, J, K), prefactors p (c, 5), T (c, 5), 1-D factors (c, 5, L) per axis,
-    1-D distances (c, 1, L) per axis (Å) for the separable spreading."""
-    t = b + b_iso[:, None] + b_add
-    p = a * (4.0 * math.pi / t) ** 1.5
-    factors, dists, idxs = [], [], []
-    for axis in range(3):
-        u = xyz[:, axis] / spacing[axis]
-        nodes = torch.floor(u.detach())[:, None] + torch.arange(-half[axis], half[axis] + 2, device=xyz.device,
-                                                                dtype=xyz.dtype)[None]
-        d = (nodes * spacing[axis] - xyz[:, axis:axis + 1])[:, None, :]                   # (c, 1, L)
-        factors.append(torch.exp(-FOUR_PI2 * d * d / t[:, :, None]))
-        dists.append(d)
-        idxs.append(torch.remainder(nodes.to(torch.int64), shape[axis]))
-    ix, iy, iz = idxs
-    idx = (ix[:, :, None, None] * shape[1] + iy[:, None, :, None]) * shape[2] + iz[:, None, None, :]
-    return idx, p, t, factors, dists
-
-
 def _chunks(n: int, chunk_points: int, k: int):
     step = max(1, chunk_points // max(k, 1))
     for s in range(0, n, step):
@@ -276,15 +216,18 @@ class FFTStructureFactors:
 
     Built once per (hkl, cell, space group, elements); call with (xyz, b_iso, occ[, u_aniso]).
     rate: grid oversampling (grid spacing <= d_min / (2 rate)); tolerance: target relative error
-    of the spreading cut-off and of aliasing (sets radius and blur); chunk_points: grid points
-    per spreading chunk (memory ~ 100 bytes each).
+    of the spreading cut-off and of aliasing (sets radius and blur; 5e-3 keeps amplitude R vs
+    exact summation ~2e-5 and gradients within ~1e-3 of direct summation); chunk_points: grid
+    points per spreading chunk (memory ~ 100 bytes each); grid_dtype: dtype of the density grid
+    and FFT (float32: half the memory traffic, R unchanged at this tolerance).
     """
 
     def __init__(self, hkl: torch.Tensor, cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
-                 elements: list[str], *, rate: float = 1.5, tolerance: float = 1e-3,
-                 chunk_points: int = 2_000_000, dtype: torch.dtype = torch.float64,
-                 device: torch.device | str = "cpu") -> None:
+                 elements: list[str], *, rate: float = 1.5, tolerance: float = 5e-3,
+                 chunk_points: int = 1_000_000, dtype: torch.dtype = torch.float64,
+                 grid_dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> None:
         self.dtype, self.device = dtype, torch.device(device)
+        self.grid_dtype = grid_dtype
         self.cell, self.spacegroup, self.elements = cell, spacegroup, list(elements)
         self.hkl = hkl.to(self.device)
         self.rate, self.tolerance, self.chunk_points = rate, tolerance, chunk_points
@@ -303,8 +246,11 @@ class FFTStructureFactors:
         neg = rotated[..., 2] < 0
         sign = torch.where(neg, -1, 1)[..., None]
         idx = torch.remainder(rotated * sign, torch.tensor(self.shape, device=self.device))
-        half = self.shape[2] // 2 + 1
-        self.read_index = (idx[..., 0] * self.shape[1] + idx[..., 1]) * half + idx[..., 2]   # (k, m)
+        # BandFFT keeps |k_1| <= h_1 (columns 0..h_1, then the negative ones) and 0 <= k_2 <= h_2
+        self.band = (int(hmax[1]), int(hmax[2]))
+        n1, width = self.shape[1], 2 * self.band[0] + 1
+        col = torch.where(idx[..., 1] <= self.band[0], idx[..., 1], idx[..., 1] - (n1 - width))
+        self.read_index = (idx[..., 0] * width + col) * (self.band[1] + 1) + idx[..., 2]    # (k, m)
         self.read_conj = ~neg                                                                 # (k, m)
         phase = TWO_PI * (h @ tran.T).T                                                       # (k, m)
         self.op_phase = torch.polar(torch.ones_like(phase), phase)
@@ -313,6 +259,8 @@ class FFTStructureFactors:
         n_grid = torch.tensor(self.shape, dtype=dtype, device=self.device)
         self.orth_grid = orth / n_grid[None, :]                       # grid units -> Å
         self.recip_len = torch.linalg.norm(self.frac, dim=1) * n_grid  # grid points per Å along each axis
+        gd = self.grid_dtype
+        self._grid_tables = (self.a.to(gd), self.b.to(gd), self.orth_grid.to(gd), self.frac.to(gd))
 
     def plan(self, b_iso: torch.Tensor) -> GridPlan:
         """Blur B_add and the largest spreading radius (Å) for the current B values (Å^2)."""
@@ -320,11 +268,13 @@ class FFTStructureFactors:
         # aliasing: the nearest alias of the highest reflection is at s ~ (2 rate - 1) / d_min
         alias = ((2 * self.rate - 1) ** 2 - 1) / self.d_min ** 2
         b_add = max(0.0, 4.0 * log_tol / alias - float(b_iso.detach().min()))
-        return GridPlan(self.shape, b_add, self._radius(b_iso.detach().max(), b_add).item(), 0)
+        radius = self._radius(b_iso, b_add, self._grid_tables[1]).max().item()
+        return GridPlan(self.shape, b_add, radius, 0)
 
-    def _radius(self, b_iso: torch.Tensor, b_add: float) -> torch.Tensor:
-        """Radius (Å) where the atom's broadest Gaussian falls to ``tolerance`` of its peak."""
-        t_max = float(self.b.max()) + b_iso + b_add
+    def _radius(self, b_iso: torch.Tensor, b_add: float, b: torch.Tensor) -> torch.Tensor:
+        """(n,) radius (Å) where each atom's broadest Gaussian falls to ``tolerance`` of its peak;
+        b_iso (n,) Å^2, b (n, 5) the atoms' form-factor widths (Å^2)."""
+        t_max = b.amax(-1) + b_iso.detach() + b_add
         return torch.sqrt(torch.clamp(t_max, min=1.0) * math.log(1.0 / self.tolerance)) / TWO_PI
 
     def _offsets(self, radius: float) -> torch.Tensor:
@@ -347,17 +297,23 @@ class FFTStructureFactors:
     def _spread_iso(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, a: torch.Tensor,
                     b: torch.Tensor, b_add: float) -> torch.Tensor:
         """Density of isotropic atoms, atoms grouped by spreading radius (0.5 Å steps)."""
-        radius = torch.ceil(self._radius(b_iso.detach(), b_add) * 2.0) / 2.0
-        rho = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-        spacing = torch.diagonal(self.orth_grid).tolist()
-        for r in torch.unique(radius).tolist():
+        radius = torch.ceil(self._radius(b_iso, b_add, b) * 2.0) / 2.0
+        unique = torch.unique(radius).tolist()
+        if self.separable:
+            spacing = torch.diagonal(self._grid_tables[2])
+            node = torch.remainder(torch.floor(xyz.detach() / spacing).to(torch.int64),
+                                   torch.tensor(self.shape, device=self.device))
+            # atoms in memory order of their boxes: neighbouring boxes share cache lines
+            order = torch.argsort((node[:, 0] * self.shape[1] + node[:, 1]) * self.shape[2] + node[:, 2])
+            groups = [(order[radius[order] == r], self._half(r)) for r in unique]
+            return spread_separable(xyz, b_iso, occ, a, b, groups, self.shape,
+                                    torch.diagonal(self.orth_grid).tolist(), b_add, self.chunk_points)
+        rho = torch.zeros(self.shape, dtype=self.grid_dtype, device=self.device)
+        _, _, orth_grid, frac = self._grid_tables
+        for r in unique:
             sel = torch.nonzero(radius == r).squeeze(1)
-            if self.separable:
-                rho = rho + _SpreadIsoSeparable.apply(xyz[sel], b_iso[sel], occ[sel], a[sel], b[sel],
-                                                      self._half(r), self.shape, spacing, b_add, self.chunk_points)
-            else:
-                rho = rho + _SpreadIso.apply(xyz[sel], b_iso[sel], occ[sel], a[sel], b[sel], self._offsets(r),
-                                             self.shape, self.orth_grid, self.frac, b_add, self.chunk_points)
+            rho = rho + _SpreadIso.apply(xyz[sel], b_iso[sel], occ[sel], a[sel], b[sel], self._offsets(r),
+                                         self.shape, orth_grid, frac, b_add, self.chunk_points)
         return rho
 
     def __call__(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor,
@@ -371,19 +327,22 @@ class FFTStructureFactors:
             b_eq = torch.where(aniso, 8 * math.pi ** 2 * u_max, b_eq)
         plan = self.plan(b_eq)
         self.last_plan = plan
+        gd = self.grid_dtype
+        a, b, orth_grid, frac = self._grid_tables
+        xyz, b_iso, occ = xyz.to(gd), b_iso.to(gd), occ.to(gd)
         if aniso is None:
-            rho = self._spread_iso(xyz, b_iso, occ, self.a, self.b, plan.b_add)
+            rho = self._spread_iso(xyz, b_iso, occ, a, b, plan.b_add)
         else:
             iso = ~aniso
-            rho = _spread_aniso(xyz[aniso], u_aniso[aniso], occ[aniso], self.a[aniso], self.b[aniso],
-                                self._offsets(plan.radius), self.shape, self.orth_grid, self.frac, plan.b_add)
+            rho = _spread_aniso(xyz[aniso], u_aniso[aniso].to(gd), occ[aniso], a[aniso], b[aniso],
+                                self._offsets(plan.radius), self.shape, orth_grid, frac, plan.b_add)
             if bool(iso.any()):
-                rho = rho + self._spread_iso(xyz[iso], b_iso[iso], occ[iso], self.a[iso], self.b[iso], plan.b_add)
-        transform = torch.fft.rfftn(rho).reshape(-1) * (self.volume / float(np.prod(self.shape)))
-        values = transform[self.read_index]                                             # (k, m)
+                rho = rho + self._spread_iso(xyz[iso], b_iso[iso], occ[iso], a[iso], b[iso], plan.b_add)
+        transform = BandFFT.apply(rho, *self.band).reshape(-1)
+        values = transform[self.read_index].to(self.op_phase.dtype)                     # (k, m)
         values = torch.where(self.read_conj, values.conj(), values)
         f = (values * self.op_phase).sum(0)
-        return f * torch.exp(plan.b_add * self.s2 / 4.0)
+        return f * (torch.exp(plan.b_add * self.s2 / 4.0) * (self.volume / float(np.prod(self.shape))))
 
 
 def _spread_aniso(xyz, u6, occ, a, b, offsets, shape, orth_grid, frac_mat, b_add):

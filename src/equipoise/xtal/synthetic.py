@@ -15,6 +15,7 @@ import gemmi
 import numpy as np
 import torch
 
+from equipoise.xtal.model import AtomModel
 from equipoise.xtal.reflections import Reflections, resolution_bins
 from equipoise.xtal.solvent import mask_structure_factors
 from equipoise.xtal.structure_factors import direct_structure_factors, FFTStructureFactors
@@ -81,15 +82,8 @@ def simulated_reflections(structure: gemmi.Structure, *, d_min: float | None = N
         hkl = hkl[~np.asarray(ops.systematic_absences(hkl.astype(np.int32)), dtype=bool)]
         hkl = hkl[np.abs(hkl).sum(1) > 0]
     hkl_t = torch.as_tensor(hkl, dtype=torch.int64)
-    elements, xyz, b, occ = [], [], [], []
-    for ch in structure[0]:
-        for res in ch:
-            for at in res:
-                elements.append(at.element.name)
-                xyz.append(at.pos.tolist())
-                b.append(at.b_iso)
-                occ.append(at.occ)
-    xyz_t, b_t, occ_t = (torch.tensor(v, dtype=torch.float64) for v in (xyz, b, occ))
+    atoms = AtomModel.from_structure(structure, hydrogens="keep")
+    elements, xyz_t, b_t, occ_t = atoms.elements, atoms.xyz, atoms.b_iso, atoms.occ
     if len(elements) * len(hkl) <= 2_000_000:
         fc = direct_structure_factors(hkl_t, xyz_t, b_t, occ_t, elements, cell, sg)
     else:
