@@ -1,5 +1,7 @@
 """The transformer: shapes, float64 phases, cached decoding equals full decoding, save/load."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -34,9 +36,11 @@ def test_finest_wavelength_resolves_a_millidalton_at_2000() -> None:
     assert float((a - b).abs().max()) > 1.0
 
 
-def test_cached_decoding_equals_full_decoding() -> None:
+@pytest.mark.parametrize("prefix_mass", [False, True])
+def test_cached_decoding_equals_full_decoding(prefix_mass: bool) -> None:
     torch.manual_seed(1)
-    model = PeptideTransformer(DEFAULT_VOCABULARY, TINY).eval()
+    model = PeptideTransformer(DEFAULT_VOCABULARY, replace(TINY, prefix_mass=prefix_mass)).eval()
+    assert (model.prefix_projection is not None) == prefix_mass
     batch = _batch()
     with torch.no_grad():
         memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)

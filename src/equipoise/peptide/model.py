@@ -43,7 +43,9 @@ class ModelConfig:
 
     ``max_length``: most tokens a peptide may have (residues + N-terminal tag, stop excluded);
     ``max_charge``: highest precursor charge embedded (higher charges share the last embedding);
-    ``max_peaks``: most intense peaks kept per spectrum (Casanovo keeps 150; 64 for CPU speed).
+    ``max_peaks``: most intense peaks kept per spectrum (Casanovo keeps 150; 64 for CPU speed);
+    ``prefix_mass``: add a learned linear projection of the prefix-mass encoding to every decoder
+    input (False: the models trained before this option, which lack its weights).
     """
 
     d_model: int = 128
@@ -57,6 +59,7 @@ class ModelConfig:
     max_peaks: int = 64
     min_wavelength: float = 0.001
     max_wavelength: float = 10000.0
+    prefix_mass: bool = False
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "model") -> "ModelConfig":
@@ -261,6 +264,7 @@ class PeptideTransformer(nn.Module):
         self.charge_embedding = nn.Embedding(config.max_charge, d)
         self.token_embedding = nn.Embedding(len(vocab), d, padding_idx=vocab.pad_index)
         self.position_encoder = SinusoidalEncoder(d, 1.0, 10000.0)
+        self.prefix_projection = nn.Linear(d, d, bias=False) if config.prefix_mass else None
         self.decoder = nn.ModuleList(DecoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout)
                                      for _ in range(config.decoder_layers))
         self.head = nn.Linear(d, len(vocab))
@@ -295,6 +299,8 @@ class PeptideTransformer(nn.Module):
         inputs = torch.cat([first[:, None, :], self.token_embedding(tokens)], dim=1)[:, start:]
         positions = torch.arange(start, length + 1, device=tokens.device, dtype=torch.float64)
         x = inputs + self.position_encoder(positions)[None] + self.mass_encoder(remaining)
+        if self.prefix_projection is not None:
+            x = x + self.prefix_projection(self.mass_encoder(prefix[:, start:]))
         new_cache: Cache = []
         for i, layer in enumerate(self.decoder):
             x, layer_cache = layer(x, memory.layers[i], memory.mask, None if cache is None else cache[i])
