@@ -22,7 +22,7 @@ class Preferring(PeptideTransformer):
 
     def encode(self, mz, intensity, peak_padding, precursor_mass, charge) -> Memory:
         rows = torch.arange(mz.shape[0], dtype=torch.float32).view(-1, 1, 1, 1)
-        return Memory([(rows, rows)], ~peak_padding[:, None, None, :], precursor_mass.double(), charge)
+        return Memory([(rows, rows)], ~peak_padding[:, None, None, :], precursor_mass.double(), charge, mz, intensity)
 
     def decode(self, memory, tokens, cache=None):
         group = memory.precursor_mass.shape[0] // memory.layers[0][0].shape[0]

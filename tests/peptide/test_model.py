@@ -1,11 +1,14 @@
 """The transformer: shapes, float64 phases, cached decoding equals full decoding, save/load."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from equipoise.errors import InputError
-from equipoise.peptide.model import (ModelConfig, PeptideTransformer, SinusoidalEncoder, collate, load_model,
-                                     prepare, save_model)
+from equipoise.peptide.model import (ModelConfig, PeptideTransformer, SinusoidalEncoder, collate, ion_evidence,
+                                     load_model, prepare, save_model)
+from equipoise.peptide.vocab import PROTON_MASS
 from equipoise.peptide.synth import synthesize
 from equipoise.peptide.vocab import DEFAULT_VOCABULARY, Vocabulary
 
@@ -34,9 +37,14 @@ def test_finest_wavelength_resolves_a_millidalton_at_2000() -> None:
     assert float((a - b).abs().max()) > 1.0
 
 
-def test_cached_decoding_equals_full_decoding() -> None:
+@pytest.mark.parametrize("cues", [False, True])
+def test_cached_decoding_equals_full_decoding(cues: bool) -> None:
     torch.manual_seed(1)
-    model = PeptideTransformer(DEFAULT_VOCABULARY, TINY).eval()
+    model = PeptideTransformer(DEFAULT_VOCABULARY, replace(TINY, prefix_mass=cues, ion_evidence=cues)).eval()
+    assert (model.prefix_projection is not None) == cues and (model.evidence_projection is not None) == cues
+    if cues:
+        with torch.no_grad():
+            model.evidence_logit.normal_()                  # zero at initialisation: make it matter
     batch = _batch()
     with torch.no_grad():
         memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
@@ -68,13 +76,34 @@ def test_save_load_roundtrip_and_vocabulary_check(tmp_path) -> None:
 
 def test_grouped_beam_rows_read_their_own_spectrum() -> None:
     torch.manual_seed(3)
-    model = PeptideTransformer(DEFAULT_VOCABULARY, TINY).eval()
+    model = PeptideTransformer(DEFAULT_VOCABULARY, replace(TINY, ion_evidence=True)).eval()
+    with torch.no_grad():
+        model.evidence_logit.normal_()
     batch = _batch()
     with torch.no_grad():
         memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
         grouped = memory.repeat(3)
         rows = torch.arange(4).repeat_interleave(3)
         repeated = type(memory)([(k[rows], v[rows]) for k, v in memory.layers], memory.mask[rows],
-                                grouped.precursor_mass, grouped.charge)
+                                grouped.precursor_mass, grouped.charge, memory.mz[rows], memory.intensity[rows])
         tokens = batch.tokens[rows, :5]
         torch.testing.assert_close(model.decode(grouped, tokens)[0], model.decode(repeated, tokens)[0])
+
+
+def test_ion_evidence_sees_the_ions_of_the_right_token() -> None:
+    V = DEFAULT_VOCABULARY
+    masses = V.mass_tensor(dtype=torch.float64, device="cpu")
+    g, w = V.index("G"), V.index("W")
+    prefix = torch.tensor([[0.0, 300.0]], dtype=torch.float64)          # (1 row, 2 positions)
+    precursor = torch.tensor([1000.0], dtype=torch.float64)
+    # b ion of G after the 300 Da prefix, y ion of W after the empty prefix, 4 ppm off; one far peak
+    mz = torch.tensor([[300.0 + float(masses[g]) + PROTON_MASS + 0.0015,
+                        1000.0 - float(masses[w]) + PROTON_MASS, 1500.0]], dtype=torch.float64)
+    intensity = torch.tensor([[0.6, 0.5, 0.6]])
+    for charge, doubly in ((2, 0.0), (3, 1.0)):
+        e = ion_evidence(prefix, masses, precursor, torch.tensor([charge]), mz, intensity, sigma=0.01)
+        assert e.shape == (1, 2, len(V), 4) and e.dtype == torch.float32
+        assert float(e[0, 1, g, 0]) > 2.0 and float(e[0, 0, w, 1]) > 2.0     # the matching ions
+        e[0, 1, g, 0] = e[0, 0, w, 1] = 0.0
+        assert float(e[..., :2].max()) < 0.1                                # nothing else
+        assert float(e[..., 2:].max()) <= 3.0 * doubly                     # 2+ channels off for charge 2

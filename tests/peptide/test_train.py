@@ -70,7 +70,8 @@ def test_recipe_errors_and_lr_plan(tmp_path) -> None:
     assert config.model.max_peaks == 64 and set(config.terms) == {"ce", "spectrum", "precursor"}
     assert config.clip_grad_norm == 1.0 and config.warmup_steps < config.steps
     ablation = load_recipe(load_recipe.__globals__["DEFAULT_RECIPE"].with_name("ablation_ce.toml"))
-    assert set(ablation.terms) == {"ce"} and ablation.shares is None and ablation.steps == config.steps
+    assert set(ablation.terms) == {"ce"} and ablation.shares is None and not ablation.curriculum
+    assert replace(ablation, terms=config.terms, shares=config.shares, curriculum=config.curriculum) == config
     bad = tmp_path / "bad.toml"
     bad.write_text("lr = 1e-3\nlearning_rate = 2\n")
     with pytest.raises(InputError, match="learning_rate"):

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from equipoise.errors import InputError
 from equipoise.peptide.io import Preprocessing, Spectrum, preprocess
-from equipoise.peptide.vocab import DEFAULT_VOCABULARY, Vocabulary
+from equipoise.peptide.vocab import DEFAULT_VOCABULARY, PROTON_MASS, Vocabulary
 
-__all__ = ["ModelConfig", "PeptideTransformer", "SinusoidalEncoder", "DecoderLayer", "Memory", "SpectrumBatch", "PreparedSpectrum",
+__all__ = ["ModelConfig", "PeptideTransformer", "SinusoidalEncoder", "DecoderLayer", "ion_evidence", "EVIDENCE_IONS", "Memory", "SpectrumBatch", "PreparedSpectrum",
            "prepare", "collate", "save_model", "load_model"]
 
 MODEL_FORMAT = "equipoise.peptide.model/1"
@@ -43,7 +43,11 @@ class ModelConfig:
 
     ``max_length``: most tokens a peptide may have (residues + N-terminal tag, stop excluded);
     ``max_charge``: highest precursor charge embedded (higher charges share the last embedding);
-    ``max_peaks``: most intense peaks kept per spectrum (Casanovo keeps 150; 64 for CPU speed).
+    ``max_peaks``: most intense peaks kept per spectrum (Casanovo keeps 150; 64 for CPU speed);
+    ``prefix_mass``: add a learned linear projection of the prefix-mass encoding to every decoder
+    input; ``ion_evidence``: the decoder reads the observed intensity at each candidate token's
+    b/y ions (:func:`ion_evidence`, window ``evidence_sigma`` Da). Both False: the models trained
+    before these options, which lack their weights.
     """
 
     d_model: int = 128
@@ -57,6 +61,9 @@ class ModelConfig:
     max_peaks: int = 64
     min_wavelength: float = 0.001
     max_wavelength: float = 10000.0
+    prefix_mass: bool = False
+    ion_evidence: bool = False
+    evidence_sigma: float = 0.01
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "model") -> "ModelConfig":
@@ -136,6 +143,37 @@ def collate(items: Sequence[PreparedSpectrum]) -> SpectrumBatch:
             tokens[i, : len(s.token_ids)] = torch.tensor(s.token_ids, dtype=torch.long)
     return SpectrumBatch(mz, intensity, padding, torch.tensor([s.neutral_mass for s in items], dtype=torch.float64),
                          torch.tensor([s.charge for s in items], dtype=torch.long), tokens, [s.index for s in items])
+
+
+#: ion types of :func:`ion_evidence`, in the order of its last axis
+EVIDENCE_IONS = ("b 1+", "y 1+", "b 2+", "y 2+")
+
+
+@torch.no_grad()
+def ion_evidence(prefix: Tensor, token_masses: Tensor, precursor_mass: Tensor, charge: Tensor, mz: Tensor,
+                 intensity: Tensor, sigma: float) -> Tensor:
+    """Observed intensity at the ions each candidate next token would create (DeepNovo's ion
+    features, Tran et al. 2017, as one Gaussian-window sum instead of an intensity profile).
+
+    ``prefix`` (R, T) residue-mass sums (Da) of R decoder rows; ``token_masses`` (V,) Da;
+    ``precursor_mass`` (R,) neutral mass (Da, water included); ``charge`` (R,); ``mz`` (R, P) Th;
+    ``intensity`` (R, P), 0 on padding. With ``n = prefix + mass_v``, the b ion is
+    ``n + H+`` and the complementary y ion ``M - n + H+`` (2+: ``(ion + H+) / 2``, only for
+    charge >= 3). Returns (R, T, V, 4) float32 ``log1p(sum_j I_j exp(-d_j^2 / 2 sigma^2) / 0.05)``
+    in the order of :data:`EVIDENCE_IONS`.
+    """
+    rows, length = prefix.shape
+    new = prefix.to(torch.float64)[..., None] + token_masses.to(torch.float64)                   # (R, T, V)
+    b1 = new + PROTON_MASS
+    y1 = precursor_mass.to(torch.float64)[:, None, None] - new + PROTON_MASS
+    ions = torch.stack([b1, y1, (b1 + PROTON_MASS) / 2, (y1 + PROTON_MASS) / 2], dim=-1)       # (R, T, V, 4)
+    diff = (ions.reshape(rows, -1, 1) - mz.to(torch.float64)[:, None, :]).to(torch.float32)  # (R, T*V*4, P)
+    window = torch.exp(-0.5 * (diff / sigma) ** 2)
+    evidence = (window * intensity.to(torch.float32)[:, None, :]).sum(-1).view(*ions.shape)
+    doubly = (charge >= 3).to(torch.float32)[:, None, None, None]
+    scale = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float32, device=prefix.device)
+    evidence = evidence * (scale + (1 - scale) * doubly)
+    return torch.log1p(evidence / 0.05)
 
 
 class SinusoidalEncoder(nn.Module):
@@ -225,18 +263,21 @@ class DecoderLayer(nn.Module):
 class Memory:
     """The encoded spectra as the decoder reads them: per layer cross-attention keys/values
     (B, h, P, e), ``mask`` (B, 1, 1, P) True on real peaks, ``precursor_mass`` (G*B,) Da and
-    ``charge`` (G*B,) of each decoder row (G rows per spectrum, see :meth:`repeat`)."""
+    ``charge`` (G*B,) of each decoder row (G rows per spectrum, see :meth:`repeat`); ``mz`` and
+    ``intensity`` (B, P) the peaks (Th; 0 on padding), read by the ion evidence."""
 
     layers: list[tuple[Tensor, Tensor]]
     mask: Tensor
     precursor_mass: Tensor
     charge: Tensor
+    mz: Tensor
+    intensity: Tensor
 
     def repeat(self, group: int) -> "Memory":
         """The memory of ``group`` decoder rows per spectrum (spectrum-major, e.g. beams): the
         precursor is repeated, the peaks are not (the decoder groups rows by spectrum)."""
         return Memory(self.layers, self.mask, self.precursor_mass.repeat_interleave(group),
-                      self.charge.repeat_interleave(group))
+                      self.charge.repeat_interleave(group), self.mz, self.intensity)
 
 
 class PeptideTransformer(nn.Module):
@@ -261,6 +302,10 @@ class PeptideTransformer(nn.Module):
         self.charge_embedding = nn.Embedding(config.max_charge, d)
         self.token_embedding = nn.Embedding(len(vocab), d, padding_idx=vocab.pad_index)
         self.position_encoder = SinusoidalEncoder(d, 1.0, 10000.0)
+        self.prefix_projection = nn.Linear(d, d, bias=False) if config.prefix_mass else None
+        n_evidence = len(vocab) * len(EVIDENCE_IONS)
+        self.evidence_projection = nn.Linear(n_evidence, d) if config.ion_evidence else None
+        self.evidence_logit = nn.Parameter(torch.zeros(len(vocab), len(EVIDENCE_IONS))) if config.ion_evidence else None
         self.decoder = nn.ModuleList(DecoderLayer(d, config.n_heads, config.dim_feedforward, config.dropout)
                                      for _ in range(config.decoder_layers))
         self.head = nn.Linear(d, len(vocab))
@@ -278,7 +323,8 @@ class PeptideTransformer(nn.Module):
         peaks = torch.cat([self.mz_encoder(mz), self.intensity_embedding(intensity.to(torch.float32)[..., None])], -1)
         encoded = self.encoder(self.peak_combiner(peaks), src_key_padding_mask=peak_padding)
         return Memory([layer.memory(encoded) for layer in self.decoder], ~peak_padding[:, None, None, :],
-                      precursor_mass.to(torch.float64), charge.long())
+                      precursor_mass.to(torch.float64), charge.long(), mz.to(torch.float64),
+                      intensity.to(torch.float32).masked_fill(peak_padding, 0.0))
 
     def decode(self, memory: Memory, tokens: Tensor, cache: Cache | None = None) -> tuple[Tensor, Cache]:
         """Next-token logits. ``tokens`` (B, T) indices so far (0 = padding); ``cache`` from the
@@ -295,11 +341,23 @@ class PeptideTransformer(nn.Module):
         inputs = torch.cat([first[:, None, :], self.token_embedding(tokens)], dim=1)[:, start:]
         positions = torch.arange(start, length + 1, device=tokens.device, dtype=torch.float64)
         x = inputs + self.position_encoder(positions)[None] + self.mass_encoder(remaining)
+        if self.prefix_projection is not None:
+            x = x + self.prefix_projection(self.mass_encoder(prefix[:, start:]))
+        evidence = None
+        if self.evidence_projection is not None:
+            group = batch // memory.mz.shape[0]
+            evidence = ion_evidence(prefix[:, start:], self.token_masses, memory.precursor_mass, memory.charge,
+                                    memory.mz.repeat_interleave(group, 0), memory.intensity.repeat_interleave(group, 0),
+                                    self.config.evidence_sigma)                                # (B, T', V, 4)
+            x = x + self.evidence_projection(evidence.flatten(2))
         new_cache: Cache = []
         for i, layer in enumerate(self.decoder):
             x, layer_cache = layer(x, memory.layers[i], memory.mask, None if cache is None else cache[i])
             new_cache.append(layer_cache)
-        return self.head(x), new_cache
+        logits = self.head(x)
+        if evidence is not None:
+            logits = logits + (evidence * self.evidence_logit).sum(-1)
+        return logits, new_cache
 
     def forward(self, batch: "SpectrumBatch") -> Tensor:
         """Teacher-forced logits (B, T + 1, V) for the batch's target tokens (B, T)."""

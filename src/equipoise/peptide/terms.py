@@ -96,18 +96,31 @@ def predicted_fragments(masses: Tensor, targets: Tensor, vocab: Vocabulary) -> t
 
 
 def _kernel(predicted: Tensor, observed: Tensor, kernel: Sequence[tuple[float, float]]) -> Tensor:
-    """(B, F, P) Gaussian match strength between predicted and observed m/z (Th)."""
-    d2 = (predicted[:, :, None] - observed.to(predicted)[:, None, :]) ** 2
+    """(B, F, P) float32 Gaussian match strength between predicted and observed m/z (Th). The
+    differences are taken in the inputs' dtype (float64: 1e-3 Da at m/z 2000 needs it), the
+    exponentials in float32 (the kernel values need no more)."""
+    d2 = ((predicted[:, :, None] - observed.to(predicted)[:, None, :]) ** 2).to(torch.float32)
     return sum(w * torch.exp(-d2 / (2 * s * s)) for s, w in kernel)
+
+
+def _miss_predicted(strength: Tensor, frag_mask: Tensor, peak_padding: Tensor) -> Tensor:
+    """(B,) from the (B, F, P) kernel: mean over real fragments of exp(-matched strength)."""
+    miss = torch.exp(-(strength * (~peak_padding)[:, None, :]).sum(-1)) * frag_mask
+    return miss.sum(1) / frag_mask.sum(1).clamp(min=1)
+
+
+def _miss_observed(strength: Tensor, frag_mask: Tensor, intensity: Tensor, peak_padding: Tensor) -> Tensor:
+    """(B,) from the (B, F, P) kernel: intensity fraction of real peaks no fragment explains."""
+    weight = intensity.to(strength) * (~peak_padding)
+    unexplained = torch.exp(-(strength * frag_mask[:, :, None]).sum(1))
+    return (weight * unexplained).sum(1) / weight.sum(1).clamp(min=1e-12)
 
 
 def unexplained_predicted(frag_mz: Tensor, frag_mask: Tensor, mz: Tensor, peak_padding: Tensor,
                           kernel: Sequence[tuple[float, float]] = DEFAULT_KERNEL) -> Tensor:
     """(B,) mean over predicted fragments of ``exp(-sum_j K(f, o_j))``: 0 when every predicted
     fragment sits on an observed peak, 1 when none does."""
-    strength = (_kernel(frag_mz, mz, kernel) * (~peak_padding)[:, None, :]).sum(-1)     # (B, F)
-    miss = torch.exp(-strength) * frag_mask
-    return miss.sum(1) / frag_mask.sum(1).clamp(min=1)
+    return _miss_predicted(_kernel(frag_mz, mz, kernel), frag_mask, peak_padding)
 
 
 def unexplained_observed(frag_mz: Tensor, frag_mask: Tensor, mz: Tensor, intensity: Tensor, peak_padding: Tensor,
@@ -115,17 +128,15 @@ def unexplained_observed(frag_mz: Tensor, frag_mask: Tensor, mz: Tensor, intensi
     """(B,) intensity-weighted fraction of observed peaks that no predicted fragment explains:
     ``sum_j I_j exp(-sum_f K(f, o_j)) / sum_j I_j``. Noise peaks keep it above 0 even for the true
     sequence; a wrong sequence leaves more intensity unexplained."""
-    strength = (_kernel(frag_mz, mz, kernel) * frag_mask[:, :, None]).sum(1)            # (B, P)
-    weight = intensity.to(strength) * (~peak_padding)
-    return (weight * torch.exp(-strength)).sum(1) / weight.sum(1).clamp(min=1e-12)
+    return _miss_observed(_kernel(frag_mz, mz, kernel), frag_mask, intensity, peak_padding)
 
 
 def spectrum_loss(frag: Tensor, mask: Tensor, mz: Tensor, intensity: Tensor, peak_padding: Tensor,
                   kernel: Sequence[tuple[float, float]] = DEFAULT_KERNEL) -> Tensor:
     """Mean over spectra of the average of both directions (0 best, 1 worst); ``frag``/``mask``
-    from :func:`predicted_fragments`."""
-    both = unexplained_predicted(frag, mask, mz, peak_padding, kernel) + \
-        unexplained_observed(frag, mask, mz, intensity, peak_padding, kernel)
+    from :func:`predicted_fragments`. The (B, F, P) kernel is computed once for both."""
+    strength = _kernel(frag, mz, kernel)
+    both = _miss_predicted(strength, mask, peak_padding) + _miss_observed(strength, mask, intensity, peak_padding)
     return 0.5 * both.mean()
 
 

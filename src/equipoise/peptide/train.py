@@ -191,7 +191,7 @@ def build_fit(model: PeptideTransformer, batches: Batches, config: TrainConfig, 
                         for t, table in config.curriculum.items()},
                        label_smoothing=config.label_smoothing, precursor_scale_ppm=config.precursor_scale_ppm)
     stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
-                  optimizer_options={"weight_decay": config.weight_decay},
+                  optimizer_options={"weight_decay": config.weight_decay, "fused": True},
                   lr_schedule=schedules.WarmupCosine(warmup=config.warmup_steps, total=config.steps,
                                                      floor=config.lr_floor),
                   clip_grad_norm=config.clip_grad_norm, max_seconds=config.max_seconds,
