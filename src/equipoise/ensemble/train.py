@@ -218,10 +218,12 @@ def load_model(run_dir: str | Path) -> tuple[EnsembleVAE, dict]:
 
 
 def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = None,
-          progress: str = "auto", max_steps: int | None = None) -> TrainResult:
+          progress: str = "auto", max_steps: int | None = None, diagnostics: bool = True) -> TrainResult:
     """Train the VAE on ``ensemble`` (a seeded ``1 - holdout`` share of its models), resuming from
     ``out_dir`` if it holds a checkpoint of the same run. ``max_steps``: stop after this many
-    steps in this call (with a checkpoint; run again to continue). Returns a :class:`TrainResult`."""
+    steps in this call (with a checkpoint; run again to continue); ``diagnostics=False`` turns off
+    the core's per-term records and gradient norms (benchmarks/ensemble.py measures their cost).
+    Returns a :class:`TrainResult`."""
     config = config or TrainConfig()
     config.check()
     out = Path(out_dir)
@@ -269,6 +271,7 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
               forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
               run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
               summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
+              diagnostics=diagnostics,
               config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
                       "model": config.model.to_dict(), "objective": objective.to_dict(),
                       "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
