@@ -242,14 +242,10 @@ def ramachandran_loss(coords: Tensor, mask: Tensor | None = None) -> Tensor:
     return _masked_mean(rama_energy(phi, psi), valid)
 
 
+@lru_cache(maxsize=8)
 def _clash_limits(n_res: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
     """Clash distance ``r_a + r_b - 0.4`` Å (N...O: 2.5 Å) of every atom pair ``(4 n_res, 4 n_res)``
-    and which pairs are judged (residues >= 2 apart)."""
-    return _clash_limit_tables(n_res, dtype, str(device))
-
-
-@lru_cache(maxsize=8)
-def _clash_limit_tables(n_res: int, dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    and which pairs are judged (residues >= 2 apart); cached per size, dtype and device."""
     residue = torch.arange(n_res, device=device).repeat_interleave(4)
     far = (residue[:, None] - residue[None, :]).abs() >= 2
     radii = torch.tensor(VDW_RADII, dtype=dtype, device=device).repeat(n_res)
