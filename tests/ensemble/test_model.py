@@ -36,18 +36,37 @@ def test_forward_shapes_and_posterior_means() -> None:
     assert torch.equal(a, b)
 
 
+def _two_protein_model(first: str, second: str, residue_latent: int = 0) -> EnsembleVAE:
+    torch.manual_seed(0)
+    ideal = [local_coordinates(_helix_backbone(len(s), 1, 3))[0] for s in (first, second)]
+    config = VAEConfig(hidden=16, latent=4, residue_latent=residue_latent, encoder_depth=1, decoder_depth=2, k=4)
+    return EnsembleVAE([encode_sequence(first), encode_sequence(second)], ideal, config).to(DTYPE)
+
+
 def test_decoder_sees_the_sequence() -> None:
-    """The seed project's decoder never saw the sequence: here two sequences give two outputs."""
-    model = _model("MQIFVKT", residue_latent=0)
-    other = _model("GGGGGGG", residue_latent=0)
-    other.load_state_dict({k: v for k, v in model.state_dict().items() if k != "sequence"}, strict=False)
+    """The seed project's decoder never saw the sequence: here two sequences (two proteins of one
+    model, the same weights) give two outputs from the same template and latent."""
+    model = _two_protein_model("MQIFVKT", "GGGGGGG")
     x = _helix_backbone(7, 1, 2)
     mask = torch.ones(1, 7, dtype=torch.bool)
     z, _ = model.prior(1, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
     with torch.no_grad():
         model.decoder.layers[0].coor_mlp[-1].weight.normal_(std=0.5)
-        other.decoder.layers[0].coor_mlp[-1].weight.copy_(model.decoder.layers[0].coor_mlp[-1].weight)
-    assert (model.decode(x, mask, z) - other.decode(x, mask, z)).abs().max() > 1e-3
+    assert (model.decode(x, mask, z, protein=0) - model.decode(x, mask, z, protein=1)).abs().max() > 1e-3
+
+
+def test_one_model_of_proteins_of_different_lengths() -> None:
+    model = _two_protein_model("MQIFVKT", "GSHMKLAE", residue_latent=2)
+    assert model.n_proteins == 2 and (model.n_res(0), model.n_res(1)) == (7, 8)
+    x = _helix_backbone(8, 2, 1)
+    out = model(x, x, torch.ones(2, 8, dtype=torch.bool), protein=1)
+    assert out.pred.shape == (2, 8, 4, 3) and out.mu_res.shape == (2, 8, 2) and out.protein == 1
+    z, z_res = model.prior(3, generator=torch.Generator().manual_seed(0), dtype=DTYPE, protein=0)
+    assert z_res.shape == (3, 7, 2)
+    with pytest.raises(InputError, match="8 residues, protein 0 has 7"):
+        model(x, x, torch.ones(2, 8, dtype=torch.bool), protein=0)
+    with pytest.raises(InputError, match="protein 2 out of range"):
+        model.n_res(2)
 
 
 def test_prior_temperature_scales_latents() -> None:
@@ -62,3 +81,5 @@ def test_bad_construction_is_an_input_error() -> None:
         EnsembleVAE(encode_sequence("MQ"), torch.zeros(2, 3, 3))
     with pytest.raises(InputError, match="ideal_local"):
         EnsembleVAE(encode_sequence("MQIF"), torch.zeros(3, 3, 3))
+    with pytest.raises(InputError, match="one ideal_local per sequence"):
+        EnsembleVAE([encode_sequence("MQIF"), encode_sequence("MQIF")], [torch.zeros(4, 3, 3)])

@@ -48,11 +48,12 @@ def test_tiny_training_writes_model_and_resumes(tmp_path) -> None:
     assert result.steps == 1 and not result.completed and result.n_holdout == 1 and result.n_train == 5
     assert (tmp_path / MODEL_FILE).is_file() and (tmp_path / "holdout.pdb").is_file()
     split = json.loads((tmp_path / "split.json").read_text())
-    assert len(split["holdout_models"]) == 1
+    assert len(split["proteins"]) == 1 and len(split["proteins"][0]["holdout_models"]) == 1
     lines = (tmp_path / "fit" / "record.jsonl").read_text().splitlines()
     assert "active_units" in json.loads(lines[-1])["params"]
     model, payload = load_model(tmp_path)
-    assert payload["sequence"] == ensemble.sequence and payload["templates"].shape == (1, 8, 4, 3)
+    entry = payload["proteins"][0]
+    assert entry["sequence"] == ensemble.sequence and entry["templates"].shape == (1, 8, 4, 3)
     more = train(ensemble, tmp_path, tiny_config(steps=5), progress="quiet")
     assert more.steps == 5 and more.completed
     assert set(more.validation["last"]["metrics"]) == {"recon_rmsd_A", "prior_spread_ratio"}

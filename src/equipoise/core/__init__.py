@@ -10,7 +10,7 @@ mini-batches (`Batches`), validation, learning-rate schedules and data paralleli
 """
 
 from equipoise.core import distributed, robust, schedules
-from equipoise.core.data import Batches
+from equipoise.core.data import Batches, Interleaved
 from equipoise.core.balancers import (Balancer, FixedBalancer, GradNormBalancer, GradNormRatioBalancer,
                                       TargetShareBalancer, UncertaintyBalancer, ValidationScreenBalancer,
                                       Weight, validation_screen)
@@ -21,4 +21,4 @@ from equipoise.core.terms import Term
 
 __all__ = ["Term", "Stage", "Fit", "FitResult", "StageResult", "Balancer", "Weight", "FixedBalancer",
            "GradNormRatioBalancer", "TargetShareBalancer", "GradNormBalancer", "UncertaintyBalancer",
-           "ValidationScreenBalancer", "validation_screen", "schedules", "robust", "plot_run", "Batches", "distributed"]
+           "ValidationScreenBalancer", "validation_screen", "schedules", "robust", "plot_run", "Batches", "Interleaved", "distributed"]

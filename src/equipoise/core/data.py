@@ -7,6 +7,12 @@ uninterrupted run would have seen. Under data parallelism every rank walks the s
 step ``k`` takes the ``batch_size * world_size`` items ``perm[k*B*W : (k+1)*B*W]`` and rank ``r``
 keeps the ``r``-th slice of ``batch_size`` of them, so the ranks' batches of a step together are
 exactly the batch a single process with ``batch_size * world_size`` would have drawn.
+
+An :class:`Interleaved` draws each step's batch from one of several :class:`Batches` (e.g. one
+per protein, whose items cannot share a batch): the source of step ``k`` is a seeded draw from
+``seed`` and ``k`` alone, the same on every rank, so under data parallelism the ranks' batches of
+a step come from the same source, and a checkpoint of the step and the sources' positions resumes
+exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from torch.utils.data import default_collate
 
 from equipoise.errors import InputError
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "Interleaved"]
 
 #: mixes the epoch into the permutation seed (a large odd constant, any fixed value would do)
 _EPOCH_STRIDE = 1_000_003
@@ -159,3 +165,66 @@ class Batches:
         """Settings, for config.json."""
         return {"size": self.size, "batch_size": self.batch_size, "shuffle": self.shuffle, "seed": self.seed,
                 "drop_last": self.drop_last}
+
+
+class Interleaved:
+    """Mini-batches drawn from several :class:`Batches`, one source per step.
+
+    ``sources``: the Batches (each walks its own dataset, seeded, sharded by rank). ``weights``:
+    relative frequency of each source (default: its batches per epoch, so every item is visited
+    about equally often). The source of step ``k`` is drawn from ``seed`` and ``k`` alone; the
+    batch is the source's next one. ``peek``, ``state_dict``/``load_state_dict`` and ``describe``
+    as :class:`Batches`; :attr:`source` is the index of the source of the next batch.
+    """
+
+    def __init__(self, sources: Sequence[Batches], weights: Sequence[float] | None = None, seed: int = 0) -> None:
+        if not sources:
+            raise InputError("need at least one source of batches", field="Interleaved.sources")
+        weights = [float(len(b)) for b in sources] if weights is None else [float(w) for w in weights]
+        if len(weights) != len(sources) or not all(w >= 0 for w in weights) or sum(weights) <= 0:
+            raise InputError(f"need one non-negative weight per source (not all 0), got {weights}",
+                             field="Interleaved.weights")
+        if not isinstance(seed, int):
+            raise InputError(f"must be an integer, got {seed!r}", field="Interleaved.seed")
+        self.sources, self.seed, self.step = list(sources), seed, 0
+        self.weights = torch.tensor(weights, dtype=torch.float64)
+
+    @property
+    def source(self) -> int:
+        """Index of the source that the next batch comes from."""
+        if len(self.sources) == 1:
+            return 0
+        gen = torch.Generator().manual_seed(self.seed * _EPOCH_STRIDE + self.step)
+        return int(torch.multinomial(self.weights, 1, generator=gen))
+
+    def peek(self) -> Any:
+        """The batch that the next :func:`next` returns, without advancing."""
+        return self.sources[self.source].peek()
+
+    def __iter__(self) -> "Interleaved":
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.sources[self.source])
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        """Step and every source's position, for checkpoints."""
+        return {"step": self.step, "seed": self.seed, "weights": self.weights.tolist(),
+                "sources": [b.state_dict() for b in self.sources]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; InputError if the sources or their layout differ."""
+        if state.get("seed") != self.seed or len(state.get("sources", [])) != len(self.sources) \
+                or state.get("weights") != self.weights.tolist():
+            raise InputError(f"checkpoint's interleaved batches have {len(state.get('sources', []))} sources "
+                             f"(seed {state.get('seed')!r}), this run has {len(self.sources)} (seed {self.seed}): "
+                             "resume with the same data", field="Interleaved")
+        for batches, position in zip(self.sources, state["sources"]):
+            batches.load_state_dict(position)
+        self.step = int(state["step"])
+
+    def describe(self) -> dict:
+        """Settings, for config.json."""
+        return {"seed": self.seed, "weights": self.weights.tolist(), "sources": [b.describe() for b in self.sources]}

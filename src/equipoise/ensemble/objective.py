@@ -30,7 +30,7 @@ over the first ``kl_ratio`` of each cycle and then *holds* (Fu et al. 2019).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -117,17 +117,19 @@ def geometry_terms(backbone: Tensor, mask: Tensor, sequence: str | None = None, 
             "clashes": geometry.clash_loss(backbone, mask, clash_pairs, clash_buffer)}
 
 
-def make_terms(config: ObjectiveConfig, sequence: str | None = None) -> list[Term]:
+def make_terms(config: ObjectiveConfig, sequence: str | Sequence[str] | None = None) -> list[Term]:
     """The objective's terms, each reading the forward pass's :class:`VAEOutput`; ``sequence``
-    (one-letter) gives the residue-specific geometry targets."""
+    (one-letter; for a model of several proteins one per protein, indexed by ``VAEOutput.protein``)
+    gives the residue-specific geometry targets."""
     cache: dict[int, dict[str, Tensor]] = {}
+    sequences = [sequence] if sequence is None or isinstance(sequence, str) else list(sequence)
 
     def geom(name: str) -> Callable[[VAEOutput], Tensor]:
         def fn(out: VAEOutput) -> Tensor:
             key = id(out.pred)
             if key not in cache:
                 cache.clear()
-                cache[key] = geometry_terms(out.pred, out.mask, sequence)
+                cache[key] = geometry_terms(out.pred, out.mask, sequences[out.protein])
             return cache[key][name]
         return fn
 

@@ -28,7 +28,7 @@ from equipoise.ensemble.geometry import chain_breaks, clash_candidates, clash_co
 from equipoise.ensemble.io import Ensemble
 from equipoise.ensemble.model import EnsembleVAE
 from equipoise.ensemble.objective import geometry_terms
-from equipoise.ensemble.train import DTYPE, load_model
+from equipoise.ensemble.train import DTYPE, load_model, protein_entry
 from equipoise.errors import InputError
 
 __all__ = ["SampleConfig", "SampleResult", "sample", "decode_prior", "decode_posterior", "refine_geometry",
@@ -86,30 +86,31 @@ class SampleResult:
 
 
 def decode_prior(model: EnsembleVAE, templates: Tensor, mask: Tensor, n: int, temperature: float,
-                 generator: torch.Generator) -> Tensor:
-    """``n`` conformers (n, n_res, 4, 3) float64 Å from the prior, decoded from templates
-    (m, n_res, 4, 3) drawn with ``generator``."""
+                 generator: torch.Generator, protein: int = 0) -> Tensor:
+    """``n`` conformers (n, n_res, 4, 3) float64 Å of protein ``protein`` from the prior, decoded
+    from templates (m, n_res, 4, 3) drawn with ``generator``."""
     pick = torch.randint(templates.shape[0], (n,), generator=generator)
-    z, z_res = model.prior(n, temperature, generator, DTYPE)
+    z, z_res = model.prior(n, temperature, generator, DTYPE, protein)
     with torch.no_grad():
-        out = model.decode(templates[pick].to(DTYPE), mask.expand(n, -1), z, z_res)
+        out = model.decode(templates[pick].to(DTYPE), mask.expand(n, -1), z, z_res, protein)
     return out.to(torch.float64)
 
 
 def decode_posterior(model: EnsembleVAE, conformers: Tensor, mask: Tensor, per_conformer: int,
-                     temperature: float, generator: torch.Generator) -> Tensor:
-    """``per_conformer`` samples of q(z | x) around each of ``conformers`` (m, n_res, 4, 3), decoded
-    from the conformer itself -> (m * per_conformer, n_res, 4, 3) float64 Å."""
+                     temperature: float, generator: torch.Generator, protein: int = 0) -> Tensor:
+    """``per_conformer`` samples of q(z | x) around each of ``conformers`` (m, n_res, 4, 3) of
+    protein ``protein``, decoded from the conformer itself -> (m * per_conformer, n_res, 4, 3)
+    float64 Å."""
     x = conformers.to(DTYPE).repeat_interleave(per_conformer, dim=0)
     m = mask.expand(x.shape[0], -1)
     with torch.no_grad():
-        mu, logvar, mu_r, logvar_r = model.encode(x, m)
+        mu, logvar, mu_r, logvar_r = model.encode(x, m, protein)
         z = mu + temperature * (0.5 * logvar).exp() * torch.randn(mu.shape, generator=generator, dtype=DTYPE)
         z_res = None
         if mu_r is not None:
             z_res = mu_r + temperature * (0.5 * logvar_r).exp() * torch.randn(mu_r.shape, generator=generator,
                                                                              dtype=DTYPE)
-        out = model.decode(x, m, z, z_res)
+        out = model.decode(x, m, z, z_res, protein)
     return out.to(torch.float64)
 
 
@@ -182,33 +183,36 @@ def polish(coords: Tensor, mask: Tensor, config: SampleConfig, sequence: str | N
     return refined, report
 
 
-def sample(run_dir: str | Path, config: SampleConfig | None = None, around: Tensor | None = None) -> SampleResult:
+def sample(run_dir: str | Path, config: SampleConfig | None = None, around: Tensor | None = None,
+           protein: int | str | None = None) -> SampleResult:
     """Sample ``config.n`` conformers from the VAE trained in ``run_dir``: from the prior, or, with
     ``around`` (m, n_res, 4, 3) Å, from the posterior around those conformers (n split evenly,
-    rounded up). Returns the conformers as an Ensemble with the run's real sequence."""
+    rounded up). ``protein``: name or index of the protein for a model trained on several (None
+    for one). Returns the conformers as an Ensemble with the protein's real sequence."""
     config = config or SampleConfig()
     config.check()
     model, payload = load_model(run_dir)
-    mask = payload["residue_mask"]
+    index, entry = protein_entry(payload, protein)
+    mask = entry["residue_mask"]
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
     if around is None:
-        temperature = config.temperature * payload.get("temperature", 1.0)
-        coords = decode_prior(model, payload["templates"], mask, config.n, temperature, generator)
+        temperature = config.temperature * entry["temperature"]
+        coords = decode_prior(model, entry["templates"], mask, config.n, temperature, generator, index)
     else:
         around = torch.as_tensor(around, dtype=torch.float64)
-        if tuple(around.shape[1:]) != tuple(payload["templates"].shape[1:]):
+        if tuple(around.shape[1:]) != tuple(entry["templates"].shape[1:]):
             raise InputError(f"conformers have shape {tuple(around.shape[1:])}, the model expects "
-                             f"{tuple(payload['templates'].shape[1:])}", field="around")
+                             f"{tuple(entry['templates'].shape[1:])}", field="around")
         per = -(-config.n // around.shape[0])
-        coords = decode_posterior(model, around, mask, per, config.temperature, generator)[: config.n]
+        coords = decode_posterior(model, around, mask, per, config.temperature, generator, index)[: config.n]
     decoded = time.perf_counter()
     report: dict = {}
     if config.refine_steps:
-        coords, report = polish(coords, mask, config, payload["sequence"])
+        coords, report = polish(coords, mask, config, entry["sequence"])
     refined = time.perf_counter()
     full_mask = mask.view(1, -1, 1).expand(coords.shape[0], -1, 4).clone()
-    ensemble = Ensemble(coords, full_mask, payload["sequence"], tuple(payload["residue_names"]),
-                        tuple(payload["residue_numbers"]), payload["chain_id"], f"sampled from {run_dir}",
+    ensemble = Ensemble(coords, full_mask, entry["sequence"], tuple(entry["residue_names"]),
+                        tuple(entry["residue_numbers"]), entry["chain_id"], f"sampled from {run_dir}",
                         tuple(range(1, coords.shape[0] + 1)))
     return SampleResult(ensemble, decoded - started, refined - decoded, report)

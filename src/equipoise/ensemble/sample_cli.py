@@ -28,6 +28,8 @@ def register_sample(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--around", metavar="FILE", default=None,
                    help="sample the posterior around this file's models instead of the prior")
     p.add_argument("--refine-steps", type=int, default=25, help="geometry refinement L-BFGS steps (default 25)")
+    p.add_argument("--protein", default=None, metavar="NAME",
+                   help="protein (name or index) of a model trained on several (`ensemble train A B ...`)")
     p.set_defaults(handler=_sample)
 
 
@@ -41,10 +43,10 @@ def _sample(args: argparse.Namespace) -> int:
     config = SampleConfig(n=args.n, seed=args.seed, temperature=args.temperature, refine_steps=args.refine_steps)
     config.check()
     around = read_ensemble(args.around).coords if args.around else None
-    result = sample(args.run_dir, config, around=around)
+    result = sample(args.run_dir, config, around=around, protein=args.protein)
     out = Path(args.out)
     write_ensemble(result.ensemble, out)
-    report = {"n": args.n, "seed": args.seed, "temperature": args.temperature, "around": args.around,
+    report = {"n": args.n, "seed": args.seed, "protein": args.protein, "temperature": args.temperature, "around": args.around,
               "decode_seconds": result.decode_seconds, "refine_seconds": result.refine_seconds,
               "refinement": result.refinement}
     out.with_name(out.name + ".json").write_text(json.dumps(report, indent=1))

@@ -1,14 +1,18 @@
-"""Training the ensemble VAE on an ensemble's models, as one :class:`equipoise.core.Fit`.
+"""Training the ensemble VAE on one or several ensembles' models, as one :class:`equipoise.core.Fit`.
 
-A seeded split keeps ``holdout`` of the models out of training (written to ``DIR/holdout.pdb``
-and ``DIR/split.json``); the rest make training pairs: encode one conformer (the target),
-decode it from another (the template), each turned by an independent uniform random rotation,
-the template with optional Gaussian coordinate noise. Everything else (mini-batches,
-balancing, records, checkpoints, resume, time budget) is the core's.
+A seeded split keeps ``holdout`` of each ensemble's models out of training (written to
+``DIR/holdout.pdb``, or ``DIR/holdout_<name>.pdb`` per protein, and ``DIR/split.json``); the rest
+make training pairs: encode one conformer (the target), decode it from another (the template),
+each turned by an independent uniform random rotation, the template with optional Gaussian
+coordinate noise. With several proteins one model learns them all: each step's batch holds
+pairs of one protein (:class:`equipoise.core.Interleaved`). Everything else (mini-batches,
+balancing, records, checkpoints, resume, time budget, data parallelism under ``torchrun``) is
+the core's.
 
-Run directory: ``DIR/model.pt`` (what sampling needs: weights, configs, sequence, template
-conformers), ``DIR/fit/`` (the core's config.json, record.jsonl, summary.json, run.log,
-checkpoint.pt), ``DIR/holdout.pdb``, ``DIR/split.json``, ``DIR/train.json`` (the result).
+Run directory: ``DIR/model.pt`` (what sampling needs: weights, configs, and per protein the
+sequence, template conformers and calibrated temperature), ``DIR/fit/`` (the core's config.json,
+record.jsonl, summary.json, run.log, checkpoint.pt), the held-out models, ``DIR/split.json``,
+``DIR/train.json`` (the result).
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from equipoise.core import Fit, Stage, schedules
-from equipoise.core.data import Batches
+from equipoise.core import Fit, Stage, distributed, schedules
+from equipoise.core.data import Batches, Interleaved
 from equipoise.ensemble.frames import local_coordinates, random_rotations
 from equipoise.ensemble.io import Ensemble, write_ensemble
 from equipoise.ensemble.metrics import kabsch_rmsd, pairwise_rmsd, rmsd_to
@@ -33,7 +37,8 @@ from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, m
 from equipoise.errors import InputError
 
 __all__ = ["TrainConfig", "TrainResult", "PairDataset", "PairCollate", "split_models", "train", "load_model",
-           "build_model", "medoid", "training_fit_metrics", "prior_spread", "calibrate_temperature", "MODEL_FILE", "residue_mask"]
+           "build_model", "medoid", "training_fit_metrics", "prior_spread", "calibrate_temperature", "MODEL_FILE",
+           "residue_mask", "ProteinData", "prepare_proteins", "protein_entry"]
 
 MODEL_FILE = "model.pt"
 DTYPE = torch.float32
@@ -85,7 +90,8 @@ class TrainResult:
     (raw), the collapse diagnostic of the last logged batch, and the validation history
     (last and best of :func:`training_fit_metrics`); ``temperature``: the prior temperature that
     matches the training spread (:func:`calibrate_temperature`; ``calibration``: ratio per
-    temperature), which sampling multiplies with the user's."""
+    temperature), which sampling multiplies with the user's (of the first protein; ``proteins``:
+    name, size, split and temperature of each)."""
 
     out_dir: Path
     steps: int
@@ -99,6 +105,7 @@ class TrainResult:
     validation: dict = field(default_factory=dict)
     temperature: float = 1.0
     calibration: dict = field(default_factory=dict)
+    proteins: list[dict] = field(default_factory=list)
 
     def summary(self) -> str:
         """A few readable lines."""
@@ -110,7 +117,8 @@ class TrainResult:
                 f"active units, global KL {self.collapse.get('kl_global_nats', float('nan')):.3g} nats; "
                 f"{len(self.flags)} kinds of flags\n"
                 f"validation (training models only): {self.validation.get('last', {}).get('metrics', {})}; "
-                f"calibrated prior temperature {self.temperature:g}")
+                f"calibrated prior temperature " + ", ".join(
+                    f"{p['name'] + ' ' if p['name'] else ''}{p['temperature']:g}" for p in self.proteins))
 
 
 def split_models(n_models: int, holdout: float, seed: int) -> tuple[list[int], list[int]]:
@@ -163,102 +171,205 @@ def medoid(coords: Tensor, mask: Tensor) -> int:
 class PairCollate:
     """Batch of pairs -> (template, target) coordinates (B, n, 4, 3), each centred and randomly
     rotated, template noise (global torch RNG: the core's checkpoints hold it, so a resumed run
-    draws the same rotations)."""
+    draws the same rotations), and ``protein``, the index of the protein in the model."""
 
-    def __init__(self, coords: Tensor, mask: Tensor, noise: float) -> None:
-        self.coords, self.mask, self.noise = coords, mask, noise
+    def __init__(self, coords: Tensor, mask: Tensor, noise: float, protein: int = 0) -> None:
+        self.coords, self.mask, self.noise, self.protein = coords, mask, noise, protein
 
     def _turned(self, x: Tensor) -> Tensor:
         centre = x[:, self.mask, 1].mean(1)[:, None, None]
         rot = random_rotations(x.shape[0], dtype=x.dtype, device=x.device)
         return torch.einsum("bij,bnaj->bnai", rot, x - centre)
 
-    def __call__(self, items: Sequence[tuple[int, int]]) -> dict[str, Tensor]:
+    def __call__(self, items: Sequence[tuple[int, int]]) -> dict:
         i = torch.tensor([a for a, _ in items])
         j = torch.tensor([b for _, b in items])
         template = self._turned(self.coords[i])
         if self.noise > 0:
             template = template + self.noise * torch.randn_like(template)
         mask = self.mask.expand(len(items), -1)
-        return {"template": template, "target": self._turned(self.coords[j]), "mask": mask}
+        return {"template": template, "target": self._turned(self.coords[j]), "mask": mask, "protein": self.protein}
 
 
-def build_model(ensemble: Ensemble, train_idx: list[int], mask: Tensor, config: VAEConfig) -> EnsembleVAE:
-    """A fresh VAE for the ensemble's sequence; N, C, O start at the training models' mean local
-    coordinates."""
-    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)[train_idx]
-    ideal = local_coordinates(coords).mean(0)
-    return EnsembleVAE(encode_sequence(ensemble.sequence), ideal, config).to(DTYPE)
+@dataclass
+class ProteinData:
+    """One protein of a training run: its ensemble, a unique ``name``, the seeded split (model
+    indices into the ensemble), the residue mask (n,), the training coordinates (M, n, 4, 3) in
+    the training dtype, the training pairs and the template models (indices into the ensemble)."""
+
+    name: str
+    ensemble: Ensemble
+    train_idx: list[int]
+    holdout_idx: list[int]
+    mask: Tensor
+    coords: Tensor
+    pairs: PairDataset
+    template_idx: list[int]
+
+    @property
+    def templates(self) -> Tensor:
+        """Template conformers (T, n, 4, 3) in the training dtype."""
+        return self.coords[self.pairs.templates]
+
+    @property
+    def holdout_file(self) -> str:
+        return "holdout.pdb" if self.name == "" else f"holdout_{self.name}.pdb"
 
 
-def _save_model(path: Path, model: EnsembleVAE, ensemble: Ensemble, template_idx: list[int], mask: Tensor,
-                config: TrainConfig, temperature: float = 1.0, calibration: dict | None = None) -> None:
-    payload = {"temperature": temperature, "calibration": calibration or {},"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
-               "objective": config.objective.to_dict(), "sequence": ensemble.sequence,
-               "residue_names": ensemble.residue_names, "residue_numbers": ensemble.residue_numbers,
-               "chain_id": ensemble.chain_id, "source": ensemble.source,
-               "templates": torch.as_tensor(ensemble.coords, dtype=torch.float64)[template_idx],
-               "residue_mask": mask, "template_indices": template_idx}
+def _protein_names(ensembles: Sequence[Ensemble]) -> list[str]:
+    """"" for a single protein (files keep their one-protein names), else unique names from the
+    source files' stems and chains."""
+    if len(ensembles) == 1:
+        return [""]
+    names: list[str] = []
+    for e in ensembles:
+        stem = Path(str(e.source)).name.split(".")[0] or "protein"
+        base = "".join(c if c.isalnum() or c in "-_" else "_" for c in f"{stem}_{e.chain_id}")
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return names
+
+
+def prepare_proteins(ensembles: Sequence[Ensemble], config: TrainConfig) -> list[ProteinData]:
+    """Split, mask, pairs and templates of each protein (every split seeded by ``config.seed``)."""
+    proteins = []
+    for name, ensemble in zip(_protein_names(ensembles), ensembles):
+        where = f" ({ensemble.source})" if len(ensembles) > 1 else ""
+        if ensemble.n_models < 2:
+            raise InputError(f"an ensemble needs at least 2 models, got {ensemble.n_models}{where}", field="ensemble")
+        coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)
+        train_idx, holdout_idx = split_models(coords.shape[0], config.holdout, config.seed)
+        mask = residue_mask(ensemble)
+        templates = [medoid(coords[train_idx], mask)] if config.template == "medoid" else None
+        pairs = PairDataset(len(train_idx), templates)
+        proteins.append(ProteinData(name, ensemble, train_idx, holdout_idx, mask, coords[train_idx].to(DTYPE), pairs,
+                                    [train_idx[i] for i in pairs.templates]))
+    return proteins
+
+
+def build_model(proteins: Sequence[ProteinData], config: VAEConfig) -> EnsembleVAE:
+    """A fresh VAE for the proteins' sequences; N, C, O start at each protein's training models'
+    mean local coordinates."""
+    ideal = [local_coordinates(p.coords.to(torch.float64)).mean(0) for p in proteins]
+    return EnsembleVAE([encode_sequence(p.ensemble.sequence) for p in proteins], ideal, config).to(DTYPE)
+
+
+def _save_model(path: Path, model: EnsembleVAE, proteins: Sequence[ProteinData], config: TrainConfig,
+                calibrations: Sequence[tuple[float, dict]] | None = None) -> None:
+    entries = []
+    for k, p in enumerate(proteins):
+        temperature, calibration = calibrations[k] if calibrations else (1.0, {})
+        e = p.ensemble
+        entries.append({"name": p.name, "sequence": e.sequence, "residue_names": e.residue_names,
+                        "residue_numbers": e.residue_numbers, "chain_id": e.chain_id, "source": e.source,
+                        "templates": torch.as_tensor(e.coords, dtype=torch.float64)[p.template_idx],
+                        "residue_mask": p.mask, "template_indices": p.template_idx,
+                        "temperature": temperature, "calibration": calibration})
+    payload = {"state_dict": model.state_dict(), "vae_config": config.model.to_dict(),
+               "objective": config.objective.to_dict(), "proteins": entries}
     tmp = path.with_suffix(".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
 
 
 def load_model(run_dir: str | Path) -> tuple[EnsembleVAE, dict]:
-    """The trained VAE of a run directory and its saved payload (sequence, templates, mask, ...)."""
+    """The trained VAE of a run directory and its saved payload: ``proteins``, one entry per
+    protein (name, sequence, residue names and numbers, chain, templates, residue mask, calibrated
+    temperature; :func:`protein_entry` picks one), the configs and the weights."""
     path = Path(run_dir) / MODEL_FILE
     if not path.is_file():
         raise InputError(f"no trained model in {run_dir} (expected {MODEL_FILE}; run `equipoise ensemble train`)",
                          path=path)
     payload = torch.load(path, map_location="cpu", weights_only=False)
+    if "proteins" not in payload:
+        raise InputError("not a model file of this version of equipoise (no 'proteins'): train again", path=path)
     config = VAEConfig(**payload["vae_config"])
-    model = EnsembleVAE(encode_sequence(payload["sequence"]), payload["state_dict"]["ideal_local"], config)
-    model.load_state_dict(payload["state_dict"])
+    state = payload["state_dict"]
+    entries = payload["proteins"]
+    model = EnsembleVAE([encode_sequence(e["sequence"]) for e in entries],
+                        [state[f"ideal_local_{k}"] for k in range(len(entries))], config)
+    model.load_state_dict(state)
     return model.to(DTYPE).eval(), payload
 
 
-def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = None,
+def protein_entry(payload: dict, protein: int | str | None = None) -> tuple[int, dict]:
+    """(index, entry) of one protein of a loaded model's payload: by index or name; None for a
+    model of one protein (an InputError listing the names otherwise)."""
+    entries = payload["proteins"]
+    names = [e["name"] or f"#{k}" for k, e in enumerate(entries)]
+    if protein is None:
+        if len(entries) == 1:
+            return 0, entries[0]
+        raise InputError(f"the model was trained on {len(entries)} proteins: choose one with --protein "
+                         f"({', '.join(names)})", field="--protein")
+    if isinstance(protein, str) and not protein.isdigit():
+        if protein not in names:
+            raise InputError(f"no protein {protein!r} in the model; it has {', '.join(names)}", field="--protein")
+        return names.index(protein), entries[names.index(protein)]
+    index = int(protein)
+    if not 0 <= index < len(entries):
+        raise InputError(f"protein index {index} out of range: the model has {len(entries)}", field="--protein")
+    return index, entries[index]
+
+
+def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config: TrainConfig | None = None,
           progress: str = "auto", max_steps: int | None = None, diagnostics: bool = True) -> TrainResult:
-    """Train the VAE on ``ensemble`` (a seeded ``1 - holdout`` share of its models), resuming from
-    ``out_dir`` if it holds a checkpoint of the same run. ``max_steps``: stop after this many
-    steps in this call (with a checkpoint; run again to continue); ``diagnostics=False`` turns off
-    the core's per-term records and gradient norms (benchmarks/ensemble.py measures their cost).
-    Returns a :class:`TrainResult`."""
+    """Train the VAE on one ensemble or several (one model for all proteins; each step's batch
+    comes from one protein, drawn in proportion to its training pairs), each on a seeded
+    ``1 - holdout`` share of its models, resuming from ``out_dir`` if it holds a checkpoint of
+    the same run. ``max_steps``: stop after this many steps in this call (with a checkpoint; run
+    again to continue); ``diagnostics=False`` turns off the core's per-term records and gradient
+    norms (benchmarks/ensemble.py measures their cost). Under ``torchrun`` call
+    :func:`equipoise.core.distributed.setup` first: every rank trains on its share of each
+    step's pairs, rank 0 writes. Returns a :class:`TrainResult`."""
     config = config or TrainConfig()
     config.check()
+    ensembles = [ensembles] if isinstance(ensembles, Ensemble) else list(ensembles)
+    if not ensembles:
+        raise InputError("no ensemble to train on", field="ENSEMBLE")
     out = Path(out_dir)
+    main = distributed.is_main()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output directory: {exc}", path=out) from exc
-    coords = torch.as_tensor(ensemble.coords, dtype=torch.float64)
-    train_idx, holdout_idx = split_models(coords.shape[0], config.holdout, config.seed)
-    mask = residue_mask(ensemble)
-    (out / "split.json").write_text(json.dumps({"seed": config.seed, "holdout": config.holdout,
-                                                "train": train_idx, "holdout_models": holdout_idx}, indent=1))
-    if holdout_idx:
-        write_ensemble(ensemble.select(holdout_idx), out / "holdout.pdb")
+    proteins = prepare_proteins(ensembles, config)
+    world = distributed.world_size()
+    for p in proteins:
+        if len(p.pairs) < world:
+            raise InputError(f"{len(p.pairs)} training pairs{' of ' + p.name if p.name else ''}, fewer than the "
+                             f"{world} processes", field="--nproc_per_node")
+    if main:
+        split = {"seed": config.seed, "holdout": config.holdout,
+                 "proteins": [{"name": p.name, "source": str(p.ensemble.source), "train": p.train_idx,
+                               "holdout_models": p.holdout_idx, "holdout_file": p.holdout_file if p.holdout_idx else None}
+                              for p in proteins]}
+        (out / "split.json").write_text(json.dumps(split, indent=1))
+        for p in proteins:
+            if p.holdout_idx:
+                write_ensemble(p.ensemble.select(p.holdout_idx), out / p.holdout_file)
     torch.manual_seed(config.seed)
-    model = build_model(ensemble, train_idx, mask, config.model)
-    templates = [medoid(coords[train_idx], mask)] if config.template == "medoid" else None
-    pairs = PairDataset(len(train_idx), templates)
-    template_idx = [train_idx[i] for i in pairs.templates]
-    train_coords = coords[train_idx].to(DTYPE)
-    batches = Batches(pairs, batch_size=min(config.batch_size, len(pairs)), shuffle=True, seed=config.seed,
-                      collate=PairCollate(train_coords, mask, config.noise))
+    model = build_model(proteins, config.model)
+    sources = [Batches(p.pairs, batch_size=max(1, min(config.batch_size, len(p.pairs) // world)), shuffle=True,
+                       seed=config.seed + k, collate=PairCollate(p.coords, p.mask, config.noise, k))
+               for k, p in enumerate(proteins)]
+    batches = Interleaved(sources, seed=config.seed)
     last: dict[str, VAEOutput] = {}
 
-    def forward(batch: dict[str, Tensor]) -> VAEOutput:
+    def forward(batch: dict) -> VAEOutput:
         model.train()
-        last["out"] = model(batch["template"], batch["target"], batch["mask"])
+        last["out"] = model(batch["template"], batch["target"], batch["mask"], protein=batch["protein"])
         return last["out"]
 
     def summarize() -> dict:
         return collapse_diagnostic(last["out"]) if "out" in last else {}
 
     def validate() -> dict[str, float]:
-        metrics = training_fit_metrics(model, train_coords, mask, train_coords[pairs.templates])
-        _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config)
+        metrics = _validation_metrics(model, proteins)
+        if main:
+            _save_model(out / MODEL_FILE, model, proteins, config)
         return metrics
 
     objective = config.objective
@@ -267,26 +378,47 @@ def train(ensemble: Ensemble, out_dir: str | Path, config: TrainConfig | None = 
                                                      floor=0.1),
                   clip_grad_norm=config.clip_grad_norm, max_seconds=60.0 * config.minutes,
                   balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
-    fit = Fit({"model": list(model.parameters())}, make_terms(objective, ensemble.sequence), [stage],
-              forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
+    fit = Fit({"model": list(model.parameters())}, make_terms(objective, [p.ensemble.sequence for p in proteins]),
+              [stage], forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
               run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
               summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
               diagnostics=diagnostics,
               config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
                       "model": config.model.to_dict(), "objective": objective.to_dict(),
-                      "n_train": len(train_idx), "n_holdout": len(holdout_idx)})
+                      "proteins": [{"name": p.name, "source": str(p.ensemble.source), "n_res": p.ensemble.n_res,
+                                    "n_train": len(p.train_idx), "n_holdout": len(p.holdout_idx)} for p in proteins],
+                      "n_train": sum(len(p.train_idx) for p in proteins),
+                      "n_holdout": sum(len(p.holdout_idx) for p in proteins), "world_size": world})
     started = time.perf_counter()
     result = fit.run(max_steps=max_steps)
-    temperature, calibration = calibrate_temperature(model, train_coords, mask, train_coords[pairs.templates])
-    _save_model(out / MODEL_FILE, model, ensemble, template_idx, mask, config, temperature, calibration)
+    calibrations = [calibrate_temperature(model, p.coords, p.mask, p.templates, protein=k)
+                    for k, p in enumerate(proteins)]
     seconds = time.perf_counter() - started
-    final = _last_terms(out / "fit" / "record.jsonl")
-    train_result = TrainResult(out, result.steps, seconds, len(train_idx), len(holdout_idx), result.completed,
-                               final, summarize(), result.flags, result.validation, temperature, calibration)
-    summary = asdict(train_result)
-    summary["out_dir"] = str(out)
-    (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
+    summary_of = [{"name": p.name, "n_res": p.ensemble.n_res, "n_train": len(p.train_idx),
+                   "n_holdout": len(p.holdout_idx), "temperature": t, "calibration": c}
+                  for p, (t, c) in zip(proteins, calibrations)]
+    train_result = TrainResult(out, result.steps, seconds, sum(len(p.train_idx) for p in proteins),
+                               sum(len(p.holdout_idx) for p in proteins), result.completed,
+                               _last_terms(out / "fit" / "record.jsonl") if main else {}, summarize(), result.flags,
+                               result.validation, calibrations[0][0], calibrations[0][1], summary_of)
+    if main:
+        _save_model(out / MODEL_FILE, model, proteins, config, calibrations)
+        summary = asdict(train_result)
+        summary["out_dir"] = str(out)
+        (out / "train.json").write_text(json.dumps(summary, indent=1, default=str))
     return train_result
+
+
+def _validation_metrics(model: EnsembleVAE, proteins: Sequence[ProteinData]) -> dict[str, float]:
+    """:func:`training_fit_metrics` of each protein; with several, their means plus each protein's
+    under ``name/metric``."""
+    per = [training_fit_metrics(model, p.coords, p.mask, p.templates, protein=k) for k, p in enumerate(proteins)]
+    if len(per) == 1:
+        return per[0]
+    metrics = {key: sum(m[key] for m in per) / len(per) for key in per[0]}
+    for p, m in zip(proteins, per):
+        metrics.update({f"{p.name}/{key}": value for key, value in m.items()})
+    return metrics
 
 
 def _flat(t: Tensor) -> Tensor:
@@ -294,9 +426,10 @@ def _flat(t: Tensor) -> Tensor:
 
 
 def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor, temperature: float = 1.0,
-                 n: int = 32, seed: int = 0) -> float:
+                 n: int = 32, seed: int = 0, protein: int = 0) -> float:
     """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of the first ``n``
-    models of ``coords`` (training models): 1 = the training spread, near 0 = collapsed."""
+    models of ``coords`` (training models of protein ``protein``): 1 = the training spread, near
+    0 = collapsed."""
     was_training = model.training
     model.eval()
     x = coords[:n]
@@ -305,23 +438,24 @@ def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Te
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
-        z, z_res = model.prior(x.shape[0], temperature, gen, x.dtype)
-        prior = model.decode(template, m, z, z_res)
+        z, z_res = model.prior(x.shape[0], temperature, gen, x.dtype, protein)
+        prior = model.decode(template, m, z, z_res, protein)
     model.train(was_training)
     return float(pairwise_rmsd(_flat(prior), atoms).mean() / pairwise_rmsd(_flat(x), atoms).mean())
 
 
 def calibrate_temperature(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
-                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)) -> tuple[float, dict]:
+                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0),
+                          protein: int = 0) -> tuple[float, dict]:
     """The prior temperature on ``grid`` whose samples spread like the training models (mean
     pairwise RMSD ratio closest to 1; :func:`prior_spread`). Uses training models only."""
-    ratios = {t: prior_spread(model, coords, mask, templates, t) for t in grid}
+    ratios = {t: prior_spread(model, coords, mask, templates, t, protein=protein) for t in grid}
     best = min(ratios, key=lambda t: abs(ratios[t] - 1.0))
     return best, {f"{t:g}": r for t, r in ratios.items()}
 
 
 def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
-                         n: int = 16) -> dict[str, float]:
+                         n: int = 16, protein: int = 0) -> dict[str, float]:
     """Validation numbers from training models only (the held-out models are never seen):
     ``recon_rmsd_A``, the mean RMSD of posterior-mean reconstructions of the first ``n`` training
     models, and ``prior_spread_ratio`` (:func:`prior_spread` at temperature 1)."""
@@ -332,10 +466,11 @@ def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templ
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         template = templates[torch.randint(templates.shape[0], (x.shape[0],), generator=gen)]
-        recon = model(template, x, m, sample=False).pred
+        recon = model(template, x, m, sample=False, protein=protein).pred
     model.train(was_training)
     recon_rmsd = kabsch_rmsd(_flat(recon), _flat(x), mask.repeat_interleave(4)).mean()
-    return {"recon_rmsd_A": float(recon_rmsd), "prior_spread_ratio": prior_spread(model, coords, mask, templates, n=n)}
+    return {"recon_rmsd_A": float(recon_rmsd),
+            "prior_spread_ratio": prior_spread(model, coords, mask, templates, n=n, protein=protein)}
 
 
 def _last_terms(record: Path) -> dict[str, float]:

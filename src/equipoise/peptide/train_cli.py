@@ -32,13 +32,20 @@ def _train(args: argparse.Namespace) -> int:
 
     import torch
 
+    from equipoise.core import distributed
     from equipoise.peptide.train import load_recipe, train
 
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     config = load_recipe(args.config)
     if args.max_seconds is not None:
         config = replace(config, max_seconds=args.max_seconds)
-    result = train(args.train, args.val, args.out, config, progress="quiet" if args.quiet else "auto",
-                   resume=not args.restart)
-    print(result.summary())
+    context = distributed.setup()  # a no-op without torchrun
+    try:
+        quiet = args.quiet or not context.is_main
+        result = train(args.train, args.val, args.out, config, progress="quiet" if quiet else "auto",
+                       resume=not args.restart)
+        if context.is_main:
+            print(result.summary())
+    finally:
+        distributed.teardown()
     return 0
