@@ -119,3 +119,23 @@ def test_frozen_groups_are_bitwise_untouched(refinement, optimizer):
     assert params["xyz"].grad is None and params["b"].grad is None
     assert not torch.equal(params["b"].detach(), b_before)
     assert params["xyz"].requires_grad and params["b"].requires_grad  # flags restored after the fit
+
+
+def test_application_monitor_flags_are_recorded_and_logged(tmp_path):
+    import json
+
+    from equipoise.core import Flag
+    x = torch.zeros(2, dtype=DTYPE, requires_grad=True)
+    terms = [Term("l2", lambda o: ((x - 1.0) ** 2).sum())]
+
+    def monitor(step):
+        return [Flag("posterior_collapse", step, "latent unused", value=0.0)] if step >= 2 else []
+
+    result = Fit({"x": x}, terms, [Stage("s", ["x"], steps=4)], run_dir=tmp_path, progress="quiet",
+                 monitor=monitor).run()
+    (flag,) = [f for f in result.flags if f["kind"] == "posterior_collapse"]
+    assert flag["first_step"] == 2 and flag["count"] == 2
+    lines = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
+    assert [any(f["kind"] == "posterior_collapse" for f in line.get("flags", [])) for line in lines] == [
+        False, False, True, True]
+    assert "flag posterior_collapse: latent unused" in (tmp_path / "run.log").read_text()

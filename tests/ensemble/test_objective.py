@@ -9,7 +9,8 @@ import torch
 from equipoise.core import Fit, Stage
 from equipoise.ensemble.frames import local_coordinates, random_rotations
 from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
-from equipoise.ensemble.objective import (ObjectiveConfig, collapse_diagnostic, kl_per_dimension, make_balancer,
+from equipoise.ensemble.objective import (ObjectiveConfig, collapse_diagnostic, collapse_flags, kl_per_dimension,
+                                          make_balancer,
                                           make_terms, pair_distance_loss, reconstruction_msd)
 
 from tests.ensemble.test_equivariance import _helix_backbone
@@ -55,6 +56,20 @@ def test_kl_per_dimension_and_collapse_diagnostic() -> None:
     assert report["active_units"] == 1.0 and report["latent_dims"] == 3.0
     assert report["kl_per_dim"][0] > report["kl_per_dim"][1] > 0
     assert report["kl_residue_nats_per_residue"] == 0.0
+    assert collapse_flags(report, step=600, after=500) == []  # one active unit
+
+
+def test_a_collapsed_global_latent_is_flagged() -> None:
+    """The seed's silent failure: the global latent unused while the residue latents carry it all."""
+    mu = torch.zeros(6, 3, dtype=DTYPE)
+    mu_res = torch.randn(6, 5, 2, dtype=DTYPE, generator=torch.Generator().manual_seed(0))
+    out = VAEOutput(torch.zeros(6, 5, 4, 3), torch.zeros(6, 5, 4, 3), torch.ones(6, 5, dtype=torch.bool),
+                    mu, torch.zeros_like(mu), mu_res, torch.zeros_like(mu_res))
+    report = collapse_diagnostic(out)
+    assert collapse_flags(report, step=100, after=500) == []  # first KL cycle: not judged yet
+    (flag,) = collapse_flags(report, step=600, after=500)
+    assert flag.kind == "posterior_collapse" and "0/3 active units" in flag.message
+    assert "per-residue latents carry" in flag.message
 
 
 def test_terms_in_a_fit_record_shares_and_collapse_diagnostic(tmp_path) -> None:

@@ -14,11 +14,12 @@ from equipoise.core.data import Batches, Interleaved
 from equipoise.core.balancers import (Balancer, FixedBalancer, GradNormBalancer, GradNormRatioBalancer,
                                       TargetShareBalancer, UncertaintyBalancer, ValidationScreenBalancer,
                                       Weight, validation_screen)
+from equipoise.core.diagnostics import Flag
 from equipoise.core.fit import Fit, FitResult, StageResult
 from equipoise.core.plots import plot_run
 from equipoise.core.stage import Stage
 from equipoise.core.terms import Term
 
-__all__ = ["Term", "Stage", "Fit", "FitResult", "StageResult", "Balancer", "Weight", "FixedBalancer",
+__all__ = ["Flag", "Term", "Stage", "Fit", "FitResult", "StageResult", "Balancer", "Weight", "FixedBalancer",
            "GradNormRatioBalancer", "TargetShareBalancer", "GradNormBalancer", "UncertaintyBalancer",
            "ValidationScreenBalancer", "validation_screen", "schedules", "robust", "plot_run", "Batches", "Interleaved", "distributed"]

@@ -21,7 +21,8 @@ NEGLIGIBLE_VALUE = 1e-12
 
 @dataclass(frozen=True)
 class Flag:
-    """One diagnostic finding: ``kind`` is dominance, dead_gradient, nonfinite or conflict."""
+    """One diagnostic finding: ``kind`` is dominance, dead_gradient, nonfinite or conflict, or an
+    application's own (``Fit(monitor=...)``)."""
 
     kind: str
     step: int

@@ -282,8 +282,10 @@ class Fit:
     last step (put the model in eval mode inside it); metrics named in ``validate_maximize`` are
     better when larger, the others when smaller. ``extra_state``: name -> object with
     ``state_dict``/``load_state_dict`` or a pair ``(save, load)`` of callables, saved in and
-    restored from checkpoints (e.g. module buffers). Under ``torch.distributed`` with two or more
-    processes see :mod:`equipoise.core.distributed`.
+    restored from checkpoints (e.g. module buffers). ``monitor(step) -> [Flag]``: the
+    application's own checks, called at every logged step after ``summarize`` (e.g. posterior
+    collapse); its flags are recorded, summarised and shown like the core's. Under
+    ``torch.distributed`` with two or more processes see :mod:`equipoise.core.distributed`.
     """
 
     def __init__(self, params: Mapping[str, Tensor | Sequence[Tensor]], terms: Sequence[Term],
@@ -294,7 +296,8 @@ class Fit:
                  progress: str = "auto", checkpoint_every: int = 50, config: dict | None = None,
                  diagnostics: bool = True, data: Any = None, validate: Callable[[], Mapping[str, float]] | None = None,
                  validate_every: int | None = None, validate_maximize: Sequence[str] = (),
-                 extra_state: Mapping[str, Any] | None = None) -> None:
+                 extra_state: Mapping[str, Any] | None = None,
+                 monitor: Callable[[int], Sequence[diag.Flag]] | None = None) -> None:
         self.groups = ParamGroups(params)
         self.terms: dict[str, Term] = {}
         for term in terms:
@@ -328,6 +331,7 @@ class Fit:
         if not 0 < dominance_threshold <= 1:
             raise InputError(f"must lie in (0, 1], got {dominance_threshold!r}", field="dominance_threshold")
         self.forward, self.summarize, self.progress_mode = forward, summarize, progress
+        self.monitor = monitor
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.log_every, self.grad_every, self.checkpoint_every = log_every, grad_every, checkpoint_every
         self.nonfinite, self.dominance_threshold = nonfinite, dominance_threshold
@@ -566,6 +570,8 @@ class Fit:
             flags += diag.dead_gradient_flags(raw, weights, norms, depends, step)
             flags += diag.conflict_flags(pair_cosines, step)
         line["params"] = self.summarize() if self.summarize is not None else self.groups.summary(grad_step)
+        if self.monitor is not None:
+            flags += list(self.monitor(step))
         if outcome.reweighted or stage_step == 0:
             line["reasons"] = {t: w.reason for t, w in run.weights.items()}
         outcome.flags += flags

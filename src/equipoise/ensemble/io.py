@@ -235,6 +235,7 @@ def read_trajectory(topology: str | Path, trajectory: str | Path, *, selection: 
 
     ``selection``: an MDAnalysis selection for one chain/segment (default ``"protein"``; several
     segments must be narrowed, e.g. ``"protein and segid A"``). ``stride``: every n-th frame.
+    The chain name is the segment id when it has one character, else "A" (PDB's limit).
     MDAnalysis is an optional extra (``pip install 'equipoise[trajectories]'``).
     Missing O atoms are masked; a residue without N, CA or C is an ``InputError``.
     """
@@ -278,8 +279,10 @@ def read_trajectory(topology: str | Path, trajectory: str | Path, *, selection: 
     mask = (index >= 0).to(device).expand(len(frames), -1, -1).clone()
     coords = coords * mask[..., None]
     names = tuple(str(n) for n in residues.resnames)
+    segid = str(residues.segids[0])
+    chain = segid if len(segid) == 1 else "A"  # a PDB chain name has one character; segids (4AKE) often more
     return Ensemble(coords, mask, "".join(one_letter(n) for n in names), names,
-                    tuple(str(r) for r in residues.resids), str(residues.segids[0]) or "A",
+                    tuple(str(r) for r in residues.resids), chain,
                     f"{topology}+{trajectory}", tuple(range(0, len(frames) * stride, stride)))
 
 

@@ -36,12 +36,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor
 
-from equipoise.core import GradNormRatioBalancer, Term, robust, schedules
+from equipoise.core import Flag, GradNormRatioBalancer, Term, robust, schedules
 from equipoise.ensemble import geometry
 from equipoise.ensemble.metrics import superpose
 from equipoise.ensemble.model import VAEOutput
 
-__all__ = ["ObjectiveConfig", "make_terms", "make_balancer", "kl_per_dimension", "collapse_diagnostic",
+__all__ = ["ObjectiveConfig", "make_terms", "make_balancer", "kl_per_dimension", "collapse_diagnostic", "collapse_flags",
            "reconstruction_msd", "pair_distance_loss", "geometry_terms"]
 
 REFERENCE = "reconstruction"
@@ -163,3 +163,17 @@ def collapse_diagnostic(out: VAEOutput, active_threshold: float = 0.01) -> dict[
             report["kl_residue_nats_per_residue"] = float(kl_res * out.mu_res.shape[-1])
             report["residue_active_fraction"] = float((var > active_threshold).to(torch.float64).mean())
         return report
+
+
+def collapse_flags(report: dict, step: int, after: int) -> list[Flag]:
+    """A ``posterior_collapse`` flag when the global latent of :func:`collapse_diagnostic`'s
+    ``report`` has no active unit at ``step`` >= ``after`` (steps of the first KL cycle are
+    skipped: the latent starts unused). The message says which latents carry the conformations."""
+    if step < after or not report or report.get("active_units", 1.0) > 0:
+        return []
+    carried = ("the per-residue latents carry the conformations "
+               f"({report['kl_residue_nats_per_residue']:.3g} nats per residue, "
+               f"{100 * report['residue_active_fraction']:.0f}% active)") if "kl_residue_nats_per_residue" in report \
+        else "samples will barely vary"
+    return [Flag("posterior_collapse", step, f"global latent collapsed: 0/{report['latent_dims']:.0f} active units, "
+                 f"KL {report['kl_global_nats']:.3g} nats; {carried}", value=report["kl_global_nats"])]

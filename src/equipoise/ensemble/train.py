@@ -33,7 +33,8 @@ from equipoise.ensemble.frames import local_coordinates, random_rotations
 from equipoise.ensemble.io import Ensemble, write_ensemble
 from equipoise.ensemble.metrics import kabsch_rmsd, pairwise_rmsd, rmsd_to
 from equipoise.ensemble.model import EnsembleVAE, VAEConfig, VAEOutput, encode_sequence
-from equipoise.ensemble.objective import ObjectiveConfig, collapse_diagnostic, make_balancer, make_terms
+from equipoise.ensemble.objective import (ObjectiveConfig, collapse_diagnostic, collapse_flags, make_balancer,
+                                          make_terms)
 from equipoise.errors import InputError
 
 __all__ = ["TrainConfig", "TrainResult", "PairDataset", "PairCollate", "split_models", "train", "load_model",
@@ -366,6 +367,9 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
     def summarize() -> dict:
         return collapse_diagnostic(last["out"]) if "out" in last else {}
 
+    def monitor(step: int) -> list:
+        return collapse_flags(summarize(), step, after=config.objective.kl_period)
+
     def validate() -> dict[str, float]:
         metrics = _validation_metrics(model, proteins)
         if main:
@@ -382,7 +386,7 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
               [stage], forward=forward, data=batches, validate=validate, validate_every=config.validate_every,
               run_dir=out / "fit", log_every=config.log_every, grad_every=10 * config.log_every,
               summarize=summarize, progress=progress, checkpoint_every=config.checkpoint_every,
-              diagnostics=diagnostics,
+              diagnostics=diagnostics, monitor=monitor,
               config={"train": {k: v for k, v in asdict(config).items() if k not in ("model", "objective")},
                       "model": config.model.to_dict(), "objective": objective.to_dict(),
                       "proteins": [{"name": p.name, "source": str(p.ensemble.source), "n_res": p.ensemble.n_res,
