@@ -43,14 +43,18 @@ def test_egnn_layer_rotation_translation_permutation() -> None:
     pair = torch.randn(1, 9, 9, 3, generator=gen, dtype=DTYPE)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[1, 7:] = False
-    h, x = layer(feats, coors, mask, pair)
+    def edges(table):
+        rows = torch.arange(9).view(1, -1, 1)
+        return lambda idx: table[0][rows, idx]  # (1, n, n, 3) at the neighbours -> (B, n, k, 3)
+
+    h, x = layer(feats, coors, mask, edges(pair))
     assert (x - coors).abs().max() > 1e-3  # the layer does move coordinates
     rot, shift = random_rotations(1, gen, DTYPE)[0], torch.tensor([5.0, -3.0, 2.0], dtype=DTYPE)
-    h2, x2 = layer(feats, _transform(coors, rot, shift), mask, pair)
+    h2, x2 = layer(feats, _transform(coors, rot, shift), mask, edges(pair))
     assert torch.allclose(h2, h, atol=1e-10)
     assert torch.allclose(x2, _transform(x, rot, shift), atol=1e-10)
     perm = torch.tensor([3, 0, 1, 2, 4, 5, 6, 8, 7])  # masked nodes 7, 8 swap among themselves
-    h3, x3 = layer(feats[:, perm], coors[:, perm], mask[:, perm], pair[:, perm][:, :, perm])
+    h3, x3 = layer(feats[:, perm], coors[:, perm], mask[:, perm], edges(pair[:, perm][:, :, perm]))
     assert torch.allclose(h3, h[:, perm], atol=1e-10)
     assert torch.allclose(x3, x[:, perm], atol=1e-10)
     assert torch.equal(x[1, 7:], coors[1, 7:])  # masked nodes stay

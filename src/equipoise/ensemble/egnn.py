@@ -19,10 +19,15 @@ moves coordinates by about ``coor_init`` Å per layer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EGNNLayer", "EGNN", "rbf", "knn"]
+__all__ = ["EGNNLayer", "EGNN", "rbf", "knn", "PairFeatures"]
+
+#: edge features from neighbour indices (B, n, k) -> (B or 1, n, k, edge_dim)
+PairFeatures = Callable[[Tensor], Tensor]
 
 
 def rbf(distance: Tensor, n: int = 16, d_max: float = 20.0) -> Tensor:
@@ -94,10 +99,12 @@ class EGNNLayer(nn.Module):
         self.coor_mlp = _mlp([m_dim, m_dim, 1], final_std=coor_init) if update_coors else None
 
     def forward(self, feats: Tensor, coors: Tensor, mask: Tensor | None = None,
-                pair_feats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                pair_feats: PairFeatures | None = None) -> tuple[Tensor, Tensor]:
         """``feats`` (B, n, dim), ``coors`` (B, n, 3) Å, ``mask`` (B, n) bool (None: all present),
-        ``pair_feats`` (B or 1, n, n, edge_dim) or None. Returns updated (feats, coors); masked
-        nodes keep their features and coordinates."""
+        ``pair_feats``: features of the graph's edges as a function of the neighbour indices
+        (B, n, k) -> (B or 1, n, k, edge_dim), or None (computed per edge, not for all n^2 pairs:
+        the backward pass of a gathered dense (n, n, edge_dim) table costs O(n^2) memory and time).
+        Returns updated (feats, coors); masked nodes keep their features and coordinates."""
         b, n, _ = feats.shape
         if mask is None:
             mask = torch.ones(b, n, dtype=torch.bool, device=feats.device)
@@ -106,8 +113,7 @@ class EGNNLayer(nn.Module):
         dist = rel.square().sum(-1).clamp_min(1e-12).sqrt()                # (B, n, k)
         parts = [rbf(dist, self.n_rbf, self.d_max)]
         if pair_feats is not None:
-            pair = pair_feats.expand(b, -1, -1, -1)
-            parts.append(torch.gather(pair, 2, idx.unsqueeze(-1).expand(-1, -1, -1, pair.shape[-1])))
+            parts.append(pair_feats(idx).expand(b, -1, -1, -1))
         pre = (self.edge_node_i(feats).unsqueeze(2) + _gather(self.edge_node_j(feats), idx)
                + self.edge_pair(torch.cat(parts, dim=-1)))
         m = self.edge_out(pre) * valid.unsqueeze(-1)
@@ -129,7 +135,7 @@ class EGNN(nn.Module):
         self.layers = nn.ModuleList(EGNNLayer(dim, **options) for _ in range(depth))
 
     def forward(self, feats: Tensor, coors: Tensor, mask: Tensor | None = None,
-                pair_feats: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                pair_feats: PairFeatures | None = None) -> tuple[Tensor, Tensor]:
         """As :meth:`EGNNLayer.forward`, through every layer."""
         for layer in self.layers:
             feats, coors = layer(feats, coors, mask, pair_feats)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from equipoise.ensemble.egnn import EGNN
+from equipoise.ensemble.egnn import EGNN, PairFeatures
 from equipoise.ensemble.frames import local_coordinates, place_atoms
 from equipoise.errors import InputError
 
@@ -166,8 +166,15 @@ class EnsembleVAE(nn.Module):
         local = local_coordinates(backbone).reshape(b, n, 9)
         return torch.cat([emb, pos, local], dim=-1)
 
-    def _pair(self, table: nn.Embedding, dtype: torch.dtype, protein: int) -> Tensor:
-        return table(self.protein(protein)[2]).to(dtype).unsqueeze(0)
+    def _pair(self, table: nn.Embedding, dtype: torch.dtype, protein: int) -> PairFeatures:
+        """Embedded sequence separations of the graph's edges: neighbour indices (B, n, k) ->
+        (B, n, k, edge_dim)."""
+        separation = self.protein(protein)[2]
+
+        def edges(idx: Tensor) -> Tensor:
+            rows = torch.arange(idx.shape[1], device=idx.device).view(1, -1, 1)
+            return table(separation[rows, idx]).to(dtype)
+        return edges
 
     def encode(self, backbone: Tensor, mask: Tensor, protein: int = 0
                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
