@@ -80,5 +80,6 @@ def _triple(values: tuple[float, float, float], signed: bool = False) -> str:
     fmt = "+.4f" if signed else ".4f"
     return " / ".join(format(v, fmt) for v in values)
 
+
 if __name__ == "__main__":
     main()
