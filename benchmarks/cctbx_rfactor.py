@@ -5,6 +5,12 @@ Run with a Python that has cctbx (``pip install cctbx-base``; not an equipoise d
 Prints one JSON line: {"r_work", "r_free", "n"} with cctbx's default outlier rejection,
 {"r_work_all", "r_free_all", "n_all"} without it (like for like with ours), "seconds". Intensities (MTZ type J) are converted by
 cctbx's own French-Wilson. Gzipped inputs are decompressed to a temporary directory.
+
+cctbx's ``r_free()`` rescales the free set's F_model by its own least-squares scale (k1_t, the
+``_scale_helper`` of ``f_model_scaled_with_k1_t``); ``r_work()`` likewise with k1_w (≈ 1 after
+``update_all_scales``). "r_free_wscale" / "r_free_all_wscale" score the same cctbx F_model on
+the free set with the working-set scale k1_w instead: the definition equipoise's ``r_free`` uses.
+"k1_t" / "k1_w" are those scales (without outlier rejection).
 """
 
 import gzip
@@ -28,6 +34,7 @@ def _plain(path: str, tmp: str) -> str:
 def main() -> None:
     import iotbx.mtz
     import iotbx.pdb
+    import mmtbx.bulk_solvent
     import mmtbx.f_model
 
     model, data, obs_labels, free_label, free_value = sys.argv[1:6]
@@ -51,8 +58,11 @@ def main() -> None:
             fmodel = mmtbx.f_model.manager(f_obs=f_obs, r_free_flags=flags, xray_structure=xrs)
             fmodel.update_all_scales(remove_outliers=remove_outliers)
             key = "" if remove_outliers else "_all"
+            k1_w = fmodel.scale_k1_w()
+            r_free_wscale = mmtbx.bulk_solvent.r_factor(fmodel.f_obs_free().data(), fmodel.f_model_free().data(), k1_w)
             result.update({f"r_work{key}": fmodel.r_work(), f"r_free{key}": fmodel.r_free(),
-                           f"n{key}": fmodel.f_obs().size()})
+                           f"r_free{key}_wscale": r_free_wscale, f"n{key}": fmodel.f_obs().size(),
+                           "k1_w": k1_w, "k1_t": fmodel.scale_k1_t()})
         result["seconds"] = time.time() - start
         print(json.dumps(result))
 

@@ -3,8 +3,9 @@
 - Bar: 5 macro-cycles from 1a0f_round0.pdb: R-free never more than 0.005 above its lowest value,
   ends at or below its start, bonds <= 0.02 Å, angles <= 2.5°.
 - Seed failure: the same refinement with weights computed once with xyz and B free and reused in
-  each stage (``scheme="joint-once"``) inflates the ADP weight and R-free jumps; ours stays within
-  0.005 of its best.
+  each stage (``scheme="joint-once"``) inflates the ADP weight and ends with R-free clearly above
+  ours; ours stays within 0.005 of its best. The seed's R-free *jump* in one B step does not
+  reproduce with our B stage (an xfail, strict, with the measured numbers).
 """
 
 import pytest
@@ -43,17 +44,37 @@ def test_1a0f_quality_bar(tmp_path):
     assert result.final.bond_rmsd <= 0.02 and result.final.angle_rmsd <= 2.5
 
 
-@pytest.mark.xfail(reason="measured 2026-12-02: the broken scheme's ADP weight is inflated (>10x) but "
-                   "R-free rose only 0.0048 over 4 rounds, not the > 0.02 jump of the seed project",
-                   strict=False)
-def test_1a0f_seed_failure_joint_weights_vs_per_stage(tmp_path):
-    broken = run_1a0f("joint-once", 3, tmp_path)
-    ours = run_1a0f("per-stage", 3, tmp_path)
+@pytest.fixture(scope="module")
+def seed_runs(tmp_path_factory):
+    """3 rounds of xyz then B from 1a0f_round0.pdb with the broken scheme and with ours."""
+    tmp = tmp_path_factory.mktemp("seed")
+    broken = run_1a0f("joint-once", 3, tmp)
+    ours = run_1a0f("per-stage", 3, tmp)
     print("joint-once\n" + broken.summary() + "\nper-stage\n" + ours.summary())
+    return broken, ours
+
+
+def test_1a0f_seed_failure_joint_weights_vs_per_stage(seed_runs):
+    """Measured 2026-12-02 (load ~4, 1 thread, ~2.5 min for both runs): ADP weight 3.2e-4 vs 4.7e-6
+    (67x); R-free per round 0.2250 0.2223 0.2173 0.2222 (broken) vs 0.2250 0.2118 0.1949 0.1963."""
+    broken, ours = seed_runs
     w_broken = broken.cycles[0].weights["b"]["adp"]
     w_ours = ours.cycles[0].weights["b"]["adp"]
     assert w_broken > 10 * w_ours                      # the ADP weight is inflated
-    broken_free = [broken.start.r_free] + [c.r_free for c in broken.cycles]
     ours_free = [ours.start.r_free] + [c.r_free for c in ours.cycles]
+    assert max_rise(ours_free) <= 0.005                # ours stays within 0.005 of its best
+    # round 1: both xyz stages are the same (|g_xray| on xyz+B ~ on xyz alone), so the difference is the B stage's
+    # (measured 0.2223 vs 0.2118); later rounds add the broken scheme's fixed geometry weight (no rmsZ control)
+    assert broken.cycles[0].r_free > ours.cycles[0].r_free + 0.005
+    assert broken.final.r_free > ours.final.r_free + 0.02   # the broken scheme ends clearly worse
+
+
+@pytest.mark.xfail(reason="measured 2026-12-02: with the seed's weighting reproduced (ADP weight 67x ours) our "
+                   "B stage (L-BFGS, strong-Wolfe line search, bonded-pair ADP similarity) only smooths B "
+                   "(std 14.6 -> 12.0 Å^2 in round 1) and R-free rises 0.009 in that B stage, 0.0049 over the "
+                   "rounds; the seed's one-step jump (0.23 -> 0.59) needed its B flattened near 60 Å^2 and is "
+                   "not reproduced", strict=True)
+def test_1a0f_seed_failure_r_free_jumps(seed_runs):
+    broken, _ = seed_runs
+    broken_free = [broken.start.r_free] + [c.r_free for c in broken.cycles]
     assert max_rise(broken_free) > 0.02                 # R-free jumps
-    assert max_rise(ours_free) <= 0.005

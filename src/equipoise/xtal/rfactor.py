@@ -25,6 +25,7 @@ class RfactorResult:
     data: str
     r_work: float
     r_free: float
+    r_free_rescaled: float
     cc_work: float
     cc_free: float
     n_work: int
@@ -45,6 +46,8 @@ class RfactorResult:
         lines = [f"{self.model} vs {self.data} (d_min {self.d_min:.2f} Å)",
                  f"R-work {self.r_work:.4f}  R-free {self.r_free:.4f}  CC-work {self.cc_work:.3f}  "
                  f"CC-free {self.cc_free:.3f}  ({self.n_work} work, {self.n_free} free)",
+                 f"R-free with the free set rescaled by its own scale (as cctbx/phenix report it) "
+                 f"{self.r_free_rescaled:.4f}",
                  f"{self.target} target: work {self.target_work:.5g}, free {self.target_free:.5g}",
                  f"bulk solvent k_sol {s['k_sol']:.3f}  B_sol {s['b_sol']:.1f} Å²; aniso B11 {s['b_aniso']['B11']:.2f} "
                  f"B22 {s['b_aniso']['B22']:.2f} B33 {s['b_aniso']['B33']:.2f} B12 {s['b_aniso']['B12']:.2f} "

@@ -112,11 +112,21 @@ def least_squares(f_obs: torch.Tensor, f_c: torch.Tensor, mask: torch.Tensor) ->
     return ((f_obs - f_c) ** 2 * w).sum() / (f_obs ** 2 * w).sum()
 
 
-def r_factor(f_obs: torch.Tensor, f_c: torch.Tensor, mask: torch.Tensor) -> float:
-    """sum |F_o - |F_model|| / sum F_o over ``mask`` (NaN for an empty set)."""
+def r_factor(f_obs: torch.Tensor, f_c: torch.Tensor, mask: torch.Tensor, *, rescale: bool = False) -> float:
+    """sum |F_o - k |F_model|| / sum F_o over ``mask`` (NaN for an empty set); k = 1, or with
+    ``rescale`` the least-squares scale of the set itself, k = sum F_o F_c / sum F_c^2.
+
+    ``rescale=True`` is what cctbx ``mmtbx.f_model.manager.r_free()`` (and so phenix.refine's
+    log) reports: the free set is rescaled by its own overall scale ("k1_t"). That fits one
+    number to the free set; on a small free set it lowers R-free (5e5z, 18 free reflections:
+    0.243 -> 0.200). The default (k = 1, the working-set scales already in F_model) keeps the
+    free set out of every fit (Brunger 1992, Nature 355, 472).
+    """
     if not bool(mask.any()):
         return float("nan")
-    return float((f_obs[mask] - f_c[mask]).abs().sum() / f_obs[mask].sum())
+    fo, fc = f_obs[mask], f_c[mask]
+    k = (fo * fc).sum() / (fc * fc).sum().clamp_min(1e-30) if rescale else 1.0
+    return float((fo - k * fc).abs().sum() / fo.sum())
 
 
 def correlation(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:

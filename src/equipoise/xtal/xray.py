@@ -111,8 +111,10 @@ class XrayModel:
         return nll[mask].sum() / max(int(mask.sum()), 1)
 
     def r_factors(self, fcalc: torch.Tensor | None = None) -> dict:
-        """{"r_work", "r_free", "cc_work", "cc_free", "n_work", "n_free"} at ``fcalc`` (default:
-        the model's current atoms)."""
+        """{"r_work", "r_free", "r_free_rescaled", "cc_work", "cc_free", "n_work", "n_free"} at
+        ``fcalc`` (default: the model's current atoms). ``r_free`` uses the working-set scales;
+        ``r_free_rescaled`` rescales the free set by its own overall scale, as cctbx/phenix
+        report it (see ``targets.r_factor``)."""
         r = self.refl
         if fcalc is None:
             with torch.no_grad():
@@ -120,6 +122,7 @@ class XrayModel:
                 fcalc = self.fcalc(m.xyz, m.b_iso, m.occ, m.u_aniso)
         fc = self.f_model(fcalc.detach()).abs()
         return {"r_work": r_factor(r.f_obs, fc, r.work), "r_free": r_factor(r.f_obs, fc, r.free),
+                "r_free_rescaled": r_factor(r.f_obs, fc, r.free, rescale=True),
                 "cc_work": correlation(r.f_obs, fc, r.work), "cc_free": correlation(r.f_obs, fc, r.free),
                 "n_work": int(r.work.sum()), "n_free": int(r.free.sum())}
 
