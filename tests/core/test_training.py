@@ -49,6 +49,36 @@ def test_batches_keep_last_and_shard_by_rank():
         Batches([], batch_size=1)
 
 
+def test_interleaved_batches_draw_one_source_per_step_and_resume():
+    from equipoise.core import Interleaved
+
+    def sources():
+        return [Batches(list(range(6)), batch_size=2, seed=1, collate=lambda b: ("a", b)),
+                Batches(list(range(18)), batch_size=2, seed=1, collate=lambda b: ("b", b))]
+
+    mixed = Interleaved(sources(), seed=4)
+    first = [next(mixed) for _ in range(7)]
+    state = mixed.state_dict()
+    rest = [next(mixed) for _ in range(20)]
+    again = Interleaved(sources(), seed=4)
+    assert [next(again) for _ in range(7)] == first  # seeded by the step
+    resumed = Interleaved(sources(), seed=4)
+    resumed.load_state_dict(state)
+    assert resumed.peek() == rest[0] and [next(resumed) for _ in range(20)] == rest
+    drawn = [name for name, _ in first + rest]
+    assert {"a", "b"} == set(drawn) and drawn.count("b") > drawn.count("a")  # weights 3 and 9 batches/epoch
+    ranks = [Interleaved([Batches(list(range(8)), 2, seed=1, collate=lambda b: ("a", b), rank=r, world_size=2),
+                          Batches(list(range(8)), 2, seed=1, collate=lambda b: ("b", b), rank=r, world_size=2)], seed=2)
+             for r in (0, 1)]
+    for _ in range(6):
+        (name0, items0), (name1, items1) = next(ranks[0]), next(ranks[1])
+        assert name0 == name1 and not set(items0) & set(items1)  # same source on every rank, disjoint items
+    with pytest.raises(InputError, match="resume with the same data"):
+        Interleaved(sources()[:1], seed=4).load_state_dict(state)
+    with pytest.raises(InputError, match="weight"):
+        Interleaved(sources(), weights=[1.0])
+
+
 def test_warmup_cosine_schedule():
     lr = schedules.WarmupCosine(warmup=4, total=14, floor=0.1)
     assert [lr(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]

@@ -60,18 +60,6 @@ def test_one_model_learns_two_proteins_and_samples_each(tmp_path) -> None:
         sample(out, SampleConfig(n=2, refine_steps=0), protein="gamma")
 
 
-def test_batches_come_from_each_protein(tmp_path) -> None:
-    """Every step's batch holds one protein's pairs, both proteins are drawn."""
-    from equipoise.core import Interleaved
-    from equipoise.core.data import Batches
-
-    a = Batches(list(range(10)), batch_size=2, seed=1, collate=lambda items: ("a", items))
-    b = Batches(list(range(30)), batch_size=2, seed=1, collate=lambda items: ("b", items))
-    mixed = Interleaved([a, b], seed=3)
-    names = [next(mixed)[0] for _ in range(200)]
-    assert 0.15 < names.count("a") / 200 < 0.35  # weights: batches per epoch, 5 and 15
-
-
 def test_cli_topology_needs_one_trajectory(tmp_path, capsys) -> None:
     from equipoise.cli import main
 
