@@ -50,3 +50,39 @@ def _worker(rank: int, world: int, folder: str) -> None:  # pragma: no cover - r
     build_fit(model, Batches(items, 4, seed=5, collate=collate), config, None, progress="quiet").run()
     torch.save(model.state_dict(), f"{folder}/rank{context.rank}.pt")
     distributed.teardown()
+
+
+@pytest.mark.slow
+def test_torchrun_train_command_runs_data_parallel(tmp_path) -> None:
+    """`torchrun --nproc_per_node=2 -m equipoise peptide train ...`: the command itself sets up the
+    process group (gloo), rank 0 writes the run."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from equipoise.peptide.io import write_mgf
+    from equipoise.peptide.synth import synthesize
+
+    root = Path(__file__).resolve().parents[2]
+    write_mgf(tmp_path / "train.mgf", synthesize(16, seed=5))
+    write_mgf(tmp_path / "val.mgf", synthesize(4, seed=6))
+    (tmp_path / "tiny.toml").write_text(
+        "batch_size = 4\nsteps = 4\nwarmup_steps = 0\ncheckpoint_every = 4\nvalidate_every = 4\nval_spectra = 4\n"
+        "[model]\nd_model = 32\nn_heads = 2\ndim_feedforward = 32\nencoder_layers = 1\ndecoder_layers = 1\n"
+        "max_peaks = 32\n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                           "-m", "equipoise", "peptide", "train", "--train", str(tmp_path / "train.mgf"),
+                           "--val", str(tmp_path / "val.mgf"), "--out", str(tmp_path / "run"),
+                           "--config", str(tmp_path / "tiny.toml"), "--threads", "1", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "data parallel over 2 processes" in (tmp_path / "run" / "run.log").read_text()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 4
+    assert (tmp_path / "run" / "model.pt").is_file()
