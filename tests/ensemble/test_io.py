@@ -118,3 +118,29 @@ def test_md_trajectory_through_mdanalysis(tmp_path):
     assert torch.allclose(traj.coords, ens.coords, atol=1e-3)
     with pytest.raises(InputError, match="file not found"):
         read_trajectory(top, tmp_path / "absent.xtc")
+
+
+def test_trajectory_with_force_field_names_round_trips_through_pdb(tmp_path):
+    """CHARMM names (HSD) and a 4-character segment id (4AKE) from an MD topology: the ensemble
+    is written as a PDB with HIS and chain A, and reads back with every residue."""
+    mda = pytest.importorskip("MDAnalysis")
+    ens = ideal_ensemble(3, 6, sequence="MKHAHL")
+    top = write_ensemble(ens.select([0]), tmp_path / "plain.pdb")
+    lines = []
+    for line in top.read_text().splitlines():
+        if line.startswith("ATOM"):
+            line = line.replace("HIS", "HSD").ljust(80)
+            line = line[:72] + "4AKE" + line[76:]
+        lines.append(line)
+    charmm = tmp_path / "charmm.pdb"
+    charmm.write_text("\n".join(lines) + "\n")
+    universe = mda.Universe(str(charmm))
+    assert "HSD" in set(universe.residues.resnames) and universe.segments[0].segid == "4AKE"
+    with mda.Writer(str(tmp_path / "traj.dcd"), universe.atoms.n_atoms) as writer:
+        for m in range(3):
+            universe.atoms.positions = ens.coords[m].reshape(-1, 3).numpy()
+            writer.write(universe.atoms)
+    traj = read_trajectory(charmm, tmp_path / "traj.dcd")
+    assert traj.sequence == "MKHAHL" and traj.residue_names[2] == "HIS" and traj.chain_id == "A"
+    back = read_ensemble(write_ensemble(traj, tmp_path / "out.pdb"))
+    assert back.n_res == 6 and back.sequence == "MKHAHL"

@@ -34,6 +34,11 @@ _THREE_TO_ONE = {
     "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V",
 }
 _ONE_TO_THREE = {one: three for three, one in _THREE_TO_ONE.items()}
+#: protonation-state names of MD force fields -> PDB names (CHARMM: HSD/HSE/HSP; AMBER: HID/HIE/HIP,
+#: CYX/CYM, ASH, GLH, LYN); gemmi does not know them as amino acids, so a PDB written with them
+#: would read back with those residues missing
+_FORCE_FIELD_NAMES = {"HSD": "HIS", "HSE": "HIS", "HSP": "HIS", "HID": "HIS", "HIE": "HIS", "HIP": "HIS",
+                      "CYX": "CYS", "CYM": "CYS", "ASH": "ASP", "GLH": "GLU", "LYN": "LYS"}
 
 
 def one_letter(residue_name: str) -> str:
@@ -235,7 +240,8 @@ def read_trajectory(topology: str | Path, trajectory: str | Path, *, selection: 
 
     ``selection``: an MDAnalysis selection for one chain/segment (default ``"protein"``; several
     segments must be narrowed, e.g. ``"protein and segid A"``). ``stride``: every n-th frame.
-    The chain name is the segment id when it has one character, else "A" (PDB's limit).
+    The chain name is the segment id when it has one character, else "A" (PDB's limit); force-field
+    residue names (HSD, HIE, CYX, ...) become PDB names (HIS, CYS, ...).
     MDAnalysis is an optional extra (``pip install 'equipoise[trajectories]'``).
     Missing O atoms are masked; a residue without N, CA or C is an ``InputError``.
     """
@@ -278,7 +284,7 @@ def read_trajectory(topology: str | Path, trajectory: str | Path, *, selection: 
     coords = torch.stack(frames).reshape(len(frames), len(residues), 4, 3).to(device)
     mask = (index >= 0).to(device).expand(len(frames), -1, -1).clone()
     coords = coords * mask[..., None]
-    names = tuple(str(n) for n in residues.resnames)
+    names = tuple(_FORCE_FIELD_NAMES.get(str(n), str(n)) for n in residues.resnames)
     segid = str(residues.segids[0])
     chain = segid if len(segid) == 1 else "A"  # a PDB chain name has one character; segids (4AKE) often more
     return Ensemble(coords, mask, "".join(one_letter(n) for n in names), names,
