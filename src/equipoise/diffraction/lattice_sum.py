@@ -1,6 +1,6 @@
 """Σ over crystal orientations of F_cell² · F_latt² for the square (sincg) lattice: the simulator's inner loop.
 
-For scattering vectors q (M, 3) [1/m] and the real-space vectors of K orientations ``rot`` (K, 3, 3)
+For scattering vectors q (3, M) [1/m], component-major, and the real-space vectors of K orientations ``rot`` (K, 3, 3)
 (rows a, b, c in m; K = φ steps × mosaic domains), with ``h = a·q`` etc. (PHYSICS.md §1.3):
 
     I[m] = Σ_k F_cell(h0_mk)² · Π_i sincg(π h_mki, N_i)²          (PHYSICS.md §1.4 SQUARE, §1.5)
@@ -60,8 +60,8 @@ def _component_rows(rot: Tensor) -> Tensor:
 
 
 def _miller(q: Tensor, rows: Tensor) -> Tensor:
-    """h = a·q for every orientation: (3, K, M) from q (M, 3) and component-major rows (3K, 3)."""
-    return (rows @ q.T).view(3, rows.shape[0] // 3, q.shape[0])
+    """h = a·q for every orientation: (3, K, M) from q (3, M) and component-major rows (3K, 3)."""
+    return (rows @ q).view(3, rows.shape[0] // 3, q.shape[1])
 
 
 def _fcell(hkl: Tensor, table: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
@@ -103,22 +103,22 @@ def _block_nograd(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None
 
 def square_lattice_sum_nograd(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None = None,
                               grid: Grid | None = None, rows: int = 1 << 14) -> Tensor:
-    """I (M,) as in the module docstring, without autograd, ``rows`` rows of q at a time.
+    """I (M,) as in the module docstring for q (3, M), without autograd, ``rows`` rows of q at a time.
 
     grid: (lower, shape, strides, size) for :func:`grid_index` when ``table`` is given.
     """
     with torch.no_grad():
         comp = _component_rows(rot)
-        out = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
-        for start in range(0, q.shape[0], rows):
-            _block_nograd(q[start:start + rows], comp, n_cells, table, grid, out[start:start + rows])
+        out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
+        for start in range(0, q.shape[1], rows):
+            _block_nograd(q[:, start:start + rows], comp, n_cells, table, grid, out[start:start + rows])
         return out
 
 
 class LatticeJacobians(NamedTuple):
     """Derivatives of I (module doc) for ``count`` rows of q from row ``start``; None where not needed.
 
-    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (count, 3) dI/dq;
+    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq;
     dn: (3, count) dI/dN; index, dtable: (K, count) table index of each term and dI/dtable[index].
     """
 
@@ -191,18 +191,18 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
                 d[1].mul_(f0).mul_(f2w)
                 d[2].mul_(f01).mul_(weight)
         if need_h:
-            dh = df_du.view(-1, q.shape[0])                 # (3K, M)
-            dq = (rows.T @ dh).T if need_q else None        # dI/dq = Σ_k a_k dI/dh_k
+            dh = df_du.view(-1, q.shape[1])                 # (3K, M)
+            dq = rows.T @ dh if need_q else None            # (3, M) dI/dq = Σ_k a_k dI/dh_k
             dh = dh if need_rot else None
         if need_n:
             dn = df_dn.sum(1)                               # (3, M)
-    return LatticeJacobians(start, q.shape[0], dh, dq, dn, idx if need_table else None, dtable)
+    return LatticeJacobians(start, q.shape[1], dh, dq, dn, idx if need_table else None, dtable)
 
 
 def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
                              need: tuple[bool, bool, bool, bool], rows: int = 1 << 14
                              ) -> tuple[Tensor, list[LatticeJacobians]]:
-    """I (M,) and its derivatives w.r.t. the inputs flagged in ``need`` = (q, rot, n_cells, table), without autograd.
+    """I (M,) and its derivatives w.r.t. the inputs flagged in ``need`` = (q (3, M), rot, n_cells, table), without autograd.
 
     Blocks of ``rows // _JACOBIAN_BLOCK_DIVISOR`` rows of q (``rows`` as for the value alone); the
     derivatives are what :class:`SavedLatticeSum` needs.
@@ -210,9 +210,9 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
     rows = max(1, rows // _JACOBIAN_BLOCK_DIVISOR)
     with torch.no_grad():
         comp = _component_rows(rot)
-        out = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
-        jac = [_block_jacobians(q[s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows])
-               for s in range(0, q.shape[0], rows)]
+        out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
+        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows])
+               for s in range(0, q.shape[1], rows)]
         return out, jac
 
 
@@ -245,11 +245,9 @@ class SavedLatticeSum(torch.autograd.Function):
             stop = jac.start + jac.count
             g = grad[jac.start:stop]
             if need_q:
-                torch.mul(jac.dq, g[:, None], out=grad_q[jac.start:stop])
-            if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m, with q·g laid out (3, count) for a fast product
-                qg = torch.empty(3, jac.count, dtype=q.dtype, device=q.device)
-                torch.mul(q[jac.start:stop].T, g, out=qg)
-                grad_rows.addmm_(qg, jac.dh.T)
+                grad_q[:, jac.start:stop] = jac.dq * g
+            if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m
+                grad_rows.addmm_(q[:, jac.start:stop] * g, jac.dh.T)
             if need_n:
                 grad_n.addmv_(jac.dn, g)
             if need_table:
@@ -261,7 +259,7 @@ class SavedLatticeSum(torch.autograd.Function):
 def square_lattice_sum(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None = None,
                        grid: Grid | None = None, rows: int = 1 << 14,
                        jacobians: list[LatticeJacobians] | None = None, value: Tensor | None = None) -> Tensor:
-    """I (M,) = Σ_k F_cell² F_latt² (module doc) for q (M, 3), rot (K, 3, 3), n_cells (3,).
+    """I (M,) = Σ_k F_cell² F_latt² (module doc) for q (3, M), rot (K, 3, 3), n_cells (3,).
 
     table: (G + 1,) flattened HKL grid then default_F, with grid = (lower, shape, strides, size) as in
     :func:`grid_index`, or None (F_cell = 1). Differentiable w.r.t. q, rot, n_cells and table; with
