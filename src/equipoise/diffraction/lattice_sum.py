@@ -39,6 +39,9 @@ Grid = tuple[Tensor, Tensor, Tensor, int]
 # blocks of this fraction of the rows (measured, 10 orientations: 2^15 rather than 2^17
 # evaluations per block, 5-25 % faster in float32 and float64)
 _JACOBIAN_BLOCK_DIVISOR = 4
+# sincg by the Chebyshev recurrence (one cosine and 2(N − 2) in-place passes) for whole numbers of
+# cells up to this; above it two sines and a division are cheaper (float64: a sine costs ~15 passes)
+_CHEBYSHEV_MAX_N = 12
 
 
 def grid_index(hkl: Tensor, lower: Tensor, shape: Tensor, strides: Tensor, size: int) -> Tensor:
@@ -78,13 +81,56 @@ def _sincg_exact(hkl: Tensor, n_cells: Tensor) -> Tensor:
     return torch.where(s1 == 0, n_cells.expand_as(pu), ratio)
 
 
+def integer_cells(n_cells: Tensor) -> tuple[int, int, int] | None:
+    """(Na, Nb, Nc) as ints when each is a whole number from 1 to ``_CHEBYSHEV_MAX_N``, else None."""
+    values = [float(v) for v in n_cells.detach().cpu().tolist()]
+    if all(v == round(v) and 1 <= v <= _CHEBYSHEV_MAX_N for v in values):
+        return int(values[0]), int(values[1]), int(values[2])
+    return None
+
+
+def _chebyshev_sincg(c: Tensor, n: int) -> Tensor:
+    """``sin(nπu)/sin(πu) = U_{n−1}(cos πu)`` for ``c = cos πu`` (any shape) and a whole n ≥ 1.
+
+    Chebyshev polynomial of the second kind by its recurrence ``U_k = 2c·U_{k−1} − U_{k−2}``
+    (U_0 = 1, U_1 = 2c; Abramowitz & Stegun 22.7.5, 22.3.16): no division, and the value n where
+    sin(πu) = 0 comes out of the polynomial. Overwrites ``c``.
+    """
+    if n == 1:
+        return torch.ones_like(c)
+    two_c = c.mul_(2.0)
+    if n == 2:
+        return two_c
+    prev, cur = two_c, torch.mul(two_c, two_c).sub_(1.0)   # U_1, U_2
+    if n == 3:
+        return cur
+    prev = prev.clone()  # two_c stays as the recurrence's factor
+    for _ in range(n - 3):
+        prev.neg_().addcmul_(two_c, cur)                    # U_k into U_{k-2}'s buffer
+        prev, cur = cur, prev
+    return cur
+
+
 def _block_nograd(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
-                  out: Tensor) -> None:
-    """I for one block of rows of q into ``out`` (in-place arithmetic on fresh buffers)."""
+                  out: Tensor, whole_n: tuple[int, int, int] | None = None) -> None:
+    """I for one block of rows of q into ``out`` (in-place arithmetic on fresh buffers).
+
+    ``whole_n``: (Na, Nb, Nc) as ints (:func:`integer_cells`): sincg by :func:`_chebyshev_sincg`
+    (one cosine instead of two sines and a division per component).
+    """
     hkl = _miller(q, rows)                                  # (3, K, M)
     u = torch.round(hkl)
     torch.sub(hkl, u, out=u)
     u.mul_(math.pi)                                         # π u
+    if whole_n is not None:
+        u.cos_()
+        f = _chebyshev_sincg(u[0], whole_n[0])
+        f.mul_(_chebyshev_sincg(u[1], whole_n[1])).mul_(_chebyshev_sincg(u[2], whole_n[2]))  # F_latt (K, M)
+        f.square_()
+        if table is not None:
+            f.mul_(_fcell(hkl, table, grid)[0].square_())
+        torch.sum(f, 0, out=out)
+        return
     s1 = torch.sin(u)
     sn = u.mul_(n_cells.view(3, 1, 1)).sin_()               # sin(N π u) (reuses u's buffer)
     num = sn[0] * sn[1]
@@ -109,9 +155,10 @@ def square_lattice_sum_nograd(q: Tensor, rot: Tensor, n_cells: Tensor, table: Te
     """
     with torch.no_grad():
         comp = _component_rows(rot)
+        whole_n = integer_cells(n_cells)
         out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
         for start in range(0, q.shape[1], rows):
-            _block_nograd(q[:, start:start + rows], comp, n_cells, table, grid, out[start:start + rows])
+            _block_nograd(q[:, start:start + rows], comp, n_cells, table, grid, out[start:start + rows], whole_n)
         return out
 
 
@@ -131,9 +178,34 @@ class LatticeJacobians(NamedTuple):
     dtable: Tensor | None
 
 
+def _chebyshev_sincg_grad(c: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(U_{n−1}(c), dU_{n−1}/dc) for ``c = cos πu`` and a whole n ≥ 1 (see :func:`_chebyshev_sincg`).
+
+    The derivative by the differentiated recurrence ``U'_k = 2U_{k−1} + 2c·U'_{k−1} − U'_{k−2}``
+    (U'_0 = 0, U'_1 = 2); ``d sincg/du = −π sin(πu) · U'_{n−1}(cos πu)``, finite everywhere.
+    """
+    if n == 1:
+        return torch.ones_like(c), torch.zeros_like(c)
+    two_c = c * 2.0
+    if n == 2:
+        return two_c, torch.full_like(c, 2.0)
+    u_prev, u_cur = two_c.clone(), torch.mul(two_c, two_c).sub_(1.0)   # U_1, U_2
+    d_prev, d_cur = torch.full_like(c, 2.0), two_c * 4.0                # U'_1, U'_2
+    for _ in range(n - 3):
+        d_prev.neg_().addcmul_(two_c, d_cur).add_(u_cur, alpha=2.0)    # U'_k into U'_{k-2}'s buffer
+        u_prev.neg_().addcmul_(two_c, u_cur)
+        u_prev, u_cur, d_prev, d_cur = u_cur, u_prev, d_cur, d_prev
+    return u_cur, d_cur
+
+
 def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
-                     need: tuple[bool, bool, bool, bool], start: int, out: Tensor) -> LatticeJacobians:
-    """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block."""
+                     need: tuple[bool, bool, bool, bool], start: int, out: Tensor,
+                     whole_n: tuple[int, int, int] | None = None) -> LatticeJacobians:
+    """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block.
+
+    ``whole_n`` (and no derivative w.r.t. n_cells wanted): sincg and d sincg/du by the Chebyshev
+    recurrences (:func:`_chebyshev_sincg_grad`: a sine and a cosine per component, no division).
+    """
     need_q, need_rot, need_n, need_table = need
     hkl = _miller(q, rows)                                  # (3, K, M)
     fc = idx = None
@@ -142,16 +214,29 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
     pu = torch.round(hkl)
     torch.sub(hkl, pu, out=pu).mul_(math.pi)               # π u
     n = n_cells.view(3, 1, 1)
-    npu = pu * n
-    s1, sn, cn = torch.sin(pu), torch.sin(npu), torch.cos(npu)
     need_h = need_q or need_rot
-    df_dn = torch.mul(pu, cn).div_(s1) if need_n else None  # πu cos(Nπu) / sin(πu)
-    f = sn.div_(s1)                                         # sincg; not finite where sin(πu) = 0 (fixed below)
-    df_du = cn.mul_(n * math.pi).addcmul_(f, torch.cos(pu), value=-math.pi).div_(s1) if need_h else None
-    apu = pu.abs()
-    nearest = torch.minimum(apu[0], apu[1])
-    torch.minimum(nearest, apu[2], out=nearest)             # (K, M) smallest |πu| of each term
-    if bool(nearest.amin() < math.pi * _SMALL_U):          # lattice.py's series branch for the derivatives
+    if whole_n is not None and not need_n:
+        cos_pu = torch.cos(pu)
+        f, df_du = torch.empty_like(pu), torch.empty_like(pu) if need_h else None
+        for i in range(3):
+            value_i, slope_i = _chebyshev_sincg_grad(cos_pu[i], whole_n[i])
+            f[i].copy_(value_i)
+            if need_h:
+                df_du[i].copy_(slope_i)
+        if need_h:
+            df_du.mul_(torch.sin(pu)).mul_(-math.pi)        # dU/dc · dc/du
+        df_dn = None
+        nearest = None
+    else:
+        npu = pu * n
+        s1, sn, cn = torch.sin(pu), torch.sin(npu), torch.cos(npu)
+        df_dn = torch.mul(pu, cn).div_(s1) if need_n else None  # πu cos(Nπu) / sin(πu)
+        f = sn.div_(s1)                                     # sincg; not finite where sin(πu) = 0 (fixed below)
+        df_du = cn.mul_(n * math.pi).addcmul_(f, torch.cos(pu), value=-math.pi).div_(s1) if need_h else None
+        apu = pu.abs()
+        nearest = torch.minimum(apu[0], apu[1])
+        torch.minimum(nearest, apu[2], out=nearest)         # (K, M) smallest |πu| of each term
+    if nearest is not None and bool(nearest.amin() < math.pi * _SMALL_U):  # lattice.py's series branch
         at = torch.nonzero(nearest.view(-1) < math.pi * _SMALL_U).view(-1)  # the P terms concerned, flat (K·M)
 
         def pick(x: Tensor) -> Tensor:                       # (3, K, M) -> (3, P)
@@ -210,8 +295,9 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
     rows = max(1, rows // _JACOBIAN_BLOCK_DIVISOR)
     with torch.no_grad():
         comp = _component_rows(rot)
+        whole_n = integer_cells(n_cells)
         out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
-        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows])
+        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows], whole_n)
                for s in range(0, q.shape[1], rows)]
         return out, jac
 
