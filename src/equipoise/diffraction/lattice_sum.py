@@ -178,24 +178,34 @@ class LatticeJacobians(NamedTuple):
     dtable: Tensor | None
 
 
-def _chebyshev_sincg_grad(c: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """(U_{n−1}(c), dU_{n−1}/dc) for ``c = cos πu`` and a whole n ≥ 1 (see :func:`_chebyshev_sincg`).
+def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor) -> None:
+    """U_{n−1}(c) into ``value`` and dU_{n−1}/dc into ``slope`` (buffers shaped as c) for ``c = cos πu``.
 
-    The derivative by the differentiated recurrence ``U'_k = 2U_{k−1} + 2c·U'_{k−1} − U'_{k−2}``
-    (U'_0 = 0, U'_1 = 2); ``d sincg/du = −π sin(πu) · U'_{n−1}(cos πu)``, finite everywhere.
+    Whole n ≥ 1 (see :func:`_chebyshev_sincg`); the derivative by the differentiated recurrence
+    ``U'_k = 2U_{k−1} + 2c·U'_{k−1} − U'_{k−2}`` (U'_0 = 0, U'_1 = 2), so that
+    ``d sincg/du = −π sin(πu) · U'_{n−1}(cos πu)``, finite everywhere. The recurrence alternates
+    between two buffers per quantity; the first is chosen so that the last step lands in the output.
     """
     if n == 1:
-        return torch.ones_like(c), torch.zeros_like(c)
-    two_c = c * 2.0
+        value.fill_(1.0)
+        slope.zero_()
+        return
     if n == 2:
-        return two_c, torch.full_like(c, 2.0)
-    u_prev, u_cur = two_c.clone(), torch.mul(two_c, two_c).sub_(1.0)   # U_1, U_2
-    d_prev, d_cur = torch.full_like(c, 2.0), two_c * 4.0                # U'_1, U'_2
+        torch.mul(c, 2.0, out=value)
+        slope.fill_(2.0)
+        return
+    two_c = c * 2.0
+    odd = (n - 3) % 2 == 1                                  # the step count; U_{n-1} ends in the first buffer if odd
+    u_prev, u_cur = (value, torch.empty_like(c)) if odd else (torch.empty_like(c), value)
+    d_prev, d_cur = (slope, torch.empty_like(c)) if odd else (torch.empty_like(c), slope)
+    u_prev.copy_(two_c)                                     # U_1
+    torch.mul(two_c, two_c, out=u_cur).sub_(1.0)            # U_2
+    d_prev.fill_(2.0)                                       # U'_1
+    torch.mul(two_c, 4.0, out=d_cur)                        # U'_2
     for _ in range(n - 3):
         d_prev.neg_().addcmul_(two_c, d_cur).add_(u_cur, alpha=2.0)    # U'_k into U'_{k-2}'s buffer
         u_prev.neg_().addcmul_(two_c, u_cur)
         u_prev, u_cur, d_prev, d_cur = u_cur, u_prev, d_cur, d_prev
-    return u_cur, d_cur
 
 
 def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
@@ -217,14 +227,10 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
     need_h = need_q or need_rot
     if whole_n is not None and not need_n:
         cos_pu = torch.cos(pu)
-        f, df_du = torch.empty_like(pu), torch.empty_like(pu) if need_h else None
+        f, slope = torch.empty_like(pu), torch.empty_like(pu)
         for i in range(3):
-            value_i, slope_i = _chebyshev_sincg_grad(cos_pu[i], whole_n[i])
-            f[i].copy_(value_i)
-            if need_h:
-                df_du[i].copy_(slope_i)
-        if need_h:
-            df_du.mul_(torch.sin(pu)).mul_(-math.pi)        # dU/dc · dc/du
+            _chebyshev_sincg_grad(cos_pu[i], whole_n[i], f[i], slope[i])
+        df_du = slope.mul_(pu.sin_()).mul_(-math.pi) if need_h else None  # dU/dc · dc/du (πu not needed after)
         df_dn = None
         nearest = None
     else:

@@ -333,8 +333,8 @@ class Simulator:
         f_idx = idx - s_idx * self.shape[1]
         # per-pixel geometry component-major, (3, n, O², T): elementwise passes over long rows
         pos_c = subpixel_positions(geom, s_idx, f_idx, self.oversample, component_major=True)  # m
-        r = torch.sqrt((pos_c * pos_c).sum(0))                                # (n, O², T)
-        d_c = pos_c / r                                                        # (3, n, O², T) unit
+        r2 = (pos_c * pos_c).sum(0)                                            # (n, O², T) m²
+        d_c = pos_c * torch.rsqrt(r2)                                          # (3, n, O², T) unit
         q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
             lattice_sum = square_lattice_sum if tape is None else tape.lattice_sum
@@ -358,7 +358,7 @@ class Simulator:
             i_src = torch.where(cut, torch.zeros_like(i_src), i_src)
         kahn, nopolar = cfg.beam.polarization, cfg.beam.nopolar
         if self.physical:
-            omega = solid_angle(geom, pos_c.movedim(0, -1), r)                 # (n, O², T)
+            omega = solid_angle(geom, pos_c.movedim(0, -1), torch.sqrt(r2))    # (n, O², T)
             cap = torch.diagonal(capture_fractions(geom, d_c, component_major=True), dim1=-2, dim2=-1)
             polar = polarization_factor(incident, d_c, geom.polar, kahn, nopolar=nopolar,
                                         component_major=True)                  # (n, O², T, S)
@@ -369,10 +369,15 @@ class Simulator:
                 total = total + scale * self.steps * WATER_F ** 2 * water * mean_w
             return total
         # nanobragg: P, Ω of the first subpixel/layer/source, capture of the last layer (PHYSICS.md §1.1, §1.7)
-        polar = polarization_factor(incident[0], d_c[:, :, 0, 0], geom.polar, kahn, nopolar=nopolar,
-                                    component_major=True)
-        omega = solid_angle(geom, pos_c[:, :, 0, 0].T, r[:, 0, 0])
-        cap = capture_fractions(geom, d_c[:, :, 0, -1], component_major=True)[:, -1]
+        if d_c.shape[2] * d_c.shape[3] == 1:  # one subpixel and layer: views (their backward needs no zero fill)
+            d_first = d_last = d_c.view(3, -1)
+            pos_first, r2_first = pos_c.view(3, -1), r2.view(-1)
+        else:
+            d_first, d_last = d_c[:, :, 0, 0], d_c[:, :, 0, -1]
+            pos_first, r2_first = pos_c[:, :, 0, 0], r2[:, 0, 0]
+        polar = polarization_factor(incident[0], d_first, geom.polar, kahn, nopolar=nopolar, component_major=True)
+        omega = solid_angle(geom, pos_first.T, torch.sqrt(r2_first))
+        cap = capture_fractions(geom, d_last, component_major=True)[:, -1]
         factor = polar * omega * cap
         acc = i_src.reshape(i_src.shape[0], -1).sum(1) if i_src[0].numel() > 1 else i_src.reshape(-1)
         if water > 0:
