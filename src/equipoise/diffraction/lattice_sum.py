@@ -178,13 +178,36 @@ class LatticeJacobians(NamedTuple):
     dtable: Tensor | None
 
 
-def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor) -> None:
+class _Workspace:
+    """Scratch buffers reused from block to block of one call.
+
+    A fresh buffer of a few hundred kB costs its first-touch page faults on every block (measured:
+    writing one took 3-5 times as long as the arithmetic), so the Jacobian pass takes its
+    intermediates that do not outlive a block from here.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.like = like
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A contiguous buffer ``shape`` (contents undefined) that is reused by the next ``get(name, ...)``."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[name] = torch.empty(size, dtype=self.like.dtype, device=self.like.device)
+        return buffer[:size].view(shape)
+
+
+def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor,
+                          work: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
     """U_{n−1}(c) into ``value`` and dU_{n−1}/dc into ``slope`` (buffers shaped as c) for ``c = cos πu``.
 
     Whole n ≥ 1 (see :func:`_chebyshev_sincg`); the derivative by the differentiated recurrence
     ``U'_k = 2U_{k−1} + 2c·U'_{k−1} − U'_{k−2}`` (U'_0 = 0, U'_1 = 2), so that
     ``d sincg/du = −π sin(πu) · U'_{n−1}(cos πu)``, finite everywhere. The recurrence alternates
     between two buffers per quantity; the first is chosen so that the last step lands in the output.
+    ``work``: three scratch buffers shaped as c (else fresh ones).
     """
     if n == 1:
         value.fill_(1.0)
@@ -194,10 +217,11 @@ def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor) -> No
         torch.mul(c, 2.0, out=value)
         slope.fill_(2.0)
         return
-    two_c = c * 2.0
+    two_c, spare_u, spare_d = work if work is not None else (torch.empty_like(c) for _ in range(3))
+    torch.mul(c, 2.0, out=two_c)
     odd = (n - 3) % 2 == 1                                  # the step count; U_{n-1} ends in the first buffer if odd
-    u_prev, u_cur = (value, torch.empty_like(c)) if odd else (torch.empty_like(c), value)
-    d_prev, d_cur = (slope, torch.empty_like(c)) if odd else (torch.empty_like(c), slope)
+    u_prev, u_cur = (value, spare_u) if odd else (spare_u, value)
+    d_prev, d_cur = (slope, spare_d) if odd else (spare_d, slope)
     u_prev.copy_(two_c)                                     # U_1
     torch.mul(two_c, two_c, out=u_cur).sub_(1.0)            # U_2
     d_prev.fill_(2.0)                                       # U'_1
@@ -210,26 +234,31 @@ def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor) -> No
 
 def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
                      need: tuple[bool, bool, bool, bool], start: int, out: Tensor,
-                     whole_n: tuple[int, int, int] | None = None) -> LatticeJacobians:
+                     whole_n: tuple[int, int, int] | None = None,
+                     work: _Workspace | None = None) -> LatticeJacobians:
     """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block.
 
     ``whole_n`` (and no derivative w.r.t. n_cells wanted): sincg and d sincg/du by the Chebyshev
     recurrences (:func:`_chebyshev_sincg_grad`: a sine and a cosine per component, no division).
+    ``work``: scratch buffers shared with the other blocks (nothing returned lives in them).
     """
     need_q, need_rot, need_n, need_table = need
-    hkl = _miller(q, rows)                                  # (3, K, M)
+    work = work if work is not None else _Workspace(q)
+    shape = (3, rows.shape[0] // 3, q.shape[1])
+    hkl = torch.mm(rows, q, out=work.get("hkl", (rows.shape[0], q.shape[1]))).view(shape)  # (3, K, M)
     fc = idx = None
     if table is not None:
         fc, idx = _fcell(hkl, table, grid)
-    pu = torch.round(hkl)
+    pu = torch.round(hkl, out=work.get("pu", shape))
     torch.sub(hkl, pu, out=pu).mul_(math.pi)               # π u
     n = n_cells.view(3, 1, 1)
     need_h = need_q or need_rot
     if whole_n is not None and not need_n:
-        cos_pu = torch.cos(pu)
-        f, slope = torch.empty_like(pu), torch.empty_like(pu)
+        cos_pu = torch.cos(pu, out=hkl)                     # hkl is not needed any more
+        f, slope = work.get("f", shape), torch.empty_like(pu)   # slope becomes dh (kept): fresh
+        scratch = tuple(work.get(name, shape[1:]) for name in ("two_c", "spare_u", "spare_d"))
         for i in range(3):
-            _chebyshev_sincg_grad(cos_pu[i], whole_n[i], f[i], slope[i])
+            _chebyshev_sincg_grad(cos_pu[i], whole_n[i], f[i], slope[i], scratch)
         df_du = slope.mul_(pu.sin_()).mul_(-math.pi) if need_h else None  # dU/dc · dc/du (πu not needed after)
         df_dn = None
         nearest = None
@@ -260,9 +289,9 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
             df_dn.view(3, -1).index_copy_(1, at, torch.where(small, 1.0 - (3.0 * nn * nn - 1.0) * p * p / 6.0,
                                                              pick(df_dn)))
     f0, f1, f2 = f.unbind(0)
-    f01 = f0 * f1
-    latt = f01 * f2                                         # F_latt (K, M)
-    value = latt * latt
+    f01 = torch.mul(f0, f1, out=work.get("f01", shape[1:]))
+    latt = torch.mul(f01, f2, out=work.get("latt", shape[1:]))  # F_latt (K, M)
+    value = torch.mul(latt, latt, out=work.get("value", shape[1:]))
     weight = latt.mul_(2.0)                                 # d(F_latt²)/dF_latt (F_cell² below)
     dtable = None
     if table is not None:
@@ -275,7 +304,7 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
     dh = dq = dn = None
     if need_h or need_n:
         # dI/du_i = dI/dF_latt · Π_{j≠i} f_j · df_i/du_i, in place on the derivatives of f
-        f2w = f2 * weight
+        f2w = torch.mul(f2, weight, out=work.get("f2w", shape[1:]))
         for d in (df_du, df_dn):
             if d is not None:
                 d[0].mul_(f1).mul_(f2w)
@@ -303,8 +332,9 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
         comp = _component_rows(rot)
         whole_n = integer_cells(n_cells)
         out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
-        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows], whole_n)
-               for s in range(0, q.shape[1], rows)]
+        work = _Workspace(q)
+        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows], whole_n,
+                                work) for s in range(0, q.shape[1], rows)]
         return out, jac
 
 
