@@ -1,7 +1,8 @@
 """Σ over crystal orientations of F_cell² · F_latt² for the square (sincg) lattice: the simulator's inner loop.
 
-For scattering vectors q (3, M) [1/m], component-major, and the real-space vectors of K orientations ``rot`` (K, 3, 3)
-(rows a, b, c in m; K = φ steps × mosaic domains), with ``h = a·q`` etc. (PHYSICS.md §1.3):
+For scattering vectors q (3, M) [1/m], component-major, and the real-space vectors of K
+orientations ``rot`` (K, 3, 3) (rows a, b, c in m; K = φ steps × mosaic domains), with ``h = a·q``
+etc. (PHYSICS.md §1.3):
 
     I[m] = Σ_k F_cell(h0_mk)² · Π_i sincg(π h_mki, N_i)²          (PHYSICS.md §1.4 SQUARE, §1.5)
 
@@ -22,6 +23,14 @@ compute them in its forward pass and keep them for the backward pass. The gradie
 analytic ones of the same formula (``d sincg/du = π(N cos Nπu − sincg · cos πu)/sin πu``,
 ``d sincg/dN = πu cos Nπu / sin πu``, with lattice.py's series ``N(1 − (N²−1)π²u²/6)`` below
 |u| = 1e-3).
+
+Whole numbers of cells (N_i integers from 1 to 12, as nanoBragg's ``-N`` always are) take the
+identity ``sin(Nπu)/sin(πu) = U_{N−1}(cos πu)`` (Chebyshev polynomial of the second kind, by its
+three-term recurrence): one cosine instead of two sines and a division per component, the value N
+at u = 0 without a special case, and ``d sincg/du = −π sin(πu) U'_{N−1}(cos πu)`` without the
+series (exact where the series is good to ~(Nπu)²/10). The float64 value agrees with the sine ratio
+to 3.6e-15·N over u ∈ [−½, ½] for every N ≤ 12 (tests/diffraction/test_lattice.py); it is an
+exact rewriting, not a lower precision. A derivative w.r.t. n_cells (non-integer N) uses the sines.
 """
 
 from __future__ import annotations
@@ -35,10 +44,11 @@ from torch import Tensor
 from .lattice import _SMALL_U
 
 Grid = tuple[Tensor, Tensor, Tensor, int]
-# the Jacobian pass holds about three times the temporaries of the value pass, and runs fastest on
-# blocks of this fraction of the rows (measured, 10 orientations: 2^15 rather than 2^17
-# evaluations per block, 5-25 % faster in float32 and float64)
-_JACOBIAN_BLOCK_DIVISOR = 4
+# the Jacobian pass holds about three times the temporaries of the value pass and runs on blocks of
+# this fraction of the rows (first measured 2^15 rather than 2^17 evaluations per block, 10
+# orientations; with the block workspace, 2 was 5-10 % faster than 4 in CPU time, float32 and
+# float64, load average 3.6-3.8)
+_JACOBIAN_BLOCK_DIVISOR = 2
 # sincg by the Chebyshev recurrence (one cosine and 2(N − 2) in-place passes) for whole numbers of
 # cells up to this; above it two sines and a division are cheaper (float64: a sine costs ~15 passes)
 _CHEBYSHEV_MAX_N = 12
