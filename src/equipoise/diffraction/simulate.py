@@ -46,7 +46,8 @@ structure_factors.py), the ``Fdump.bin`` cache.
 Evaluation
 ----------
 Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` into one preallocated
-image. For the square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and
+image. Per-pixel geometry is laid out component-major, (3, n, O², T), with dot products as matrix
+products (rotations.dot3): torch's CPU kernels are several times slower on a trailing axis of 3. For the square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and
 mosaic domains is the fused kernel of lattice_sum.py (value, or value and analytic Jacobians in
 one pass), which takes a chunk's rows of q a cache-sized block at a time, so that chunks can be
 large (few per image) and the per-pixel geometry runs on long vectors; other lattice shapes and
