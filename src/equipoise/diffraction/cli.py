@@ -14,6 +14,7 @@ handlers import them. Refinement commands register themselves through
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import warnings
@@ -234,8 +235,10 @@ def run_simulation(flags: Sequence[str], *, config_file: Path | None = None, qui
         simulator = Simulator(config, dtype=dtype, device=device)
         console.print("equipoise diffraction simulate (nanoBragg-compatible)")
         _print_setup(console, config, geom, sources, simulator)
-        with console.status(f"simulating {geom.spixels}x{geom.fpixels} pixels on {device} ...",
-                            spinner="dots"):
+        # the spinner only on a terminal (importing it costs ~0.1 s of start-up)
+        busy = (console.status(f"simulating {geom.spixels}x{geom.fpixels} pixels on {device} ...", spinner="dots")
+                if console.is_terminal and not quiet else contextlib.nullcontext())
+        with busy:
             image = simulator().detach().cpu().numpy().astype(np.float32)
     computed = _computed_pixels(geom)
     stats = io.image_stats(image, computed)

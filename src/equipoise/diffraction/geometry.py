@@ -32,7 +32,7 @@ from torch import Tensor
 
 from equipoise.diffraction.config import DetectorConfig, SimulationConfig
 from equipoise.diffraction.params import param_tensor
-from equipoise.diffraction.rotations import rotate_axis, rotation_xyz
+from equipoise.diffraction.rotations import dot3, rotate_axis, rotation_xyz
 from equipoise.errors import InputError
 
 DEFAULT_DISTANCE_M = 0.1  # nanoBragg.c: distance = 100.0e-3
@@ -382,13 +382,16 @@ def detector_geometry(config: SimulationConfig, params: Mapping[str, Tensor] | N
         twotheta_axis=axis)
 
 
-def subpixel_positions(geom: DetectorGeometry, s_index: Tensor, f_index: Tensor, oversample: int) -> Tensor:
+def subpixel_positions(geom: DetectorGeometry, s_index: Tensor, f_index: Tensor, oversample: int, *,
+                       component_major: bool = False) -> Tensor:
     """Lab positions (n, oversample², n_layers, 3) in metres of the subpixel centres of pixels (s, f).
 
     PHYSICS.md §1.2: ``Fdet = δ(f·n + j) + δ/2``, ``Sdet = δ(s·n + i) + δ/2`` (δ = Δ/n), ``Odet = t·Δz``,
     ``P = Fdet·f̂ + Sdet·ŝ + Odet·ô + pix0``. Subpixels are ordered slow sub-index i major, fast j minor.
     Curved detector: ``P = R_f̂(P_z/L)·R_ŝ(P_y/L)·(L·b̂)`` with L = ``geom.distance``.
-    ``s_index``, ``f_index``: (n,) integer pixel indices.
+    ``s_index``, ``f_index``: (n,) integer pixel indices. ``component_major``: the same values laid
+    out (3, n, oversample², n_layers), contiguous (the simulator's layout: elementwise work on long
+    rows rather than on a trailing axis of 3); otherwise a view of that layout.
     """
     if oversample < 1:
         raise InputError(f"oversample must be >= 1, got {oversample}", field="oversample")
@@ -399,41 +402,47 @@ def subpixel_positions(geom: DetectorGeometry, s_index: Tensor, f_index: Tensor,
     fd = delta * (f_index.to(dtype=dtype, device=device)[:, None] * n + sub) + delta / 2.0  # (N, j)
     sd = delta * (s_index.to(dtype=dtype, device=device)[:, None] * n + sub) + delta / 2.0  # (N, i)
     count = fd.shape[0]
-    fd = fd[:, None, :].expand(count, n, n).reshape(count, n * n, 1, 1)
-    sd = sd[:, :, None].expand(count, n, n).reshape(count, n * n, 1, 1)
-    od = (torch.arange(geom.n_layers, dtype=dtype, device=device) * geom.layer_step)[None, None, :, None]
-    pos = fd * geom.fdet + sd * geom.sdet + od * geom.odet + geom.pix0
+    fs = torch.stack([fd[:, None, :].expand(count, n, n), sd[:, :, None].expand(count, n, n)]).view(2, -1)
+    basis = torch.stack([geom.fdet, geom.sdet], 1)                                       # (3, 2)
+    od = torch.arange(geom.n_layers, dtype=dtype, device=device) * geom.layer_step
+    offset = geom.pix0[:, None] + geom.odet[:, None] * od                                # (3, T)
+    if geom.n_layers == 1:
+        pos = torch.addmm(offset, basis, fs).view(3, count, n * n, 1)
+    else:
+        pos = (basis @ fs).view(3, count, n * n, 1) + offset[:, None, None, :]
     if geom.curved:
         # nanoBragg.c -curved_det: rotate L*beam about s by P_y/L, then about f by P_z/L
         length = geom.distance
-        start = (length * geom.beam).expand_as(pos)
-        turned = rotate_axis(start, geom.sdet, pos[..., 1] / length)
-        pos = rotate_axis(turned, geom.fdet, pos[..., 2] / length)
-    return pos
+        flat = pos.movedim(0, -1)
+        start = (length * geom.beam).expand_as(flat)
+        turned = rotate_axis(start, geom.sdet, flat[..., 1] / length)
+        pos = rotate_axis(turned, geom.fdet, flat[..., 2] / length).movedim(-1, 0).contiguous()
+    return pos if component_major else pos.movedim(0, -1)
 
 
-def solid_angle(geom: DetectorGeometry, positions: Tensor) -> Tensor:
+def solid_angle(geom: DetectorGeometry, positions: Tensor, r: Tensor | None = None) -> Tensor:
     """Pixel solid angle (...) in sr at ``positions`` (..., 3) m: ``Δ²/R²·(L_close/R)`` (PHYSICS.md §1.2).
 
-    ``-point_pixel``: ``1/R²`` (m⁻², nanoBragg drops Δ²).
+    ``-point_pixel``: ``1/R²`` (m⁻², nanoBragg drops Δ²). ``r``: |positions| (...) in m when the
+    caller has it already.
     """
-    r2 = (positions * positions).sum(-1)
+    if r is None:
+        r = torch.sqrt(dot3(positions, positions))
     if geom.point_pixel:
-        return 1.0 / r2
-    r = torch.sqrt(r2)
-    return geom.pixel_size ** 2 / r2 * geom.close_distance / r
+        return 1.0 / (r * r)
+    return (geom.pixel_size ** 2) * geom.close_distance / (r * r * r)
 
 
-def capture_fractions(geom: DetectorGeometry, diffracted: Tensor) -> Tensor:
+def capture_fractions(geom: DetectorGeometry, diffracted: Tensor, *, component_major: bool = False) -> Tensor:
     """Fraction of photons absorbed in each sensor layer, (..., n_layers), for unit ``diffracted`` (..., 3).
 
     PHYSICS.md §1.7: parallax ``ρ = d̂·ô``, ``capture_t = exp(−t·Δz·μ/ρ) − exp(−(t+1)·Δz·μ/ρ)``;
-    all ones (one layer) without sensor thickness.
+    all ones (one layer) without sensor thickness. ``component_major``: ``diffracted`` is (3, ...).
     """
-    shape = diffracted.shape[:-1] + (geom.n_layers,)
+    shape = (diffracted.shape[1:] if component_major else diffracted.shape[:-1]) + (geom.n_layers,)
     if geom.layer_step == 0.0 or geom.mu == 0.0:
         return torch.ones(shape, dtype=diffracted.dtype, device=diffracted.device)
-    rho = (diffracted * geom.odet).sum(-1, keepdim=True)
+    rho = dot3(diffracted, geom.odet, component_major=component_major).unsqueeze(-1)
     depth = torch.arange(geom.n_layers, dtype=diffracted.dtype, device=diffracted.device) * geom.layer_step
     scale = geom.mu / rho
     return torch.exp(-depth * scale) - torch.exp(-(depth + geom.layer_step) * scale)

@@ -1,7 +1,8 @@
 """Σ over crystal orientations of F_cell² · F_latt² for the square (sincg) lattice: the simulator's inner loop.
 
-For scattering vectors q (M, 3) [1/m] and the real-space vectors of K orientations ``rot`` (K, 3, 3)
-(rows a, b, c in m; K = φ steps × mosaic domains), with ``h = a·q`` etc. (PHYSICS.md §1.3):
+For scattering vectors q (3, M) [1/m], component-major, and the real-space vectors of K
+orientations ``rot`` (K, 3, 3) (rows a, b, c in m; K = φ steps × mosaic domains), with ``h = a·q``
+etc. (PHYSICS.md §1.3):
 
     I[m] = Σ_k F_cell(h0_mk)² · Π_i sincg(π h_mki, N_i)²          (PHYSICS.md §1.4 SQUARE, §1.5)
 
@@ -22,6 +23,14 @@ compute them in its forward pass and keep them for the backward pass. The gradie
 analytic ones of the same formula (``d sincg/du = π(N cos Nπu − sincg · cos πu)/sin πu``,
 ``d sincg/dN = πu cos Nπu / sin πu``, with lattice.py's series ``N(1 − (N²−1)π²u²/6)`` below
 |u| = 1e-3).
+
+Whole numbers of cells (N_i integers from 1 to 12, as nanoBragg's ``-N`` always are) take the
+identity ``sin(Nπu)/sin(πu) = U_{N−1}(cos πu)`` (Chebyshev polynomial of the second kind, by its
+three-term recurrence): one cosine instead of two sines and a division per component, the value N
+at u = 0 without a special case, and ``d sincg/du = −π sin(πu) U'_{N−1}(cos πu)`` without the
+series (exact where the series is good to ~(Nπu)²/10). The float64 value agrees with the sine ratio
+to 3.6e-15·N over u ∈ [−½, ½] for every N ≤ 12 (tests/diffraction/test_lattice.py); it is an
+exact rewriting, not a lower precision. A derivative w.r.t. n_cells (non-integer N) uses the sines.
 """
 
 from __future__ import annotations
@@ -35,10 +44,14 @@ from torch import Tensor
 from .lattice import _SMALL_U
 
 Grid = tuple[Tensor, Tensor, Tensor, int]
-# the Jacobian pass holds about three times the temporaries of the value pass, and runs fastest on
-# blocks of this fraction of the rows (measured, 10 orientations: 2^15 rather than 2^17
-# evaluations per block, 5-25 % faster in float32 and float64)
-_JACOBIAN_BLOCK_DIVISOR = 4
+# the Jacobian pass holds about three times the temporaries of the value pass and runs on blocks of
+# this fraction of the rows (first measured 2^15 rather than 2^17 evaluations per block, 10
+# orientations; with the block workspace, 2 was 5-10 % faster than 4 in CPU time, float32 and
+# float64, load average 3.6-3.8)
+_JACOBIAN_BLOCK_DIVISOR = 2
+# sincg by the Chebyshev recurrence (one cosine and 2(N − 2) in-place passes) for whole numbers of
+# cells up to this; above it two sines and a division are cheaper (float64: a sine costs ~15 passes)
+_CHEBYSHEV_MAX_N = 12
 
 
 def grid_index(hkl: Tensor, lower: Tensor, shape: Tensor, strides: Tensor, size: int) -> Tensor:
@@ -60,8 +73,8 @@ def _component_rows(rot: Tensor) -> Tensor:
 
 
 def _miller(q: Tensor, rows: Tensor) -> Tensor:
-    """h = a·q for every orientation: (3, K, M) from q (M, 3) and component-major rows (3K, 3)."""
-    return (rows @ q.T).view(3, rows.shape[0] // 3, q.shape[0])
+    """h = a·q for every orientation: (3, K, M) from q (3, M) and component-major rows (3K, 3)."""
+    return (rows @ q).view(3, rows.shape[0] // 3, q.shape[1])
 
 
 def _fcell(hkl: Tensor, table: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
@@ -78,13 +91,56 @@ def _sincg_exact(hkl: Tensor, n_cells: Tensor) -> Tensor:
     return torch.where(s1 == 0, n_cells.expand_as(pu), ratio)
 
 
+def integer_cells(n_cells: Tensor) -> tuple[int, int, int] | None:
+    """(Na, Nb, Nc) as ints when each is a whole number from 1 to ``_CHEBYSHEV_MAX_N``, else None."""
+    values = [float(v) for v in n_cells.detach().cpu().tolist()]
+    if all(v == round(v) and 1 <= v <= _CHEBYSHEV_MAX_N for v in values):
+        return int(values[0]), int(values[1]), int(values[2])
+    return None
+
+
+def _chebyshev_sincg(c: Tensor, n: int) -> Tensor:
+    """``sin(nπu)/sin(πu) = U_{n−1}(cos πu)`` for ``c = cos πu`` (any shape) and a whole n ≥ 1.
+
+    Chebyshev polynomial of the second kind by its recurrence ``U_k = 2c·U_{k−1} − U_{k−2}``
+    (U_0 = 1, U_1 = 2c; Abramowitz & Stegun 22.7.5, 22.3.16): no division, and the value n where
+    sin(πu) = 0 comes out of the polynomial. Overwrites ``c``.
+    """
+    if n == 1:
+        return torch.ones_like(c)
+    two_c = c.mul_(2.0)
+    if n == 2:
+        return two_c
+    prev, cur = two_c, torch.mul(two_c, two_c).sub_(1.0)   # U_1, U_2
+    if n == 3:
+        return cur
+    prev = prev.clone()  # two_c stays as the recurrence's factor
+    for _ in range(n - 3):
+        prev.neg_().addcmul_(two_c, cur)                    # U_k into U_{k-2}'s buffer
+        prev, cur = cur, prev
+    return cur
+
+
 def _block_nograd(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
-                  out: Tensor) -> None:
-    """I for one block of rows of q into ``out`` (in-place arithmetic on fresh buffers)."""
+                  out: Tensor, whole_n: tuple[int, int, int] | None = None) -> None:
+    """I for one block of rows of q into ``out`` (in-place arithmetic on fresh buffers).
+
+    ``whole_n``: (Na, Nb, Nc) as ints (:func:`integer_cells`): sincg by :func:`_chebyshev_sincg`
+    (one cosine instead of two sines and a division per component).
+    """
     hkl = _miller(q, rows)                                  # (3, K, M)
     u = torch.round(hkl)
     torch.sub(hkl, u, out=u)
     u.mul_(math.pi)                                         # π u
+    if whole_n is not None:
+        u.cos_()
+        f = _chebyshev_sincg(u[0], whole_n[0])
+        f.mul_(_chebyshev_sincg(u[1], whole_n[1])).mul_(_chebyshev_sincg(u[2], whole_n[2]))  # F_latt (K, M)
+        f.square_()
+        if table is not None:
+            f.mul_(_fcell(hkl, table, grid)[0].square_())
+        torch.sum(f, 0, out=out)
+        return
     s1 = torch.sin(u)
     sn = u.mul_(n_cells.view(3, 1, 1)).sin_()               # sin(N π u) (reuses u's buffer)
     num = sn[0] * sn[1]
@@ -103,22 +159,23 @@ def _block_nograd(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None
 
 def square_lattice_sum_nograd(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None = None,
                               grid: Grid | None = None, rows: int = 1 << 14) -> Tensor:
-    """I (M,) as in the module docstring, without autograd, ``rows`` rows of q at a time.
+    """I (M,) as in the module docstring for q (3, M), without autograd, ``rows`` rows of q at a time.
 
     grid: (lower, shape, strides, size) for :func:`grid_index` when ``table`` is given.
     """
     with torch.no_grad():
         comp = _component_rows(rot)
-        out = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
-        for start in range(0, q.shape[0], rows):
-            _block_nograd(q[start:start + rows], comp, n_cells, table, grid, out[start:start + rows])
+        whole_n = integer_cells(n_cells)
+        out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
+        for start in range(0, q.shape[1], rows):
+            _block_nograd(q[:, start:start + rows], comp, n_cells, table, grid, out[start:start + rows], whole_n)
         return out
 
 
 class LatticeJacobians(NamedTuple):
     """Derivatives of I (module doc) for ``count`` rows of q from row ``start``; None where not needed.
 
-    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (count, 3) dI/dq;
+    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq;
     dn: (3, count) dI/dN; index, dtable: (K, count) table index of each term and dI/dtable[index].
     """
 
@@ -131,27 +188,100 @@ class LatticeJacobians(NamedTuple):
     dtable: Tensor | None
 
 
+class _Workspace:
+    """Scratch buffers reused from block to block of one call.
+
+    A fresh buffer of a few hundred kB costs its first-touch page faults on every block (measured:
+    writing one took 3-5 times as long as the arithmetic), so the Jacobian pass takes its
+    intermediates that do not outlive a block from here.
+    """
+
+    def __init__(self, like: Tensor) -> None:
+        self.like = like
+        self.buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A contiguous buffer ``shape`` (contents undefined) that is reused by the next ``get(name, ...)``."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < size:
+            buffer = self.buffers[name] = torch.empty(size, dtype=self.like.dtype, device=self.like.device)
+        return buffer[:size].view(shape)
+
+
+def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor,
+                          work: tuple[Tensor, Tensor, Tensor] | None = None) -> None:
+    """U_{n−1}(c) into ``value`` and dU_{n−1}/dc into ``slope`` (buffers shaped as c) for ``c = cos πu``.
+
+    Whole n ≥ 1 (see :func:`_chebyshev_sincg`); the derivative by the differentiated recurrence
+    ``U'_k = 2U_{k−1} + 2c·U'_{k−1} − U'_{k−2}`` (U'_0 = 0, U'_1 = 2), so that
+    ``d sincg/du = −π sin(πu) · U'_{n−1}(cos πu)``, finite everywhere. The recurrence alternates
+    between two buffers per quantity; the first is chosen so that the last step lands in the output.
+    ``work``: three scratch buffers shaped as c (else fresh ones).
+    """
+    if n == 1:
+        value.fill_(1.0)
+        slope.zero_()
+        return
+    if n == 2:
+        torch.mul(c, 2.0, out=value)
+        slope.fill_(2.0)
+        return
+    two_c, spare_u, spare_d = work if work is not None else (torch.empty_like(c) for _ in range(3))
+    torch.mul(c, 2.0, out=two_c)
+    odd = (n - 3) % 2 == 1                                  # the step count; U_{n-1} ends in the first buffer if odd
+    u_prev, u_cur = (value, spare_u) if odd else (spare_u, value)
+    d_prev, d_cur = (slope, spare_d) if odd else (spare_d, slope)
+    u_prev.copy_(two_c)                                     # U_1
+    torch.mul(two_c, two_c, out=u_cur).sub_(1.0)            # U_2
+    d_prev.fill_(2.0)                                       # U'_1
+    torch.mul(two_c, 4.0, out=d_cur)                        # U'_2
+    for _ in range(n - 3):
+        d_prev.neg_().addcmul_(two_c, d_cur).add_(u_cur, alpha=2.0)    # U'_k into U'_{k-2}'s buffer
+        u_prev.neg_().addcmul_(two_c, u_cur)
+        u_prev, u_cur, d_prev, d_cur = u_cur, u_prev, d_cur, d_prev
+
+
 def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
-                     need: tuple[bool, bool, bool, bool], start: int, out: Tensor) -> LatticeJacobians:
-    """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block."""
+                     need: tuple[bool, bool, bool, bool], start: int, out: Tensor,
+                     whole_n: tuple[int, int, int] | None = None,
+                     work: _Workspace | None = None) -> LatticeJacobians:
+    """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block.
+
+    ``whole_n`` (and no derivative w.r.t. n_cells wanted): sincg and d sincg/du by the Chebyshev
+    recurrences (:func:`_chebyshev_sincg_grad`: a sine and a cosine per component, no division).
+    ``work``: scratch buffers shared with the other blocks (nothing returned lives in them).
+    """
     need_q, need_rot, need_n, need_table = need
-    hkl = _miller(q, rows)                                  # (3, K, M)
+    work = work if work is not None else _Workspace(q)
+    shape = (3, rows.shape[0] // 3, q.shape[1])
+    hkl = torch.mm(rows, q, out=work.get("hkl", (rows.shape[0], q.shape[1]))).view(shape)  # (3, K, M)
     fc = idx = None
     if table is not None:
         fc, idx = _fcell(hkl, table, grid)
-    pu = torch.round(hkl)
+    pu = torch.round(hkl, out=work.get("pu", shape))
     torch.sub(hkl, pu, out=pu).mul_(math.pi)               # π u
     n = n_cells.view(3, 1, 1)
-    npu = pu * n
-    s1, sn, cn = torch.sin(pu), torch.sin(npu), torch.cos(npu)
     need_h = need_q or need_rot
-    df_dn = torch.mul(pu, cn).div_(s1) if need_n else None  # πu cos(Nπu) / sin(πu)
-    f = sn.div_(s1)                                         # sincg; not finite where sin(πu) = 0 (fixed below)
-    df_du = cn.mul_(n * math.pi).addcmul_(f, torch.cos(pu), value=-math.pi).div_(s1) if need_h else None
-    apu = pu.abs()
-    nearest = torch.minimum(apu[0], apu[1])
-    torch.minimum(nearest, apu[2], out=nearest)             # (K, M) smallest |πu| of each term
-    if bool(nearest.amin() < math.pi * _SMALL_U):          # lattice.py's series branch for the derivatives
+    if whole_n is not None and not need_n:
+        cos_pu = torch.cos(pu, out=hkl)                     # hkl is not needed any more
+        f, slope = work.get("f", shape), torch.empty_like(pu)   # slope becomes dh (kept): fresh
+        scratch = tuple(work.get(name, shape[1:]) for name in ("two_c", "spare_u", "spare_d"))
+        for i in range(3):
+            _chebyshev_sincg_grad(cos_pu[i], whole_n[i], f[i], slope[i], scratch)
+        df_du = slope.mul_(pu.sin_()).mul_(-math.pi) if need_h else None  # dU/dc · dc/du (πu not needed after)
+        df_dn = None
+        nearest = None
+    else:
+        npu = pu * n
+        s1, sn, cn = torch.sin(pu), torch.sin(npu), torch.cos(npu)
+        df_dn = torch.mul(pu, cn).div_(s1) if need_n else None  # πu cos(Nπu) / sin(πu)
+        f = sn.div_(s1)                                     # sincg; not finite where sin(πu) = 0 (fixed below)
+        df_du = cn.mul_(n * math.pi).addcmul_(f, torch.cos(pu), value=-math.pi).div_(s1) if need_h else None
+        apu = pu.abs()
+        nearest = torch.minimum(apu[0], apu[1])
+        torch.minimum(nearest, apu[2], out=nearest)         # (K, M) smallest |πu| of each term
+    if nearest is not None and bool(nearest.amin() < math.pi * _SMALL_U):  # lattice.py's series branch
         at = torch.nonzero(nearest.view(-1) < math.pi * _SMALL_U).view(-1)  # the P terms concerned, flat (K·M)
 
         def pick(x: Tensor) -> Tensor:                       # (3, K, M) -> (3, P)
@@ -169,9 +299,9 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
             df_dn.view(3, -1).index_copy_(1, at, torch.where(small, 1.0 - (3.0 * nn * nn - 1.0) * p * p / 6.0,
                                                              pick(df_dn)))
     f0, f1, f2 = f.unbind(0)
-    f01 = f0 * f1
-    latt = f01 * f2                                         # F_latt (K, M)
-    value = latt * latt
+    f01 = torch.mul(f0, f1, out=work.get("f01", shape[1:]))
+    latt = torch.mul(f01, f2, out=work.get("latt", shape[1:]))  # F_latt (K, M)
+    value = torch.mul(latt, latt, out=work.get("value", shape[1:]))
     weight = latt.mul_(2.0)                                 # d(F_latt²)/dF_latt (F_cell² below)
     dtable = None
     if table is not None:
@@ -184,25 +314,25 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
     dh = dq = dn = None
     if need_h or need_n:
         # dI/du_i = dI/dF_latt · Π_{j≠i} f_j · df_i/du_i, in place on the derivatives of f
-        f2w = f2 * weight
+        f2w = torch.mul(f2, weight, out=work.get("f2w", shape[1:]))
         for d in (df_du, df_dn):
             if d is not None:
                 d[0].mul_(f1).mul_(f2w)
                 d[1].mul_(f0).mul_(f2w)
                 d[2].mul_(f01).mul_(weight)
         if need_h:
-            dh = df_du.view(-1, q.shape[0])                 # (3K, M)
-            dq = (rows.T @ dh).T if need_q else None        # dI/dq = Σ_k a_k dI/dh_k
+            dh = df_du.view(-1, q.shape[1])                 # (3K, M)
+            dq = rows.T @ dh if need_q else None            # (3, M) dI/dq = Σ_k a_k dI/dh_k
             dh = dh if need_rot else None
         if need_n:
             dn = df_dn.sum(1)                               # (3, M)
-    return LatticeJacobians(start, q.shape[0], dh, dq, dn, idx if need_table else None, dtable)
+    return LatticeJacobians(start, q.shape[1], dh, dq, dn, idx if need_table else None, dtable)
 
 
 def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
                              need: tuple[bool, bool, bool, bool], rows: int = 1 << 14
                              ) -> tuple[Tensor, list[LatticeJacobians]]:
-    """I (M,) and its derivatives w.r.t. the inputs flagged in ``need`` = (q, rot, n_cells, table), without autograd.
+    """I (M,) and its derivatives w.r.t. the inputs flagged in ``need`` = (q (3, M), rot, n_cells, table), without autograd.
 
     Blocks of ``rows // _JACOBIAN_BLOCK_DIVISOR`` rows of q (``rows`` as for the value alone); the
     derivatives are what :class:`SavedLatticeSum` needs.
@@ -210,9 +340,11 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
     rows = max(1, rows // _JACOBIAN_BLOCK_DIVISOR)
     with torch.no_grad():
         comp = _component_rows(rot)
-        out = torch.empty(q.shape[0], dtype=q.dtype, device=q.device)
-        jac = [_block_jacobians(q[s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows])
-               for s in range(0, q.shape[0], rows)]
+        whole_n = integer_cells(n_cells)
+        out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
+        work = _Workspace(q)
+        jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows], whole_n,
+                                work) for s in range(0, q.shape[1], rows)]
         return out, jac
 
 
@@ -245,11 +377,9 @@ class SavedLatticeSum(torch.autograd.Function):
             stop = jac.start + jac.count
             g = grad[jac.start:stop]
             if need_q:
-                torch.mul(jac.dq, g[:, None], out=grad_q[jac.start:stop])
-            if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m, with q·g laid out (3, count) for a fast product
-                qg = torch.empty(3, jac.count, dtype=q.dtype, device=q.device)
-                torch.mul(q[jac.start:stop].T, g, out=qg)
-                grad_rows.addmm_(qg, jac.dh.T)
+                grad_q[:, jac.start:stop] = jac.dq * g
+            if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m
+                grad_rows.addmm_(q[:, jac.start:stop] * g, jac.dh.T)
             if need_n:
                 grad_n.addmv_(jac.dn, g)
             if need_table:
@@ -261,7 +391,7 @@ class SavedLatticeSum(torch.autograd.Function):
 def square_lattice_sum(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None = None,
                        grid: Grid | None = None, rows: int = 1 << 14,
                        jacobians: list[LatticeJacobians] | None = None, value: Tensor | None = None) -> Tensor:
-    """I (M,) = Σ_k F_cell² F_latt² (module doc) for q (M, 3), rot (K, 3, 3), n_cells (3,).
+    """I (M,) = Σ_k F_cell² F_latt² (module doc) for q (3, M), rot (K, 3, 3), n_cells (3,).
 
     table: (G + 1,) flattened HKL grid then default_F, with grid = (lower, shape, strides, size) as in
     :func:`grid_index`, or None (F_cell = 1). Differentiable w.r.t. q, rot, n_cells and table; with

@@ -31,8 +31,14 @@ def intfile_scale(max_I: float, scale: float | None = None) -> float:
 
 def int_image(image: np.ndarray, scale: float, adc: float = 40.0) -> np.ndarray:
     """Noiseless SMV pixels: ``round(I·scale + adc)`` clipped to [0, 65535]; (slow, fast) uint16."""
-    values = np.nan_to_num(np.asarray(image, dtype=np.float64) * scale + adc, nan=0.0)
-    return np.floor(np.clip(values, 0.0, SMV_MAX) + 0.5).clip(0, SMV_MAX).astype(np.uint16)
+    values = np.multiply(image, scale, dtype=np.float64)    # in place from here on (one float64 copy)
+    values += adc
+    np.nan_to_num(values, copy=False, nan=0.0)
+    np.clip(values, 0.0, SMV_MAX, out=values)
+    values += 0.5
+    np.floor(values, out=values)
+    np.minimum(values, SMV_MAX, out=values)
+    return values.astype(np.uint16)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,38 @@ Two operations are used throughout nanoBragg.c (PHYSICS.md §1.2, §1.8, §1.10)
   (right-handed: ``v cos φ + (axis × v) sin φ + axis (axis·v)(1 − cos φ)``).
 
 Angles are in radians. All functions broadcast over leading dimensions and keep the dtype and
-device of their inputs.
+device of their inputs. :func:`dot3` is the dot product over a trailing axis of 3 that the
+simulator's per-pixel geometry uses everywhere.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def dot3(a: Tensor, b: Tensor, *, component_major: bool = False) -> Tensor:
+    """``Σ_i a_i b_i`` over the last axis (size 3) of ``a`` and ``b`` (broadcast), shape (...).
+
+    Written as a matrix product: on the CPU, torch's reduction over a trailing axis of length 3
+    (``(a * b).sum(-1)``) is 5-20 times slower than ``a @ b`` (measured, 2^17 rows: 40 ns/row
+    against 2 ns/row in float64), and it is the per-pixel geometry's most common operation.
+
+    ``component_major``: ``a`` is laid out (3, ...) (the simulator's per-pixel layout) and ``b`` is
+    one vector (3,), giving (...), or S vectors (S, 3), giving (..., S).
+    """
+    if component_major:
+        out = b @ a.reshape(3, -1)                                  # (M,) or (S, M)
+        return out.reshape(a.shape[1:]) if b.dim() == 1 else out.T.reshape(a.shape[1:] + (b.shape[0],))
+    if b.dim() == 1:
+        return a @ b
+    if a.dim() == 1:
+        return b @ a
+    if a.dim() == 2 and b.dim() > 2 and b.shape[-2] == 1:  # (S, 3) with (..., 1, 3): (..., S)
+        return b.squeeze(-2) @ a.T
+    if b.dim() == 2 and a.dim() > 2 and a.shape[-2] == 1:
+        return a.squeeze(-2) @ b.T
+    return (a * b) @ torch.ones(3, dtype=a.dtype, device=a.device)
 
 
 def rotation_xyz(angles: Tensor) -> Tensor:
@@ -47,7 +72,7 @@ def rotate_axis(v: Tensor, axis: Tensor, phi: Tensor) -> Tensor:
     cos_phi = torch.cos(phi)[..., None]
     sin_phi = torch.sin(phi)[..., None]
     axis, v = torch.broadcast_tensors(axis, v)
-    dot = (axis * v).sum(-1, keepdim=True)
+    dot = dot3(axis, v).unsqueeze(-1)
     return axis * dot * (1.0 - cos_phi) + v * cos_phi + torch.linalg.cross(axis, v, dim=-1) * sin_phi
 
 

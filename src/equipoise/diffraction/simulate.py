@@ -46,7 +46,8 @@ structure_factors.py), the ``Fdump.bin`` cache.
 Evaluation
 ----------
 Pixels are evaluated in chunks sized from ``config.memory_budget_bytes`` into one preallocated
-image. For the square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and
+image. Per-pixel geometry is laid out component-major, (3, n, O², T), with dot products as matrix
+products (rotations.dot3): torch's CPU kernels are several times slower on a trailing axis of 3. For the square lattice with nearest-neighbour (or constant) F, the inner Σ over φ steps and
 mosaic domains is the fused kernel of lattice_sum.py (value, or value and analytic Jacobians in
 one pass), which takes a chunk's rows of q a cache-sized block at a time, so that chunks can be
 large (few per image) and the per-pixel geometry runs on long vectors; other lattice shapes and
@@ -81,6 +82,7 @@ from .geometry import DetectorGeometry, capture_fractions, detector_geometry, so
 from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .params import param_tensor
+from .rotations import dot3
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -330,20 +332,19 @@ class Simulator:
                                    close_distance=close_distance, distance=distance)
         s_idx = torch.div(idx, self.shape[1], rounding_mode="floor")
         f_idx = idx - s_idx * self.shape[1]
-        pos = subpixel_positions(geom, s_idx, f_idx, self.oversample)          # (n, O², T, 3) m
-        r = torch.sqrt((pos * pos).sum(-1, keepdim=True))
-        diffracted = pos / r                                                   # (n, O², T, 3)
-        omega = solid_angle(geom, pos)                                         # (n, O², T)
-        cap = torch.diagonal(capture_fractions(geom, diffracted), dim1=-2, dim2=-1)  # (n, O², T)
-        q = (diffracted.unsqueeze(-2) - incident) / wavelength.unsqueeze(-1)   # (n, O², T, S, 3) 1/m
+        # per-pixel geometry component-major, (3, n, O², T): elementwise passes over long rows
+        pos_c = subpixel_positions(geom, s_idx, f_idx, self.oversample, component_major=True)  # m
+        r2 = (pos_c * pos_c).sum(0)                                            # (n, O², T) m²
+        d_c = pos_c * torch.rsqrt(r2)                                          # (3, n, O², T) unit
+        q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
             lattice_sum = square_lattice_sum if tape is None else tape.lattice_sum
-            i_src = lattice_sum(q.reshape(-1, 3), rot, n_cells, fvals if has_grid else None, self._grid,
-                                self.lattice_rows).view(q.shape[:-1])          # (n, O², T, S)
+            i_src = lattice_sum(q_c.reshape(3, -1), rot, n_cells, fvals if has_grid else None, self._grid,
+                                self.lattice_rows).view(q_c.shape[1:])         # (n, O², T, S)
             if not has_grid:
                 i_src = i_src * (default_F * default_F)
         else:
-            hkl = torch.einsum("...x,kix->...ki", q, rot)                      # (n, O², T, S, K, 3)
+            hkl = torch.einsum("x...,kix->...ki", q_c, rot)                    # (n, O², T, S, K, 3)
             f_latt = lattice_factor(hkl, n_cells, cfg.crystal.shape, cfg.crystal.fudge, recip_A)
             if has_grid:
                 sf = StructureFactors(fvals, self._grid_lower, default_F, self.interpolate)
@@ -353,13 +354,15 @@ class Simulator:
             i_src = intensity.sum(-1)                                          # (n, O², T, S)
         dmin = cfg.detector.dmin_A
         if dmin is not None and dmin > 0:
-            stol = 0.5 * torch.sqrt((q * q).sum(-1))
+            stol = 0.5 * torch.sqrt((q_c * q_c).sum(0))
             cut = (stol > 0) & (stol * (2.0 * dmin * 1e-10) > 1.0)  # 0.5/stol < dmin: skip this source
             i_src = torch.where(cut, torch.zeros_like(i_src), i_src)
-        kahn = cfg.beam.polarization
-        polar = polarization_factor(incident, diffracted.unsqueeze(-2), geom.polar, kahn,
-                                    nopolar=cfg.beam.nopolar)                  # (n, O², T, S)
+        kahn, nopolar = cfg.beam.polarization, cfg.beam.nopolar
         if self.physical:
+            omega = solid_angle(geom, pos_c.movedim(0, -1), torch.sqrt(r2))    # (n, O², T)
+            cap = torch.diagonal(capture_fractions(geom, d_c, component_major=True), dim1=-2, dim2=-1)
+            polar = polarization_factor(incident, d_c, geom.polar, kahn, nopolar=nopolar,
+                                        component_major=True)                  # (n, O², T, S)
             weight = polar * (omega * cap).unsqueeze(-1)
             total = (i_src * weight).sum((1, 2, 3)) * scale
             if water > 0:
@@ -367,8 +370,17 @@ class Simulator:
                 total = total + scale * self.steps * WATER_F ** 2 * water * mean_w
             return total
         # nanobragg: P, Ω of the first subpixel/layer/source, capture of the last layer (PHYSICS.md §1.1, §1.7)
-        factor = polar[:, 0, 0, 0] * omega[:, 0, 0] * cap[:, 0, -1]
-        acc = i_src.sum((1, 2, 3))
+        if d_c.shape[2] * d_c.shape[3] == 1:  # one subpixel and layer: views (their backward needs no zero fill)
+            d_first = d_last = d_c.view(3, -1)
+            pos_first, r2_first = pos_c.view(3, -1), r2.view(-1)
+        else:
+            d_first, d_last = d_c[:, :, 0, 0], d_c[:, :, 0, -1]
+            pos_first, r2_first = pos_c[:, :, 0, 0], r2[:, 0, 0]
+        polar = polarization_factor(incident[0], d_first, geom.polar, kahn, nopolar=nopolar, component_major=True)
+        omega = solid_angle(geom, pos_first.T, torch.sqrt(r2_first))
+        cap = capture_fractions(geom, d_last, component_major=True)[:, -1]
+        factor = polar * omega * cap
+        acc = i_src.reshape(i_src.shape[0], -1).sum(1) if i_src[0].numel() > 1 else i_src.reshape(-1)
         if water > 0:
             acc = acc + scale * self.steps * WATER_F ** 2 * water  # I_bg, scaled again below (§1.11)
         return acc * scale * factor

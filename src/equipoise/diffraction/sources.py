@@ -17,7 +17,7 @@ from torch import Tensor
 from equipoise.diffraction.config import SimulationConfig
 from equipoise.diffraction.geometry import DEFAULT_WAVELENGTH_A, DetectorGeometry
 from equipoise.diffraction.params import param_tensor
-from equipoise.diffraction.rotations import rotate_axis
+from equipoise.diffraction.rotations import dot3, rotate_axis
 from equipoise.errors import InputError
 
 SOURCE_DISTANCE_M = 10.0  # nanoBragg.c: source_distance = 10.0 (m)
@@ -181,7 +181,7 @@ def beam_sources(config: SimulationConfig, geom: DetectorGeometry,
 
 
 def polarization_factor(incident: Tensor, diffracted: Tensor, polar: Tensor, kahn: float | Tensor, *,
-                        nopolar: bool = False) -> Tensor:
+                        nopolar: bool = False, component_major: bool = False) -> Tensor:
     """Polarization factor (...) for unit ``incident`` and ``diffracted`` (..., 3) and axis ``polar`` (3,).
 
     PHYSICS.md §1.6 / nanoBragg.c ``polarization_factor``: ``P = ½[1 + cos²2θ − K·cos(2ψ)·sin²2θ]`` with
@@ -189,25 +189,29 @@ def polarization_factor(incident: Tensor, diffracted: Tensor, polar: Tensor, kah
     here
     ``cos 2ψ = (e² − b²)/(e² + b²)`` (e = d̂·Ê, b = d̂·B̂), which has the same value and defined
     gradients; ψ = 0 where nanoBragg's atan2(0, 0) is. ``nopolar``: P = 1.
+    ``component_major``: ``diffracted`` is (3, ...) and ``incident`` one direction (3,), giving (...),
+    or S directions (S, 3), giving (..., S) (see rotations.dot3).
     """
-    shape = torch.broadcast_shapes(incident.shape, diffracted.shape)[:-1]
+    def along(v: Tensor) -> Tensor:
+        return dot3(diffracted, v, component_major=component_major)
+
+    cos2t = along(incident)
     if nopolar:
-        return torch.ones(shape, dtype=diffracted.dtype, device=diffracted.device)
-    cos2t = (incident * diffracted).sum(-1)
+        return torch.ones_like(cos2t)
     cos2t_sqr = cos2t * cos2t
     sin2t_sqr = 1.0 - cos2t_sqr
     if not isinstance(kahn, Tensor) and kahn == 0.0:
         return 0.5 * (1.0 + cos2t_sqr)
 
     def safe_unit(v: Tensor) -> Tensor:
-        n2 = (v * v).sum(-1, keepdim=True)
+        n2 = dot3(v, v).unsqueeze(-1)
         ok = n2 > 0
         return torch.where(ok, v / torch.sqrt(torch.where(ok, n2, torch.ones_like(n2))), torch.zeros_like(v))
 
     b_in = safe_unit(torch.linalg.cross(polar.expand_as(incident), incident, dim=-1))
     e_in = safe_unit(torch.linalg.cross(incident, b_in, dim=-1))
-    e = (diffracted * e_in).sum(-1)
-    b = (diffracted * b_in).sum(-1)
+    e = along(e_in)
+    b = along(b_in)
     denom = e * e + b * b
     ok = denom > 0
     cos2psi = torch.where(ok, (e * e - b * b) / torch.where(ok, denom, torch.ones_like(denom)),

@@ -34,15 +34,21 @@ class ImageStats:
 
 
 def image_stats(image: np.ndarray, mask: np.ndarray | None = None) -> ImageStats:
-    """Statistics of ``image`` (slow, fast) over the pixels where ``mask`` (same shape, bool) is True."""
-    data = np.asarray(image, dtype=np.float64)
-    selected = data if mask is None else data[np.asarray(mask, dtype=bool)]
+    """Statistics of ``image`` (slow, fast) over the pixels where ``mask`` (same shape, bool) is True.
+
+    Sums in float64 (the sum of squares as one dot product, without a squared copy of the image).
+    """
+    data = np.asarray(image)
+    if mask is not None and bool(np.all(mask)):
+        mask = None
+    selected = data.reshape(-1) if mask is None else data[np.asarray(mask, dtype=bool)]
     if selected.size == 0:
         return ImageStats(0.0, (0, 0), 0.0, 0.0, 0.0, 0)
     masked = data if mask is None else np.where(mask, data, -np.inf)
     flat = int(np.argmax(masked))
-    mean = float(selected.mean())
-    mean_sq = float(np.mean(selected * selected))
+    values = selected.astype(np.float64, copy=False)
+    mean = float(values.sum()) / values.size
+    mean_sq = float(np.dot(values, values)) / values.size
     return ImageStats(
         max_I=float(masked.flat[flat]),
         max_index=(flat // data.shape[1], flat % data.shape[1]),
