@@ -103,3 +103,46 @@ def test_joint_once_scheme_inflates_the_adp_weight(synthetic):
         opts = RefineOptions(cycles=1, xyz_steps=2, b_steps=2, scheme=scheme)
         weights[scheme] = refine(shaken, restraints, xray, options=opts, log=lambda s: None).cycles[0].weights
     assert weights["joint-once"]["b"]["adp"] > 10 * weights["per-stage"]["b"]["adp"]
+
+
+def test_geometry_weight_is_balanced_at_unit_rmsz(synthetic):
+    """A shaken start (rmsZ >> 1) must not get restraints rmsZ times too weak: the first xyz
+    stage's geometry weight is the gradient-norm ratio with |g_geometry| taken at unit rmsZ."""
+    _, shaken, xray = synthetic
+    restraints = Restraints.build(shaken)
+    result = refine(shaken, restraints, xray, options=RefineOptions(cycles=1, xyz_steps=1, b_steps=1),
+                    log=lambda s: None)
+    assert "at unit rmsZ" in result.cycles[0].reasons["xyz:bond"]
+
+
+def test_unit_z_divides_the_group_norm():
+    from equipoise.xtal.weights import RestraintRatioBalancer
+
+    class Ctx:
+        stage_step = 0
+
+        @staticmethod
+        def norms():
+            return {"xray": {"*": 2.0}, "bond": {"*": 8.0}}
+
+    for z, expected in ((0.5, 0.25), (4.0, 1.0)):
+        b = RestraintRatioBalancer("xray", {"geometry": (["bond"], 1.0)}, unit_z={"geometry": z})
+        b.bind(["xray", "bond"], {"xray": 1.0, "bond": 1.0}, ["xyz"], torch.float64, "cpu")
+        assert b.rebalance(Ctx())["bond"].value == pytest.approx(expected)
+
+
+def test_xray_term_is_the_total_over_the_working_set():
+    """The x-ray term of a real XrayModel is target x n_work (a total -log-likelihood), so that
+    L-BFGS stores curvature pairs on B (per-reflection gradients ~1e-4 left B unrefined)."""
+    from equipoise.xtal.refine import _Refinement
+
+    class Refl:
+        work = torch.tensor([True, True, False, True])
+
+    class Fake(LeastSquaresXray):
+        refl = Refl()
+
+    monlib_or_skip()
+    model = AtomModel.from_file(data_file("5e5z.pdb.gz"))
+    run = _Refinement(model, None, Fake(model, None, None, None), RefineOptions(), None, lambda s: None, "quiet")
+    assert run.xray_count == 3.0

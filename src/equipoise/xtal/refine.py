@@ -187,6 +187,12 @@ class _Refinement:
         self.b_start = self.b.clone()
         self.controller = RmsZController(ratio=options.restraint_ratio, low=options.rmsz_range[0],
                                          high=options.rmsz_range[1])
+        #: the x-ray term is the target times the working-set size (the total -log-likelihood, as
+        #: REFMAC and servalcat minimise): a per-reflection mean has gradients ~1e-4 on B, and
+        #: torch's L-BFGS then never stores a curvature pair (its threshold s.y > 1e-10 is
+        #: absolute) and creeps along the raw gradient, leaving B at its start values
+        refl = getattr(xray, "refl", None)
+        self.xray_count = float(refl.work.sum()) if refl is not None else 1.0
         self.joint_weights: dict[str, float] | None = None
         #: stage fits resume from their checkpoints (False: start every stage afresh)
         self.resume = True
@@ -195,7 +201,8 @@ class _Refinement:
     def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
         """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``."""
         occ, r, pairs, b0 = self.occ, self.restraints, self.restraints.bonded_pairs(), self.b_start
-        fns = {"xray": lambda _: self.xray.target(self.xray.fcalc(xyz, b, occ))}
+        n = self.xray_count
+        fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, occ))}
         fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
         fns.update(adp=lambda _: adp_similarity(b, pairs), b_prior=lambda _: b_prior(b, b0))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
@@ -216,13 +223,24 @@ class _Refinement:
                    summarize=lambda: {"mean B (Å^2)": float(b.detach().mean())},
                    config={"stage": name, "free": list(free), "scheme": self.options.scheme})
 
+    def geometry_rmsz(self) -> float:
+        """rms z-score of the current model over all bonded restraints (bond, angle, torsion,
+        plane, chiral; non-bonded left out: its count is of pairs, not of violations)."""
+        g = self.restraints.statistics(self.xyz)
+        kinds = [k for k in KINDS if k != "nonbonded" and g[k]["n"] > 0]
+        n = sum(g[k]["n"] for k in kinds)
+        return math.sqrt(sum(g[k]["n"] * g[k]["rmsz"] ** 2 for k in kinds) / n) if n else 0.0
+
     def balancer(self, geometry_ratio: float | None, adp_ratio: float | None) -> RestraintRatioBalancer:
-        groups = {}
+        """Geometry weight: the gradient-norm ratio with |g_geometry| taken at unit rmsZ (so a
+        shaken start does not get restraints ~rmsZ times too weak); ADP: the plain ratio."""
+        groups, unit_z = {}, {}
         if geometry_ratio is not None:
             groups["geometry"] = (list(KINDS), geometry_ratio)
+            unit_z["geometry"] = self.geometry_rmsz()
         if adp_ratio is not None:
             groups["adp"] = (list(ADP_TERMS), adp_ratio)
-        return RestraintRatioBalancer("xray", groups)
+        return RestraintRatioBalancer("xray", groups, unit_z)
 
     def compute_joint_weights(self) -> dict[str, float]:
         """The seed failure: the same gradient-norm weights, but computed with xyz and B both free."""

@@ -3,7 +3,8 @@
 ``RestraintRatioBalancer`` (a core ``Balancer``) gives every term of a restraint group (the
 geometry kinds; the ADP similarity and B prior) the same weight
 ``w = ratio * |g_xray| / |g_group|``, gradient norms on the stage's free groups only, with
-``|g_group| = sqrt(sum_k |g_k|^2)`` over the group's terms. One weight per group keeps the
+``|g_group| = sqrt(sum_k |g_k|^2)`` over the group's terms, taken at unit rmsZ when the
+restraints' rms z-score is above 1 (``unit_z``). One weight per group keeps the
 relative weighting that the restraints' sigmas set (REFMAC and servalcat weight the whole
 geometry target with one number, Murshudov et al. 2011; Yamashita et al. 2023).
 
@@ -28,16 +29,30 @@ class RestraintRatioBalancer(Balancer):
     ``groups``: name -> (terms, ratio); ``|g_group| = sqrt(sum_t |g_t|^2)`` over the group's
     terms. Terms in no group keep their base weight. Norms are on the stage's free groups only
     (the engine's ``norms()``). A group with zero gradient keeps its base weights.
+
+    ``unit_z``: group -> the rms z-score of its restraints at the stage start. A restraint's
+    gradient grows with its z-score (d z^2/dx = 2 z dz/dx), so far from ideal geometry (a shaken
+    or badly built model, rmsZ >> 1) |g_group| is inflated and the plain ratio gives the
+    restraints a weight far below the one they get once the geometry is sound; the x-ray term
+    then distorts the model in the first cycle. With ``unit_z`` the norm is the one at unit
+    rmsZ, ``|g_group| / max(z, 1)`` (unchanged for z <= 1).
     """
 
     needs_grads = True
 
-    def __init__(self, reference: str, groups: Mapping[str, tuple[Sequence[str], float]]) -> None:
+    def __init__(self, reference: str, groups: Mapping[str, tuple[Sequence[str], float]],
+                 unit_z: Mapping[str, float] | None = None) -> None:
         self.reference = reference
         self.groups = {name: (list(terms), float(ratio)) for name, (terms, ratio) in groups.items()}
         for name, (_, ratio) in self.groups.items():
             if not ratio > 0 or not math.isfinite(ratio):
                 raise InputError(f"ratio of {name!r} must be finite and > 0, got {ratio!r}", field="ratio")
+        #: group -> current rms z-score of its restraints; |g_group| is divided by max(z, 1)
+        self.unit_z = {k: float(v) for k, v in (unit_z or {}).items()}
+        for name, z in self.unit_z.items():
+            if name not in self.groups or not (z >= 0 and math.isfinite(z)):
+                raise InputError(f"unit_z of {name!r} must name a group and be finite >= 0, got {z!r}",
+                                 field="unit_z")
 
     def bind(self, terms, base, free, dtype, device) -> None:
         super().bind(terms, base, free, dtype, device)
@@ -58,10 +73,12 @@ class RestraintRatioBalancer(Balancer):
                     out[t] = Weight(self.base[t], f"base weight: |g_{self.reference}| {g_ref:.3g}, "
                                                   f"|g_{name}| {g:.3g} on {where}")
                 continue
-            w = ratio * g_ref / g
+            z = max(self.unit_z.get(name, 1.0), 1.0)
+            w = ratio * g_ref * z / g
+            at_unit = f" x rmsZ {z:.3g} (|g_{name}| at unit rmsZ)" if z > 1.0 else ""
             for t in terms:
                 out[t] = Weight(w * self.base[t], f"{name}: ratio {ratio:.4g} x |g_{self.reference}| {g_ref:.4g} / "
-                                                  f"|g_{name}| {g:.4g} on {where}")
+                                                  f"|g_{name}| {g:.4g}{at_unit} on {where}")
         return out
 
     def describe(self) -> dict:
