@@ -55,7 +55,10 @@ def test_sigint_then_same_command_resumes_to_the_uninterrupted_result(observed_f
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "equipoise.cli", *_batch(observed_file, interrupted)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            # a background job of a non-interactive shell (as CI may start us) ignores SIGINT and
+                            # its children inherit that; Python then installs no KeyboardInterrupt handler
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     record = interrupted / "record.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:  # wait for a few steps
