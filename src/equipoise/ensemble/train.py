@@ -431,12 +431,13 @@ def _flat(t: Tensor) -> Tensor:
 
 def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor, temperature: float = 1.0,
                  n: int = 32, seed: int = 0, protein: int = 0) -> float:
-    """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of the first ``n``
-    models of ``coords`` (training models of protein ``protein``): 1 = the training spread, near
-    0 = collapsed."""
+    """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of ``n`` training
+    models of protein ``protein`` (``coords``), drawn with ``seed`` (not the first ``n``: the
+    frames of a trajectory are ordered, and its first frames spread less than the whole): 1 =
+    the training spread, near 0 = collapsed."""
     was_training = model.training
     model.eval()
-    x = coords[:n]
+    x = coords[torch.randperm(coords.shape[0], generator=torch.Generator().manual_seed(seed))[:n]]
     m = mask.expand(x.shape[0], -1)
     atoms = mask.repeat_interleave(4)
     gen = torch.Generator().manual_seed(seed)
