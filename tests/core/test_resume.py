@@ -75,3 +75,22 @@ def test_max_steps_stops_and_resume_completes(tmp_path):
     again, params2 = make_fit(tmp_path / "parts", "lbfgs")
     assert again.run().final_loss == final.final_loss  # a finished run returns its result
     assert all(torch.equal(a.detach(), b.detach()) for a, b in zip(reference, params2))
+
+
+def test_ctrl_c_during_a_checkpoint_write_arrives_after_a_complete_file(tmp_path):
+    """SIGINT while torch.save writes is held until the checkpoint is in place, then raised."""
+    import os
+    import signal
+
+    from equipoise.core.record import RunDir
+
+    run = RunDir(tmp_path)
+
+    class Interrupting(dict):
+        def __reduce_ex__(self, protocol):
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of the write
+            return dict, (dict(self),)
+
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint({"state": Interrupting(step=3)})
+    assert torch.load(run.checkpoint, weights_only=False)["state"] == {"step": 3}

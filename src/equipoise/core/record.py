@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +43,43 @@ def dumps(value: Any) -> str:
     return text
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then act on it as the previous handler would.
+    A KeyboardInterrupt raised inside torch.save's C++ writer (its Python write callback) leaves
+    the writer to finish into a closed file and aborts the process ('write to closed file'); held,
+    the interrupt arrives after a complete file. No-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        else:
+            raise KeyboardInterrupt
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then move it onto ``path``
+    (Ctrl-C is held until the file is in place: :func:`_interrupt_after`)."""
+    with _interrupt_after():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 class RunDir:
