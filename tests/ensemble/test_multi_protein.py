@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from equipoise.ensemble.train import load_model, train
 from equipoise.errors import InputError
 
 from tests.ensemble.backbones import ideal_ensemble
+from tests.core.test_distributed import _free_port
 from tests.ensemble.test_train import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,12 +67,6 @@ def test_cli_topology_needs_one_trajectory(tmp_path, capsys) -> None:
     code = main(["ensemble", "train", str(paths[0]), str(paths[1]), "--topology", str(paths[0]), "--out",
                  str(tmp_path / "x")])
     assert code == 2 and "--topology reads one trajectory, got 2" in capsys.readouterr().err
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -58,13 +58,13 @@ def test_torchrun_train_command_runs_data_parallel(tmp_path) -> None:
     process group (gloo), rank 0 writes the run."""
     import json
     import os
-    import socket
     import subprocess
     import sys
     from pathlib import Path
 
     from equipoise.peptide.io import write_mgf
     from equipoise.peptide.synth import synthesize
+    from tests.core.test_distributed import _free_port
 
     root = Path(__file__).resolve().parents[2]
     write_mgf(tmp_path / "train.mgf", synthesize(16, seed=5))
@@ -73,9 +73,7 @@ def test_torchrun_train_command_runs_data_parallel(tmp_path) -> None:
         "batch_size = 4\nsteps = 4\nwarmup_steps = 0\ncheckpoint_every = 4\nvalidate_every = 4\nval_spectra = 4\n"
         "[model]\nd_model = 32\nn_heads = 2\ndim_feedforward = 32\nencoder_layers = 1\ndecoder_layers = 1\n"
         "max_peaks = 32\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                            "-m", "equipoise", "peptide", "train", "--train", str(tmp_path / "train.mgf"),

@@ -12,7 +12,8 @@ lets only rank 0 write the run directory and progress. Every rank must make the 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 
-__all__ = ["Context", "setup", "teardown", "active", "rank", "world_size", "is_main"]
+__all__ = ["Context", "setup", "teardown", "launched", "active", "rank", "world_size", "is_main"]
 
 #: seconds a collective may wait for the other ranks before failing
 DEFAULT_TIMEOUT_S = 1800.0
@@ -90,6 +91,17 @@ def teardown() -> None:
     """Destroy the default process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def launched(backend: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> Iterator[Context]:
+    """:func:`setup` for the lifetime of a command (a no-op without torchrun): yields the
+    :class:`Context` and tears the process group down at the end, also on errors."""
+    context = setup(backend, timeout_s)
+    try:
+        yield context
+    finally:
+        teardown()
 
 
 def active() -> bool:

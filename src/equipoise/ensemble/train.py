@@ -377,6 +377,7 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
         return metrics
 
     objective = config.objective
+    n_train, n_holdout = sum(len(p.train_idx) for p in proteins), sum(len(p.holdout_idx) for p in proteins)
     stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
                   lr_schedule=schedules.WarmupCosine(warmup=min(config.warmup, config.steps - 1), total=config.steps,
                                                      floor=0.1),
@@ -391,8 +392,7 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
                       "model": config.model.to_dict(), "objective": objective.to_dict(),
                       "proteins": [{"name": p.name, "source": str(p.ensemble.source), "n_res": p.ensemble.n_res,
                                     "n_train": len(p.train_idx), "n_holdout": len(p.holdout_idx)} for p in proteins],
-                      "n_train": sum(len(p.train_idx) for p in proteins),
-                      "n_holdout": sum(len(p.holdout_idx) for p in proteins), "world_size": world})
+                      "n_train": n_train, "n_holdout": n_holdout, "world_size": world})
     started = time.perf_counter()
     result = fit.run(max_steps=max_steps)
     calibrations = [calibrate_temperature(model, p.coords, p.mask, p.templates, protein=k)
@@ -401,8 +401,7 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
     summary_of = [{"name": p.name, "n_res": p.ensemble.n_res, "n_train": len(p.train_idx),
                    "n_holdout": len(p.holdout_idx), "temperature": t, "calibration": c}
                   for p, (t, c) in zip(proteins, calibrations)]
-    train_result = TrainResult(out, result.steps, seconds, sum(len(p.train_idx) for p in proteins),
-                               sum(len(p.holdout_idx) for p in proteins), result.completed,
+    train_result = TrainResult(out, result.steps, seconds, n_train, n_holdout, result.completed,
                                _last_terms(out / "fit" / "record.jsonl") if main else {}, summarize(), result.flags,
                                result.validation, calibrations[0][0], calibrations[0][1], summary_of)
     if main:

@@ -62,13 +62,10 @@ def _train(args: argparse.Namespace) -> int:
         ensembles = [read_trajectory(args.topology, args.ensembles[0], selection=args.selection, stride=args.stride)]
     else:
         ensembles = [read_ensemble(path, chain=args.chain) for path in args.ensembles]
-    context = distributed.setup()
-    try:
+    with distributed.launched() as context:
         quiet = args.quiet or not context.is_main
         result = train(ensembles, args.out, config, progress="quiet" if quiet else "auto")
         if context.is_main:
             plot_run(result.out_dir / "fit")
             print(result.summary())
-    finally:
-        distributed.teardown()
     return 0

@@ -39,13 +39,10 @@ def _train(args: argparse.Namespace) -> int:
     config = load_recipe(args.config)
     if args.max_seconds is not None:
         config = replace(config, max_seconds=args.max_seconds)
-    context = distributed.setup()  # a no-op without torchrun
-    try:
+    with distributed.launched() as context:  # a no-op without torchrun
         quiet = args.quiet or not context.is_main
         result = train(args.train, args.val, args.out, config, progress="quiet" if quiet else "auto",
                        resume=not args.restart)
         if context.is_main:
             print(result.summary())
-    finally:
-        distributed.teardown()
     return 0
