@@ -9,7 +9,9 @@ import torch
 
 from equipoise.ensemble.io import Ensemble
 from equipoise.ensemble.model import VAEConfig
-from equipoise.ensemble.train import MODEL_FILE, PairDataset, TrainConfig, load_model, split_models, train
+from equipoise.ensemble import train as train_module
+from equipoise.ensemble.train import (MODEL_FILE, PairDataset, TrainConfig, calibrate_temperature, load_model,
+                                     split_models, train)
 from equipoise.errors import InputError
 
 from tests.ensemble.backbones import ideal_ensemble
@@ -67,6 +69,28 @@ def test_bad_settings_are_input_errors(tmp_path) -> None:
         train(tiny_ensemble(), tmp_path, TrainConfig(minutes=-1))
     with pytest.raises(InputError, match="load_model|no trained model"):
         load_model(tmp_path / "missing")
+
+
+def test_calibration_interpolates_between_bracketing_temperatures(monkeypatch) -> None:
+    calls = []
+
+    def linear_spread(model, coords, mask, templates, temperature=1.0, n=32, seed=0, protein=0, n_reference=None):
+        calls.append((temperature, n, n_reference))
+        return temperature / 1.7
+
+    monkeypatch.setattr(train_module, "prior_spread", linear_spread)
+    coords = torch.zeros(7, 3, 4, 3, dtype=torch.float64)
+    best, ratios = calibrate_temperature(None, coords, None, None, grid=(1.0, 1.5, 2.0), n=10)
+    assert best == pytest.approx(1.7) and ratios[f"{best:g}"] == pytest.approx(1.0)
+    assert list(ratios) == ["1", "1.5", "1.7", "2"]
+    assert all(n == 10 and n_reference == 7 for _, n, n_reference in calls)
+
+
+def test_calibration_without_bracket_takes_the_closest_grid_end(monkeypatch) -> None:
+    monkeypatch.setattr(train_module, "prior_spread", lambda model, coords, mask, templates, t, **k: t / 10.0)
+    coords = torch.zeros(4, 3, 4, 3, dtype=torch.float64)
+    best, ratios = calibrate_temperature(None, coords, None, None, grid=(1.0, 2.0, 3.0))
+    assert best == 3.0 and list(ratios) == ["1", "2", "3"]
 
 
 @pytest.mark.slow
