@@ -60,6 +60,8 @@ def test_tiny_training_writes_model_and_resumes(tmp_path) -> None:
     assert more.steps == 5 and more.completed
     assert set(more.validation["last"]["metrics"]) == {"recon_rmsd_A", "prior_spread_ratio"}
     assert "resumed from checkpoint at step 1" in (tmp_path / "fit" / "run.log").read_text()
+    done = train(ensemble, tmp_path, tiny_config(steps=5), progress="quiet")  # nothing left to do
+    assert done.steps == 5 and done.collapse["latent_dims"] == TINY.latent
 
 
 def test_bad_settings_are_input_errors(tmp_path) -> None:

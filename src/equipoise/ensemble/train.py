@@ -401,8 +401,9 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
     summary_of = [{"name": p.name, "n_res": p.ensemble.n_res, "n_train": len(p.train_idx),
                    "n_holdout": len(p.holdout_idx), "temperature": t, "calibration": c}
                   for p, (t, c) in zip(proteins, calibrations)]
+    terms, logged = _last_logged(out / "fit" / "record.jsonl") if main else ({}, {})
     train_result = TrainResult(out, result.steps, seconds, n_train, n_holdout, result.completed,
-                               _last_terms(out / "fit" / "record.jsonl") if main else {}, summarize(), result.flags,
+                               terms, summarize() or logged, result.flags,
                                result.validation, calibrations[0][0], calibrations[0][1], summary_of)
     if main:
         _save_model(out / MODEL_FILE, model, proteins, config, calibrations)
@@ -452,7 +453,7 @@ def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Te
 
 
 def calibrate_temperature(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor,
-                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0),
+                          grid: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0),
                           protein: int = 0, n: int = 96) -> tuple[float, dict]:
     """The prior temperature whose samples spread like the training models: :func:`prior_spread`
     (``n`` prior samples against all training models) on ``grid``, then linear interpolation
@@ -493,12 +494,16 @@ def training_fit_metrics(model: EnsembleVAE, coords: Tensor, mask: Tensor, templ
             "prior_spread_ratio": prior_spread(model, coords, mask, templates, n=n, protein=protein)}
 
 
-def _last_terms(record: Path) -> dict[str, float]:
-    """Raw term values of the last logged step of a core record."""
+def _last_logged(record: Path) -> tuple[dict[str, float], dict]:
+    """Raw term values and the summary (collapse diagnostic) of the last logged steps of a core
+    record: what a resumed run that had no step left to take reports."""
     terms: dict[str, float] = {}
+    params: dict = {}
     if record.is_file():
         for line in record.read_text().splitlines():
             entry = json.loads(line)
             if "terms" in entry:
                 terms = {t: v["raw"] for t, v in entry["terms"].items()}
-    return terms
+            if "params" in entry:
+                params = entry["params"]
+    return terms, params
