@@ -87,6 +87,19 @@ def test_warmup_cosine_schedule():
         schedules.WarmupCosine(warmup=5, total=5)
 
 
+def test_warmup_cosine_follows_the_clock_when_asked():
+    by_steps = schedules.WarmupCosine(warmup=4, total=1000, floor=0.1)
+    by_time = schedules.WarmupCosine(warmup=4, total=1000, floor=0.1, by_time=True)
+    assert by_steps.at(10, 0.5) == by_steps(10) > 0.99  # steps only: the clock is ignored
+    assert by_time.at(2, 0.9) == 0.75  # the warm-up counts steps
+    assert by_time.at(10, 0.5) == pytest.approx(0.55) and by_time.at(10, 1.5) == pytest.approx(0.1)
+    assert by_time.at(1000, 0.1) == pytest.approx(0.1)  # whichever budget runs out first
+    stage = Stage("s", free=["x"], lr=0.2, steps=1000, lr_schedule=by_time, max_seconds=60.0)
+    assert stage.lr_at(10, seconds=30.0) == pytest.approx(0.2 * 0.55)
+    assert Stage("s", free=["x"], lr=0.2, steps=1000, lr_schedule=by_time).lr_at(10, seconds=30.0) \
+        == pytest.approx(0.2 * by_time(10))  # no budget: steps only
+
+
 def test_minibatch_training_records_lr_grad_norm_and_validation(tmp_path):
     fit, model, _ = make_training(tmp_path, steps=12, validate_every=4)
     result = fit.run()

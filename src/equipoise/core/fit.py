@@ -472,14 +472,15 @@ class Fit:
             grads += ddp.average(extra_grads) if evaluation.parallel else extra_grads
         return grads
 
-    def _step(self, run: _StageRun, step: int, stage_step: int, observe: bool) -> _Outcome:
-        """One optimiser step (one ``optimizer.step`` call). Raises NonFiniteError under "raise"."""
+    def _step(self, run: _StageRun, step: int, stage_step: int, observe: bool, seconds: float = 0.0) -> _Outcome:
+        """One optimiser step (one ``optimizer.step`` call) after ``seconds`` of the stage's wall
+        time (for a clock-following lr schedule). Raises NonFiniteError under "raise"."""
         every = run.stage.rebalance_every
         rebalance = observe and every is not None and stage_step > 0 and stage_step % every == 0
         logged = observe and self.diagnostics and step % self.log_every == 0
         grad_step = logged and step % self.grad_every == 0
         per_term = grad_step or run.balancer.grads_every_step or (rebalance and run.balancer.needs_grads)
-        outcome = _Outcome(lr=run.stage.lr_at(stage_step))
+        outcome = _Outcome(lr=run.stage.lr_at(stage_step, seconds))
         if run.stage.lr_schedule is not None:
             for group in run.optimizer.param_groups:
                 group["lr"] = outcome.lr
@@ -732,7 +733,7 @@ class Fit:
                     return False
                 step = state.global_step
                 try:
-                    outcome = self._step(run, step, state.stage_step, observe=True)
+                    outcome = self._step(run, step, state.stage_step, observe=True, seconds=state.stage_seconds)
                 except NonFiniteError as exc:
                     flag = diag.Flag("nonfinite", step, str(exc), term=exc.term, group=exc.group)
                     self._note_flags([flag], stage.name, state)

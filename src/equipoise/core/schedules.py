@@ -28,6 +28,12 @@ class Schedule(ABC):
     def __call__(self, step: int) -> float:
         """Multiplier at ``step`` (dimensionless)."""
 
+    def at(self, step: int, time_fraction: float = 0.0) -> float:
+        """Multiplier at ``step`` of a stage that has spent ``time_fraction`` (0..1) of its
+        wall-time budget; the engine calls this for a stage's ``lr_schedule``. Only schedules that
+        follow the clock (``WarmupCosine(by_time=True)``) use the fraction."""
+        return self(step)
+
     def describe(self) -> dict:
         """Name and arguments, for config.json and log lines."""
         return {"schedule": type(self).__name__, **asdict(self)}  # type: ignore[call-overload]
@@ -153,12 +159,16 @@ class WarmupCosine(Schedule):
     Steps ``0 .. warmup-1`` ramp linearly as ``(step + 1) / warmup`` (so step 0 already moves);
     from ``warmup`` to ``total`` the multiplier follows a half cosine from 1 down to ``floor``
     (Loshchilov & Hutter 2017, "SGDR", eq. 5, one cycle without restarts); after ``total`` it
-    holds ``floor``. ``warmup=0`` starts the decay at once.
+    holds ``floor``. ``warmup=0`` starts the decay at once. ``by_time``: in a stage with a
+    wall-time budget (``Stage.max_seconds``), the cosine's progress after the warm-up is the larger
+    of the step fraction and the fraction of the budget spent, so a run that the clock ends (a
+    fixed number of minutes on a machine of unknown speed) still decays to ``floor``.
     """
 
     warmup: int
     total: int
     floor: float = 0.0
+    by_time: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.warmup, int) or self.warmup < 0:
@@ -170,9 +180,14 @@ class WarmupCosine(Schedule):
             raise InputError(f"must lie in [0, 1], got {self.floor!r}", field="WarmupCosine.floor")
 
     def __call__(self, step: int) -> float:
+        return self.at(step)
+
+    def at(self, step: int, time_fraction: float = 0.0) -> float:
         if step < self.warmup:
             return (step + 1) / self.warmup
         frac = min(1.0, (step - self.warmup) / (self.total - self.warmup))
+        if self.by_time:
+            frac = max(frac, min(1.0, time_fraction))
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 

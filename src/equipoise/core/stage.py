@@ -131,6 +131,11 @@ class Stage:
                 "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.describe(),
                 "clip_grad_norm": self.clip_grad_norm, "max_seconds": self.max_seconds}
 
-    def lr_at(self, stage_step: int) -> float:
-        """Learning rate at the 0-based ``stage_step``: ``lr`` times the schedule's multiplier."""
-        return self.lr if self.lr_schedule is None else self.lr * float(self.lr_schedule(stage_step))
+    def lr_at(self, stage_step: int, seconds: float = 0.0) -> float:
+        """Learning rate at the 0-based ``stage_step`` after ``seconds`` of the stage's wall time:
+        ``lr`` times the schedule's multiplier (:meth:`Schedule.at`, with the fraction of
+        ``max_seconds`` spent; 0 without a budget)."""
+        if self.lr_schedule is None:
+            return self.lr
+        fraction = 0.0 if self.max_seconds is None else seconds / self.max_seconds
+        return self.lr * float(self.lr_schedule.at(stage_step, fraction))

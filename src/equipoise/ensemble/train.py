@@ -380,7 +380,7 @@ def train(ensembles: Ensemble | Sequence[Ensemble], out_dir: str | Path, config:
     n_train, n_holdout = sum(len(p.train_idx) for p in proteins), sum(len(p.holdout_idx) for p in proteins)
     stage = Stage("train", free=["model"], optimizer="adamw", lr=config.lr, steps=config.steps,
                   lr_schedule=schedules.WarmupCosine(warmup=min(config.warmup, config.steps - 1), total=config.steps,
-                                                     floor=0.1),
+                                                     floor=0.1, by_time=True),
                   clip_grad_norm=config.clip_grad_norm, max_seconds=60.0 * config.minutes,
                   balancer=make_balancer(objective), rebalance_every=objective.rebalance_every)
     fit = Fit({"model": list(model.parameters())}, make_terms(objective, [p.ensemble.sequence for p in proteins]),
