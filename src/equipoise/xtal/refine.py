@@ -20,7 +20,7 @@ ADP weight is then |g_xray| over xyz *and* B divided by |g_adp| over B: inflated
 Each stage runs ``xyz_steps`` / ``b_steps`` L-BFGS iterations as core steps of up to
 ``LBFGS_ITERATIONS_PER_STEP`` iterations: torch's L-BFGS evaluates the target once at the start
 of every ``step`` call, a point its line search has just evaluated, so one iteration per step
-costs about two structure-factor evaluations where five per step cost about 1.2 each.
+costs about two structure-factor evaluations where five per step cost about 1.3 each.
 
 Each stage is one core ``Fit`` in ``run_dir/cycle_NN/<stage>`` (record, log, checkpoint, plots);
 the model after each cycle is saved, so a killed run resumes at the cycle it was in.
