@@ -3,9 +3,10 @@
 - Bar: 5 macro-cycles from 1a0f_round0.pdb: R-free never more than 0.005 above its lowest value,
   ends at or below its start, bonds <= 0.02 Å, angles <= 2.5°.
 - Seed failure: the same refinement with weights computed once with xyz and B free and reused in
-  each stage (``scheme="joint-once"``) inflates the ADP weight and ends with R-free clearly above
-  ours; ours stays within 0.005 of its best. The seed's R-free *jump* in one B step does not
-  reproduce with our B stage (an xfail, strict, with the measured numbers).
+  each stage (``scheme="joint-once"``) inflates the ADP weight (against the same balance on B
+  alone); ours stays within 0.005 of its best. With the KL-form ADP restraints the inflated
+  weight lands near ours and the broken scheme no longer ends worse, and the seed's R-free
+  *jump* in one B step does not reproduce either (both strict xfails, with the measured numbers).
 """
 
 import pytest
@@ -54,19 +55,50 @@ def seed_runs(tmp_path_factory):
     return broken, ours
 
 
+def b_only_adp_balance(model, xray, restraints) -> float:
+    """The ADP weight that the same gradient balance (ratio ``adp_ratio``) gives on B alone at the
+    start, where the joint-once scheme computes its weights with xyz and B free."""
+    from equipoise.core import Fit, Stage
+    from equipoise.xtal.refine import ADP_TERMS, _Refinement
+
+    opts = RefineOptions()
+    run = _Refinement(model, restraints, xray, opts, None, print, "quiet")
+    xray.update_scales(run.xyz, run.b, run.occ)
+    xyz, b = run.xyz.clone(), run.b.clone().requires_grad_(True)
+    stage = Stage("b", free=["b"], terms=["xray", *ADP_TERMS], optimizer="lbfgs", lr=1.0, steps=1,
+                  balancer=run.balancer(None, opts.adp_ratio))
+    return Fit({"xyz": xyz, "b": b}, run.terms(xyz, b), [stage], progress="quiet").balance("b")["adp"].value
+
+
 def test_1a0f_seed_failure_joint_weights_vs_per_stage(seed_runs):
-    """Measured 2026-12-02 (load ~4, 1 thread, ~2.5 min for both runs): ADP weight 3.2e-4 vs 4.7e-6
-    (67x); R-free per round 0.2250 0.2223 0.2173 0.2222 (broken) vs 0.2250 0.2118 0.1949 0.1963. After the
-    x-ray term became the total over working reflections (B refines; servalcat benchmark work), 18:15 UTC:
-    final R-free 0.2095 (broken) vs 0.1965 (ours), a 0.013 gap, hence the 0.01 margin below."""
+    """The seed's mechanism: weights balanced with xyz and B free give the ADP term |g_xray| over
+    xyz *and* B, far above the same balance on B alone; ours stays within 0.005 of its best.
+
+    Measured 2026-12-03 (KL-form ADP restraints, load ~0.5, 1 thread, 86 s for all slow tests):
+    joint-once ADP weight 0.066 against ours (the xyz stage's restraint weight) 0.047; R-free
+    per round 0.2250 0.1969 0.1938 0.1934 (joint-once) vs 0.2250 0.1963 0.1929 0.1937 (ours)."""
     broken, ours = seed_runs
     w_broken = broken.cycles[0].weights["b"]["adp"]
-    w_ours = ours.cycles[0].weights["b"]["adp"]
-    assert w_broken > 10 * w_ours                      # the ADP weight is inflated
+    monlib_or_skip()
+    refl = Reflections.from_file(data_file("1a0f/1a0f_data.mtz"))
+    model = AtomModel.from_file(data_file("1a0f/1a0f_round0.pdb"))
+    w_b_only = b_only_adp_balance(model, XrayModel(model, refl), Restraints.build(model))
+    print(f"ADP weight: joint-once {w_broken:.4g}, B-only balance {w_b_only:.4g}, "
+          f"ours {ours.cycles[0].weights['b']['adp']:.4g}")
+    assert w_broken > 10 * w_b_only                    # the ADP weight is inflated
     ours_free = [ours.start.r_free] + [c.r_free for c in ours.cycles]
     assert max_rise(ours_free) <= 0.005                # ours stays within 0.005 of its best
+
+
+@pytest.mark.xfail(reason="measured 2026-12-03: with the KL-form ADP restraints (pairs within 4 Å, "
+                   "servalcat's sigmas) the joint-once weights no longer hurt on 1A0F: their ADP weight "
+                   "(0.066) lands near ours (0.047, the xyz stage's restraint weight), R-free after round 1 "
+                   "0.1969 vs 0.1963 and after round 3 0.1934 vs 0.1937. With the former bonded-pair "
+                   "restraint (sigma 5 Å^2) the joint-once scheme ended 0.013 worse (0.2095 vs 0.1965, "
+                   "2026-12-02)", strict=True)
+def test_1a0f_seed_failure_ends_worse(seed_runs):
+    broken, ours = seed_runs
     # round 1: both xyz stages are the same (|g_xray| on xyz+B ~ on xyz alone), so the difference is the B stage's
-    # (measured 0.2223 vs 0.2118); later rounds add the broken scheme's fixed geometry weight (no rmsZ control)
     assert broken.cycles[0].r_free > ours.cycles[0].r_free + 0.005
     assert broken.final.r_free > ours.final.r_free + 0.01   # the broken scheme ends clearly worse
 
@@ -75,7 +107,8 @@ def test_1a0f_seed_failure_joint_weights_vs_per_stage(seed_runs):
                    "B stage (L-BFGS, strong-Wolfe line search, bonded-pair ADP similarity) only smooths B "
                    "(std 14.6 -> 12.0 Å^2 in round 1) and R-free rises 0.009 in that B stage, 0.0049 over the "
                    "rounds; the seed's one-step jump (0.23 -> 0.59) needed its B flattened near 60 Å^2 and is "
-                   "not reproduced", strict=True)
+                   "not reproduced; 2026-12-03, KL-form ADP restraints: joint-once R-free 0.2250 0.1969 0.1938 0.1934, "
+                   "no rise", strict=True)
 def test_1a0f_seed_failure_r_free_jumps(seed_runs):
     broken, _ = seed_runs
     broken_free = [broken.start.r_free] + [c.r_free for c in broken.cycles]

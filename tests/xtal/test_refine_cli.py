@@ -21,7 +21,7 @@ def test_refine_command_writes_all_outputs(tmp_path, capsys):
     summary = json.loads((out / "summary.json").read_text())
     assert {"start", "cycles", "r_work", "r_free", "bond_rmsd", "angle_rmsd"} <= set(summary)
     assert summary["cycles"][0]["weights"]["b"]["adp"] > 0
-    assert "|g_xray|" in summary["cycles"][0]["reasons"]["b:adp"]
+    assert "xyz stage's restraint weight" in summary["cycles"][0]["reasons"]["b:adp"]
     mtz = gemmi.read_mtz_file(str(out / "maps.mtz"))
     assert {"FWT", "PHWT", "DELFWT", "PHDELWT"} <= set(mtz.column_labels())
     assert "R-free" in (out / "refine.log").read_text()

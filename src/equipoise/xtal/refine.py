@@ -7,14 +7,20 @@ Each macro-cycle (as phenix.refine, REFMAC and servalcat do):
    angle, torsion, plane, chiral, nonbonded), one restraint weight computed on the xyz group only
    (``weights.RestraintRatioBalancer``), its ratio moved between cycles to keep bond rmsZ in
    [0.5, 1.0] (``weights.RmsZController``);
-3. B stage: L-BFGS on the B-factors, terms ``xray`` + ``adp`` (similarity of bonded atoms' B) +
-   ``b_prior`` (weak pull to the start), one weight for both computed on the B group only
-   (``weights.RestraintRatioBalancer``).
+3. B stage: L-BFGS on the B-factors, terms ``xray`` + ``adp`` (similarity of the B of
+   neighbouring atoms, in the relative, KL-divergence form of REFMAC and servalcat) +
+   ``b_prior`` (weak pull to the start), both with the x-ray weight of the restraints that this
+   cycle's xyz stage computed (``weights.SharedWeightBalancer``; see ``_Refinement.stage``).
 
 ``scheme="joint-once"`` reproduces the seed failure of DESIGN.md for comparison: the same
 gradient-norm weights computed once with xyz and B both free, then reused in every stage (the
 ADP weight is then |g_xray| over xyz *and* B divided by |g_adp| over B: inflated by about
 |g_xray,xyz| / |g_xray,B|).
+
+Each stage runs ``xyz_steps`` / ``b_steps`` L-BFGS iterations as core steps of up to
+``LBFGS_ITERATIONS_PER_STEP`` iterations: torch's L-BFGS evaluates the target once at the start
+of every ``step`` call, a point its line search has just evaluated, so one iteration per step
+costs about two structure-factor evaluations where five per step cost about 1.3 each.
 
 Each stage is one core ``Fit`` in ``run_dir/cycle_NN/<stage>`` (record, log, checkpoint, plots);
 the model after each cycle is saved, so a killed run resumes at the cycle it was in.
@@ -32,15 +38,12 @@ from typing import Callable, Protocol, Sequence
 import torch
 from torch import Tensor
 
-from equipoise.core import Fit, FixedBalancer, Stage, Term
+from equipoise.core import Fit, FixedBalancer, Stage, Term, Weight
 from equipoise.errors import InputError
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.restraints import KINDS, Restraints
-from equipoise.xtal.weights import RestraintRatioBalancer, RmsZController
+from equipoise.xtal.weights import RestraintRatioBalancer, RmsZController, SharedWeightBalancer
 
-#: sigma of the B difference of bonded atoms, Å^2 (REFMAC's default ADP restraint scale for
-#: bonded pairs is of this order; servalcat uses a KL-divergence form)
-ADP_SIGMA = 5.0
 #: sigma of the weak prior pulling B to its start value, Å^2
 B_PRIOR_SIGMA = 50.0
 #: the B stage's restraint terms (one weight for both; their sigmas set their relative strength)
@@ -48,6 +51,8 @@ ADP_TERMS = ("adp", "b_prior")
 #: B-factors are kept in this range, Å^2
 B_MIN, B_MAX = 2.0, 300.0
 SCHEMES = ("per-stage", "joint-once")
+#: L-BFGS iterations per core step (one ``optimizer.step`` call; see the module docstring)
+LBFGS_ITERATIONS_PER_STEP = 5
 
 
 class XrayModel(Protocol):
@@ -74,13 +79,14 @@ class RefineOptions:
     restraint_ratio: ratio |g_restraints| / |g_xray| of the first xyz stage (later cycles: the
         bond-rmsZ controller's).
     rmsz_range: target range of bond rmsZ for the ratio controller (servalcat: [0.5, 1]).
-    adp_ratio: ratio |g_adp| / |g_xray| of the B stage. refine_b: run the B stage.
+    adp_ratio: ratio |g_adp| / |g_xray| of the joint-once scheme's ADP weight (the per-stage B
+        stage uses the xyz stage's restraint weight). refine_b: run the B stage.
     scheme: "per-stage" (ours) or "joint-once" (the seed failure, for comparison only).
     """
 
     cycles: int = 5
-    xyz_steps: int = 20
-    b_steps: int = 15
+    xyz_steps: int = 15
+    b_steps: int = 10
     restraint_ratio: float = 1.0
     rmsz_range: tuple[float, float] = (0.5, 1.0)
     adp_ratio: float = 0.5
@@ -162,11 +168,20 @@ def stats_line(s: CycleStats) -> str:
             f"(rmsZ {s.bond_rmsz:.2f}) angles {s.angle_rmsd:.2f}° (rmsZ {s.angle_rmsz:.2f}) <B> {s.mean_b:.1f}")
 
 
-def adp_similarity(b_iso: Tensor, pairs: Tensor) -> Tensor:
-    """Sum of ((B_i - B_j) / ADP_SIGMA)^2 over bonded pairs (m, 2); b_iso (n,) Å^2."""
+def adp_similarity(b_iso: Tensor, pairs: Tensor, weight: Tensor) -> Tensor:
+    """Sum over pairs (m, 2) of ``weight (B_i - B_j)^2 / (B_i B_j)``; b_iso (n,) Å^2, weight (m,)
+    (``Restraints.adp_pairs``: 1/sigma^2 times a distance factor).
+
+    The relative difference is the isotropic form of the KL-divergence ADP restraint of REFMAC
+    and servalcat (Murshudov et al. 2011, Acta Cryst. D67, 355): two atoms' displacement
+    distributions are compared by their ratio, so atoms with large B may differ more in B than
+    well-ordered ones, and the restraint does not depend on the overall B (which the scales'
+    anisotropic B absorbs). B_i B_j is floored at B_MIN^2 (a line-search trial below B_MIN).
+    """
     if pairs.shape[0] == 0:
         return b_iso.sum() * 0.0
-    return (((b_iso[pairs[:, 0]] - b_iso[pairs[:, 1]]) / ADP_SIGMA) ** 2).sum()
+    bi, bj = b_iso[pairs[:, 0]], b_iso[pairs[:, 1]]
+    return (weight * (bi - bj) ** 2 / (bi * bj).clamp(min=B_MIN ** 2)).sum()
 
 
 def b_prior(b_iso: Tensor, b_start: Tensor) -> Tensor:
@@ -200,11 +215,12 @@ class _Refinement:
     # ------------------------------------------------------------------ terms
     def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
         """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``."""
-        occ, r, pairs, b0 = self.occ, self.restraints, self.restraints.bonded_pairs(), self.b_start
+        occ, r, b0 = self.occ, self.restraints, self.b_start
+        pairs, pair_weight = r.adp_pairs()
         n = self.xray_count
         fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, occ))}
         fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
-        fns.update(adp=lambda _: adp_similarity(b, pairs), b_prior=lambda _: b_prior(b, b0))
+        fns.update(adp=lambda _: adp_similarity(b, pairs, pair_weight), b_prior=lambda _: b_prior(b, b0))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
 
     def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
@@ -253,19 +269,37 @@ class _Refinement:
                  ", ".join(f"{t} {w.value:.4g}" for t, w in weights.items()))
         return {t: w.value for t, w in weights.items()}
 
-    def stage(self, name: str, cycle_dir: Path | None) -> tuple[dict, dict]:
-        """Run the ``xyz`` or ``b`` stage; returns its weights and reasons."""
+    def stage(self, name: str, cycle_dir: Path | None, restraint_weight: float | None = None) -> tuple[dict, dict]:
+        """Run the ``xyz`` or ``b`` stage; returns its weights and reasons.
+
+        The per-stage B stage gives its restraints ``restraint_weight``, the weight of the
+        geometry terms in this cycle's xyz stage. REFMAC and servalcat weight the x-ray term
+        against all restraints, geometry and ADP, with one number (Murshudov et al. 2011;
+        Yamashita et al. 2023): both are priors in the same units (squared z-scores), and that
+        number is calibrated on the geometry, here by the xyz stage's gradient balance on xyz
+        and the bond-rmsZ controller. A gradient balance of its own on B is no substitute: at
+        the start of a B stage the previous cycle has left the B near the balance w |g_adp| ~
+        |g_xray|, so a ratio r there multiplies the weight by about r per cycle (measured on
+        1A0F: r = 0.5 loosened the B every cycle, r = 2 tightened them past the best R-free).
+        """
         xyz = self.xyz.clone().requires_grad_(name == "xyz")
         b = self.b.clone().requires_grad_(name == "b")
         terms = ["xray", *KINDS] if name == "xyz" else ["xray", *ADP_TERMS]
-        steps = self.options.xyz_steps if name == "xyz" else self.options.b_steps
+        iterations = self.options.xyz_steps if name == "xyz" else self.options.b_steps
+        steps = math.ceil(iterations / LBFGS_ITERATIONS_PER_STEP)
         if self.joint_weights is not None:
             balancer = FixedBalancer()
         elif name == "xyz":
             balancer = self.balancer(self.controller.ratio, None)
         else:
-            balancer = self.balancer(None, self.options.adp_ratio)
-        stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer)
+            if restraint_weight is None:
+                raise ValueError("the per-stage B stage needs the xyz stage's restraint weight")
+            why = (f"the xyz stage's restraint weight {restraint_weight:.4g} (one x-ray weight for "
+                   "geometry and ADP restraints, as REFMAC and servalcat)")
+            balancer = SharedWeightBalancer({"xray": Weight(1.0, "base weight"),
+                                             **{t: Weight(restraint_weight, why) for t in ADP_TERMS}})
+        stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer,
+                      optimizer_options={"max_iter": math.ceil(iterations / steps)})
         result = self._fit(name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
         if name == "xyz":
             self.xyz = xyz.detach().clone()
@@ -300,14 +334,18 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
         start = CycleStats(**saved["start"])
         cycles = [CycleStats(**c) for c in saved["cycles"]]
         log(f"resuming after cycle {len(cycles)} from {state_path}")
+    #: scales fitted at the current model and not yet used by a cycle (the start's: cycle 1 reuses them)
+    fresh_scales: str | None = None
     if start is None:
-        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
-        start = run.stats(0, scales=scales)
+        fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        start = run.stats(0, scales=fresh_scales)
         log("start: " + stats_line(start))
     for cycle in range(len(cycles) + 1, options.cycles + 1):
         t0 = time.perf_counter()
         cycle_dir = None if run.run_dir is None else run.run_dir / f"cycle_{cycle:02d}"
-        scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        if fresh_scales is None:
+            fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        scales, fresh_scales = fresh_scales, None
         log(f"cycle {cycle}: scales {scales}")
         if options.scheme == "joint-once" and run.joint_weights is None:
             run.joint_weights = run.compute_joint_weights()
@@ -320,7 +358,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             reasons["xyz:next_ratio"] = why
             log(f"cycle {cycle}: {why}")
         if options.refine_b:
-            w_b, why_b = run.stage("b", cycle_dir)
+            w_b, why_b = run.stage("b", cycle_dir, w_xyz.get("bond"))
             weights["b"] = w_b
             reasons.update({f"b:{t}": why for t, why in why_b.items()})
         stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)

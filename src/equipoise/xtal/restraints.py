@@ -12,6 +12,11 @@ Non-bonded repulsion (``nonbonded`` kind) acts on pairs closer than ``d_min`` th
 library's ``ener_lib.cif`` van der Waals radii, or ``HBOND_DMIN`` for a donor-acceptor pair, as in
 REFMAC's VDW restraints; the penalty is ``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The
 pair list is rebuilt by ``update_pairs(xyz)`` (once per macro-cycle).
+
+The same contact search lists the pairs of the B-factor (ADP) similarity restraints,
+``adp_pairs()``: every pair of atoms within ``CONTACT_CUTOFF`` (symmetry mates included), with
+the sigma of its relation (1-2, 1-3, 1-4 in the bond graph, or none) and a distance factor,
+as REFMAC's and servalcat's ADP restraints use (``ADP_PAIR_SIGMAS``).
 """
 
 from __future__ import annotations
@@ -42,8 +47,14 @@ HBOND_DMIN = 2.6
 METAL_DMIN = 2.0
 #: pairs within d_min + this margin (Å) are listed, so that atoms moving closer during a cycle count
 PAIR_MARGIN = 0.5
-#: contact search radius, Å (beyond any d_min)
+#: contact search radius, Å (beyond any d_min); also the range of the ADP similarity pairs
 CONTACT_CUTOFF = 4.0
+#: sigma of the relative B difference (B_i - B_j) / sqrt(B_i B_j) of a pair by its relation in the
+#: bond graph (hops 1, 2, 3) and for any other pair within CONTACT_CUTOFF (key 0): servalcat's
+#: defaults of its KL-divergence ADP restraint (``Geometry::adpr_kl_sigs`` in servalcat's
+#: ``refine/geom.hpp``: bond 0.1, angle 0.15, torsion 0.3, non-bonded 0.7; Murshudov et al. 2011,
+#: Acta Cryst. D67, 355, for the KL form)
+ADP_PAIR_SIGMAS = {1: 0.1, 2: 0.15, 3: 0.3, 0: 0.7}
 
 
 @dataclass
@@ -144,6 +155,12 @@ class Restraints:
     excluded: set[tuple[int, int]]
     structure: gemmi.Structure
     unrestrained: list[str] = field(default_factory=list)
+    #: (i, j) -> bond-graph distance (1, 2 or 3) of the 1-2, 1-3 and 1-4 pairs
+    hops: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: ADP similarity pairs of the last ``update_pairs``: (m, 2) indices, (m,) weights 1/sigma^2
+    #: times the distance factor
+    adp_index: Tensor | None = None
+    adp_weight: Tensor | None = None
 
     @classmethod
     def build(cls, model: AtomModel, *, monlib: str | Path | None = None,
@@ -196,17 +213,18 @@ class Restraints:
                     else METAL_DMIN / 2
             radius.append(r)
             hb.append(entry.hb_type if entry is not None else "N")
-        excluded = _excluded_pairs(sets, n)
+        hops = _pair_hops(sets, n)
         altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
-                  hb_type=hb, altlocs=altlocs, excluded=excluded, structure=model.structure.clone(),
-                  unrestrained=missing)
+                  hb_type=hb, altlocs=altlocs, excluded=set(hops), structure=model.structure.clone(),
+                  unrestrained=missing, hops=hops)
         out.update_pairs(model.xyz)
         return out
 
     def update_pairs(self, xyz: Tensor) -> None:
         """Rebuild the non-bonded pair list (with symmetry mates) at coordinates ``xyz`` (n, 3) Å:
-        pairs closer than ``d_min + PAIR_MARGIN``."""
+        pairs closer than ``d_min + PAIR_MARGIN``; and the ADP similarity pairs (all pairs
+        within ``CONTACT_CUTOFF``, see ``adp_pairs``)."""
         st = self.structure
         pos = xyz.detach().cpu().double().tolist()
         for i, (_, _, atom) in enumerate(_atoms(st)):
@@ -218,6 +236,7 @@ class Restraints:
         cs = gemmi.ContactSearch(CONTACT_CUTOFF)
         cs.ignore = gemmi.ContactSearch.Ignore.Nothing
         idx, dmin, rots, shifts, labels = [], [], [], [], []
+        adp_idx, adp_w = [], []
         orth = torch.tensor(cell.orth.mat.tolist(), dtype=torch.float64)
         frac = torch.tensor(cell.frac.mat.tolist(), dtype=torch.float64)
         images = [(torch.tensor(im.mat.tolist(), dtype=torch.float64), torch.tensor(im.vec.tolist(),
@@ -228,10 +247,14 @@ class Restraints:
             # the nearest image of atom 2 (what ContactSearch measured): same ASU or a mate
             im = cell.find_nearest_image(r.partner1.atom.pos, r.partner2.atom.pos, gemmi.Asu.Any)
             same_unit = im.same_asu()
-            if same_unit and (i == j or (min(i, j), max(i, j)) in self.excluded):
-                continue
             a, b = self.altlocs[i], self.altlocs[j]
             if a != "\0" and b != "\0" and a != b:
+                continue
+            hop = self.hops.get((min(i, j), max(i, j)), 0) if same_unit else 0
+            if i != j:
+                adp_idx.append((i, j))
+                adp_w.append(1.0 / (ADP_PAIR_SIGMAS[hop] ** 2 * max(1.0, r.dist ** 2 / 4.0)))
+            if same_unit and (i == j or hop):
                 continue
             d0 = self._dmin(i, j)
             if r.dist >= d0 + PAIR_MARGIN:
@@ -260,6 +283,8 @@ class Restraints:
             empty.rot = torch.zeros((0, 3, 3), dtype=dtype, device=device)
             empty.shift = torch.zeros((0, 3), dtype=dtype, device=device)
             self.sets["nonbonded"] = empty
+        self.adp_index = torch.tensor(adp_idx, dtype=torch.long, device=device).reshape(-1, 2)
+        self.adp_weight = torch.tensor(adp_w, dtype=dtype, device=device)
 
     @property
     def atom_labels(self) -> list[str]:
@@ -351,9 +376,11 @@ class Restraints:
         rows.sort(key=lambda r: -abs(r["z"]))
         return rows[:limit]
 
-    def bonded_pairs(self) -> Tensor:
-        """(m, 2) atom index pairs of the bonds (for B-factor similarity restraints)."""
-        return self.sets["bond"].index
+    def adp_pairs(self) -> tuple[Tensor, Tensor]:
+        """ADP similarity pairs of the last ``update_pairs``: (m, 2) atom indices and (m,) weights
+        ``1 / (sigma^2 max(1, d^2 / 4))`` (d the pair's distance in Å, sigma from
+        ``ADP_PAIR_SIGMAS`` by the pair's relation; the distance factor is servalcat's)."""
+        return self.adp_index, self.adp_weight
 
 
 def _atoms(st: gemmi.Structure):
@@ -421,18 +448,20 @@ def _energy_types(topo: gemmi.Topo, index, n: int) -> list[str]:
     return types
 
 
-def _excluded_pairs(sets: dict[str, RestraintSet], n: int) -> set[tuple[int, int]]:
-    """1-2, 1-3 and 1-4 pairs of the bond graph (excluded from non-bonded repulsion)."""
+def _pair_hops(sets: dict[str, RestraintSet], n: int) -> dict[tuple[int, int], int]:
+    """1-2, 1-3 and 1-4 pairs of the bond graph (excluded from non-bonded repulsion), each with
+    its number of bonds between the two atoms (the shortest path)."""
     neighbours: list[set[int]] = [set() for _ in range(n)]
     for i, j in sets["bond"].index.tolist():
         neighbours[i].add(j)
         neighbours[j].add(i)
-    out = set()
+    out: dict[tuple[int, int], int] = {}
     for i in range(n):
         one = neighbours[i]
         two = set().union(*(neighbours[j] for j in one)) if one else set()
         three = set().union(*(neighbours[j] for j in two)) if two else set()
-        for j in one | two | three:
-            if j != i:
-                out.add((min(i, j), max(i, j)))
+        for hop, group in ((3, three), (2, two), (1, one)):      # the shortest path wins
+            for j in group:
+                if j > i:
+                    out[(i, j)] = hop
     return out

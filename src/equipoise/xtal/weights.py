@@ -11,6 +11,9 @@ geometry target with one number, Murshudov et al. 2011; Yamashita et al. 2023).
 ``RmsZController`` then moves ``ratio`` between macro-cycles so that the bond rmsZ stays in a
 target range, as servalcat's ``--adjust_weight`` keeps it in [0.5, 1.0]
 (``servalcat/refine/refine.py``, ``Refine.run_cycles``).
+
+``SharedWeightBalancer`` gives a stage weights decided elsewhere, with their reasons (the B
+stage's ADP restraints get the xyz stage's restraint weight: ``equipoise.xtal.refine``).
 """
 
 from __future__ import annotations
@@ -84,6 +87,24 @@ class RestraintRatioBalancer(Balancer):
     def describe(self) -> dict:
         return {"balancer": "RestraintRatioBalancer", "reference": self.reference,
                 "groups": {k: {"terms": v[0], "ratio": v[1]} for k, v in self.groups.items()}}
+
+
+class SharedWeightBalancer(Balancer):
+    """Weights given by the caller, each with its reason (terms not given keep their base weight)."""
+
+    def __init__(self, weights: Mapping[str, Weight]) -> None:
+        for name, w in weights.items():
+            if not (w.value > 0 and math.isfinite(w.value)):
+                raise InputError(f"weight of {name!r} must be finite and > 0, got {w.value!r}",
+                                 field="SharedWeightBalancer")
+        self.weights = dict(weights)
+
+    def rebalance(self, ctx) -> dict[str, Weight]:
+        return {t: self.weights.get(t, Weight(self.base[t], "base weight")) for t in self.terms}
+
+    def describe(self) -> dict:
+        return {"balancer": "SharedWeightBalancer",
+                "weights": {t: {"value": w.value, "reason": w.reason} for t, w in self.weights.items()}}
 
 
 @dataclass
