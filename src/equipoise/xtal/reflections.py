@@ -58,6 +58,8 @@ class Reflections:
     path: the file read; labels: the columns used (amplitude, sigma, free); free_convention:
         how the flag was read (e.g. ``"CCP4 (0 = free)"``); notes: every choice made, for the log.
     from_intensities: True when ``f_obs`` came from French–Wilson.
+    i_obs, sigma_i: (m,) float64 the measured intensities and their sigmas when the file had
+        intensities (before French–Wilson; may be negative), else None.
     """
 
     hkl: torch.Tensor
@@ -76,6 +78,8 @@ class Reflections:
     free_convention: str = ""
     notes: list[str] = field(default_factory=list)
     from_intensities: bool = False
+    i_obs: torch.Tensor | None = None
+    sigma_i: torch.Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -119,7 +123,9 @@ class Reflections:
         keep = mask.to(torch.bool)
         sub = replace(self, hkl=self.hkl[keep], f_obs=self.f_obs[keep], sigma_f=self.sigma_f[keep],
                       free=self.free[keep], d=self.d[keep], centric=self.centric[keep],
-                      epsilon=self.epsilon[keep], notes=list(self.notes))
+                      epsilon=self.epsilon[keep], notes=list(self.notes),
+                      i_obs=None if self.i_obs is None else self.i_obs[keep],
+                      sigma_i=None if self.sigma_i is None else self.sigma_i[keep])
         sub.bin_index, sub.n_bins = resolution_bins(sub.d, sub.free, None)
         return sub
 
@@ -340,6 +346,7 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
     epsilon = np.asarray(ops.epsilon_factor_array(hkl_int), dtype=np.float64)
     d = d_all[keep]
     values, sigmas = values[keep], sigmas[keep]
+    i_obs, sigma_i = (values, sigmas) if intensities else (None, None)
     if intensities:
         values, sigmas = french_wilson(values, sigmas, d, centric, epsilon)
         notes.append("amplitudes from intensities by French & Wilson (1978), Wilson prior per shell")
@@ -350,7 +357,8 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
     return Reflections(hkl=t(hkl_int, torch.int64), f_obs=t(values), sigma_f=t(sigmas), free=free_t, d=d_t,
                        centric=t(centric, torch.bool), epsilon=t(epsilon), bin_index=bin_index, n_bins=nb,
                        cell=cell, spacegroup=spacegroup, path=str(path), labels=[obs, sig, flag],
-                       free_convention=convention, notes=notes, from_intensities=intensities)
+                       free_convention=convention, notes=notes, from_intensities=intensities,
+                       i_obs=None if i_obs is None else t(i_obs), sigma_i=None if sigma_i is None else t(sigma_i))
 
 
 def french_wilson(i_obs: np.ndarray, sigma_i: np.ndarray, d: np.ndarray, centric: np.ndarray,
