@@ -25,6 +25,8 @@ def test_refine_command_writes_all_outputs(tmp_path, capsys):
     mtz = gemmi.read_mtz_file(str(out / "maps.mtz"))
     assert {"FWT", "PHWT", "DELFWT", "PHDELWT"} <= set(mtz.column_labels())
     assert "R-free" in (out / "refine.log").read_text()
+    assert summary["twinning"]["twinned"] is False and summary["twinning"]["laws"] == []
+    assert "no sign of twinning" in (out / "refine.log").read_text()
     # a second run resumes (nothing left to do) rather than starting over
     capsys.readouterr()
     assert main(args) == 0

@@ -138,6 +138,8 @@ class RefineResult:
     b_iso: Tensor
     run_dir: Path | None
     options: RefineOptions
+    #: ``TwinningSummary.as_dict()`` of the data (set by the caller that measured it), or None
+    twinning: dict | None = None
 
     @property
     def final(self) -> CycleStats:
@@ -154,9 +156,10 @@ class RefineResult:
         return "\n".join(rows)
 
     def to_json(self) -> dict:
-        """summary.json content: ``start``, ``cycles`` and the final values at top level."""
+        """summary.json content: ``start``, ``cycles``, the final values at top level and
+        ``twinning`` (the data's twinning statistics and verdict, when measured)."""
         f = self.final
-        return {"start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
+        return {"twinning": self.twinning, "start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
                 "r_work": f.r_work, "r_free": f.r_free, "bond_rmsd": f.bond_rmsd,
                 "angle_rmsd": f.angle_rmsd, "bond_rmsz": f.bond_rmsz, "angle_rmsz": f.angle_rmsz,
                 "options": asdict(self.options)}

@@ -13,7 +13,8 @@ from equipoise.xtal.geometry_cli import add_library_options
 
 _EPILOG = """\
 DIR gets refined.pdb and refined.cif (statistics in the header), maps.mtz (FWT/PHWT,
-DELFWT/PHDELWT), summary.json ("start", "cycles", final r_work/r_free/bond_rmsd/angle_rmsd),
+DELFWT/PHDELWT), summary.json ("start", "cycles", final r_work/r_free/bond_rmsd/angle_rmsd,
+"twinning": L-test, <I^2>/<I>^2, twin laws with H-test/Britton fractions, verdict),
 refine.log, plots/ (R per cycle, weights, geometry) and run/cycle_NN/{xyz,b}/ (the core's
 record.jsonl, run.log, summary.json, plots of every stage). A killed run resumes with the same
 command (--restart starts over). See docs/xtal.md.
@@ -61,6 +62,7 @@ def _refine(args: argparse.Namespace) -> int:
     from equipoise.xtal.refine import RefineOptions, refine, write_outputs
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.restraints import Restraints
+    from equipoise.xtal.twinning import twin_statistics
     from equipoise.xtal.xray import XrayModel
 
     out = Path(args.out)
@@ -88,12 +90,16 @@ def _refine(args: argparse.Namespace) -> int:
         log("data " + refl.describe())
         for note in [*refl.notes, *xray.notes]:
             log(f"note: {note}")
+        twin = twin_statistics(refl)
+        log(twin.summary())
+        log(twin.verdict())
         if restraints.unrestrained:
             log("refined without restraints (--unrestrained): " + ", ".join(restraints.unrestrained))
         counts = ", ".join(f"{k} {restraints.count(k)}" for k in restraints.sets)
         log(f"restraints: {counts}")
         result = refine(model, restraints, xray, options=options, run_dir=out / "run", log=log,
                         progress="auto", resume=not args.restart)
+        result.twinning = twin.as_dict()
         paths = write_outputs(result, model, xray, out, write_maps=_map_writer(xray),
                               plots=args.plots != "none")
         if args.plots == "all":
@@ -101,6 +107,8 @@ def _refine(args: argparse.Namespace) -> int:
                 if (stage_dir / "record.jsonl").is_file():
                     plot_run(stage_dir)
         log(result.summary())
+        if twin.twinned:
+            log(twin.verdict())
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     finally:
         log_file.close()

@@ -57,6 +57,8 @@ class RfactorResult:
             sa = "" if row["sigma_a"] is None else f"{row['sigma_a']:.3f}"
             lines.append(f"{row['d_max']:7.2f}-{row['d_min']:<7.2f} {row['n_work']:6d} {row['n_free']:5d} "
                          f"{row['r_work']:7.4f} {row['r_free']:7.4f} {row['cc_work']:6.3f} {row['k_bin']:7.4f} {sa:>6}")
+        if self.twinning is not None:
+            lines.append(f"twinning: {self.twinning['verdict']}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -98,12 +100,10 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
         prog.step(3, "scaling", 0, 1, t_work)
         twin = None
         if twinning:
-            twin = twin_statistics(refl.hkl.cpu().numpy(), (refl.f_obs ** 2).cpu().numpy(), refl.d.cpu().numpy(),
-                                   refl.centric.cpu().numpy(), refl.cell, refl.spacegroup)
+            twin = twin_statistics(refl)
             prog.event(twin.summary())
+            prog.event(twin.verdict())
         notes = list(refl.notes) + list(xm.notes) + list(scales.notes) + (list(xm.ml.notes) if xm.ml else [])
-        if twin is not None and twin.twinned:
-            notes.append("data look twinned; R-factors without a twin model are higher than the deposited ones")
         result = RfactorResult(model=str(model_path), data=str(data_path), target=target, target_work=t_work,
                                target_free=t_free, d_min=refl.d_min, scales=scales.as_dict(), shells=xm.shells(fc),
                                twinning=None if twin is None else twin.as_dict(), notes=notes,
