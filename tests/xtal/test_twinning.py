@@ -136,3 +136,10 @@ def test_rfactor_command_reports_twinning(tmp_path, capsys):
     twin = json.loads((out / "summary.json").read_text())["twinning"]
     assert twin["twinned"] and twin["source"] == "F^2" and twin["laws"][0]["law"] == "-h,k,-l"
     assert abs(twin["laws"][0]["alpha_h"] - 0.3) < 0.06
+
+
+def test_5e5z_uses_its_intensities_and_is_not_twinned():
+    refl = Reflections.from_file(data_file("5e5z.mtz.gz"))
+    assert refl.labels[0] == "FP" and refl.i_obs is not None and refl.i_obs.shape == refl.f_obs.shape
+    s = twin_statistics(refl)
+    assert s.source == "intensities" and s.laws == [] and not s.twinned

@@ -58,8 +58,9 @@ class Reflections:
     path: the file read; labels: the columns used (amplitude, sigma, free); free_convention:
         how the flag was read (e.g. ``"CCP4 (0 = free)"``); notes: every choice made, for the log.
     from_intensities: True when ``f_obs`` came from French–Wilson.
-    i_obs, sigma_i: (m,) float64 the measured intensities and their sigmas when the file had
-        intensities (before French–Wilson; may be negative), else None.
+    i_obs, sigma_i: (m,) float64 the measured intensities and their sigmas when the file has
+        them (those read, before French–Wilson, or a column beside the amplitudes used; may be
+        negative), else None.
     """
 
     hkl: torch.Tensor
@@ -346,7 +347,9 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
     epsilon = np.asarray(ops.epsilon_factor_array(hkl_int), dtype=np.float64)
     d = d_all[keep]
     values, sigmas = values[keep], sigmas[keep]
-    i_obs, sigma_i = (values, sigmas) if intensities else (None, None)
+    i_obs, sigma_i = (values, sigmas) if intensities else _intensities_beside(columns, keep)
+    if i_obs is not None and not intensities:
+        notes.append("intensities beside the amplitudes kept for the intensity statistics (twinning)")
     if intensities:
         values, sigmas = french_wilson(values, sigmas, d, centric, epsilon)
         notes.append("amplitudes from intensities by French & Wilson (1978), Wilson prior per shell")
@@ -359,6 +362,20 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
                        cell=cell, spacegroup=spacegroup, path=str(path), labels=[obs, sig, flag],
                        free_convention=convention, notes=notes, from_intensities=intensities,
                        i_obs=None if i_obs is None else t(i_obs), sigma_i=None if sigma_i is None else t(sigma_i))
+
+
+def _intensities_beside(columns: dict[str, tuple[str, np.ndarray]],
+                        keep: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(I, sigma I) at the ``keep`` rows from an intensity column next to the amplitudes used,
+    or (None, None) when there is none or some kept row lacks a value or a positive sigma."""
+    label = _pick(columns, "J", INTENSITY_LABELS)
+    sig = None if label is None else _sigma_for(columns, label)
+    if label is None or sig is None:
+        return None, None
+    values, sigmas = columns[label][1][keep], columns[sig][1][keep]
+    if not (np.isfinite(values).all() and np.isfinite(sigmas).all() and (sigmas > 0).all()):
+        return None, None
+    return values, sigmas
 
 
 def french_wilson(i_obs: np.ndarray, sigma_i: np.ndarray, d: np.ndarray, centric: np.ndarray,

@@ -58,7 +58,7 @@ class RfactorResult:
             lines.append(f"{row['d_max']:7.2f}-{row['d_min']:<7.2f} {row['n_work']:6d} {row['n_free']:5d} "
                          f"{row['r_work']:7.4f} {row['r_free']:7.4f} {row['cc_work']:6.3f} {row['k_bin']:7.4f} {sa:>6}")
         if self.twinning is not None:
-            lines.append(f"twinning: {self.twinning['verdict']}")
+            lines += [self.twinning["summary"], f"twinning: {self.twinning['verdict']}"]
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

@@ -126,7 +126,7 @@ class TwinningSummary:
 
     def as_dict(self) -> dict:
         """JSON-ready content (the ``"twinning"`` entry of summary.json)."""
-        return {**asdict(self), "verdict": self.verdict()}
+        return {**asdict(self), "summary": self.summary(), "verdict": self.verdict()}
 
 
 def twin_laws(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup, max_obliquity_deg: float = 3.0,
