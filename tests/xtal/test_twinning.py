@@ -136,6 +136,9 @@ def test_rfactor_command_reports_twinning(tmp_path, capsys):
     twin = json.loads((out / "summary.json").read_text())["twinning"]
     assert twin["twinned"] and twin["source"] == "F^2" and twin["laws"][0]["law"] == "-h,k,-l"
     assert abs(twin["laws"][0]["alpha_h"] - 0.3) < 0.06
+    fit = twin["twin_model"]  # the true model with its fitted twin fraction explains the data
+    assert abs(fit["alpha"] - 0.3) < 0.02 and fit["r_work"] < 0.5 * fit["r_work_untwinned"], fit
+    assert "with a twin model (law -h,k,-l, fraction 0.3" in text
 
 
 def test_5e5z_uses_its_intensities_and_is_not_twinned():

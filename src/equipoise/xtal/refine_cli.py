@@ -56,13 +56,15 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _refine(args: argparse.Namespace) -> int:
+    import torch
+
     from equipoise.core import plot_run
     from equipoise.errors import InputError
     from equipoise.xtal.model import AtomModel
     from equipoise.xtal.refine import RefineOptions, refine, write_outputs
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.restraints import Restraints
-    from equipoise.xtal.twinning import twin_statistics
+    from equipoise.xtal.twinning import add_twin_model, twin_statistics
     from equipoise.xtal.xray import XrayModel
 
     out = Path(args.out)
@@ -99,6 +101,8 @@ def _refine(args: argparse.Namespace) -> int:
         log(f"restraints: {counts}")
         result = refine(model, restraints, xray, options=options, run_dir=out / "run", log=log,
                         progress="auto", resume=not args.restart)
+        with torch.no_grad():
+            fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, model.occ)).abs())
         result.twinning = twin.as_dict()
         paths = write_outputs(result, model, xray, out, write_maps=_map_writer(xray),
                               plots=args.plots != "none")
@@ -109,6 +113,8 @@ def _refine(args: argparse.Namespace) -> int:
         log(result.summary())
         if twin.twinned:
             log(twin.verdict())
+        if fit is not None:
+            log("refined model " + fit.summary())
         log("wrote " + ", ".join(str(p) for p in paths.values()))
     finally:
         log_file.close()

@@ -59,6 +59,10 @@ class RfactorResult:
                          f"{row['r_work']:7.4f} {row['r_free']:7.4f} {row['cc_work']:6.3f} {row['k_bin']:7.4f} {sa:>6}")
         if self.twinning is not None:
             lines += [self.twinning["summary"], f"twinning: {self.twinning['verdict']}"]
+            fit = self.twinning.get("twin_model")
+            if fit is not None:
+                lines.append(f"twinning: with a twin model (law {fit['law']}, fraction {fit['alpha']:.3f} fitted "
+                             f"to the working set): R-work {fit['r_work']:.4f} R-free {fit['r_free']:.4f}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -69,7 +73,7 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
     """Read, scale (bulk solvent, anisotropic, binned) and score; see module doc."""
     from equipoise.xtal.model import AtomModel
     from equipoise.xtal.reflections import Reflections
-    from equipoise.xtal.twinning import twin_statistics
+    from equipoise.xtal.twinning import add_twin_model, twin_statistics
     from equipoise.xtal.xray import XrayModel
 
     start = time.perf_counter()
@@ -103,6 +107,10 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
             twin = twin_statistics(refl)
             prog.event(twin.summary())
             prog.event(twin.verdict())
+            with torch.no_grad():
+                fit = add_twin_model(twin, refl, xm.f_model(fc).abs())
+            if fit is not None:
+                prog.event(fit.summary())
         notes = list(refl.notes) + list(xm.notes) + list(scales.notes) + (list(xm.ml.notes) if xm.ml else [])
         result = RfactorResult(model=str(model_path), data=str(data_path), target=target, target_work=t_work,
                                target_free=t_free, d_min=refl.d_min, scales=scales.as_dict(), shells=xm.shells(fc),
