@@ -71,9 +71,9 @@ class TwinLaw:
 
     law: the law on Miller indices (``"-h,k,-l"``); kind: ``"merohedral"`` or
     ``"pseudo-merohedral"``; rotation: the (3, 3) integer matrix R of h' = h R;
-    metric_deviation: max |R G* R^T - G*| / max |G*| of the
-    reciprocal metric under the law (0 for merohedral); n_pairs: acentric twin-related pairs used; alpha_h:
-    H-test fraction; alpha_britton: Britton fraction; mean_h: <H>.
+    metric_deviation: max |R G* R^T - G*| / max |G*| of the reciprocal metric under the law
+    (0 for merohedral); n_pairs: acentric twin-related pairs used; alpha_h: H-test fraction;
+    alpha_britton: Britton fraction; mean_h: <H>.
     """
 
     law: str
