@@ -101,12 +101,33 @@ class SpectrumGraph:
         ok = np.abs(diffs - table[nearest]) <= self.config.tol_da
         return np.where(ok, nearest, -1)
 
-    def sequence(self, spectrum: Spectrum) -> tuple[list[str], float, list[float]]:
-        """(tokens, peptide score, per-residue scores) of the best path; ([], 0, []) if none.
+    def _edges(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All graph edges, sorted by (end node, start node): start (m,), end (m,), kind (m,)
+        (1 single residue, 2 pair) and ``which`` (m,) index into the residue or pair table. A
+        node pair within a single-residue mass is never also a pair edge (as in the DP, a
+        single residue beats a pair at equal score)."""
+        max_gap = self.pair_masses[-1] + self.config.tol_da
+        reach = np.searchsorted(pos, pos + max_gap, side="right") - np.arange(pos.size)   # nodes within max_gap
+        width = max(1, int(reach.max()) if pos.size else 1)
+        start = np.arange(pos.size)[:, None]
+        end = start + np.arange(1, width + 1)[None, :]
+        inside = end < pos.size
+        start, end = np.broadcast_to(start, end.shape)[inside], end[inside]
+        diffs = pos[end] - pos[start]
+        near = diffs <= max_gap
+        start, end, diffs = start[near], end[near], diffs[near]
+        single, pair = self._match(diffs, self.masses), self._match(diffs, self.pair_masses)
+        keep = (single >= 0) | (pair >= 0)
+        start, end, single, pair = start[keep], end[keep], single[keep], pair[keep]
+        order = np.lexsort((start, end))
+        single, pair = single[order], pair[order]
+        kind = np.where(single >= 0, 1, 2)
+        return start[order], end[order], kind, np.where(single >= 0, single, pair)
 
-        The peptide score is the mean support of the path's inner nodes relative to the best
-        node in the spectrum; each residue gets the mean support of its two end nodes.
-        """
+    def best_path(self, spectrum: Spectrum) -> tuple[list[tuple[str, ...]], float, list[float]] | None:
+        """The best source-to-sink path as steps (one residue, or two of an unresolved pair in
+        mass order), the peptide score and per-residue scores (see :meth:`sequence`); None when
+        the sink cannot be reached."""
         pos, sup, _ = self._nodes(spectrum)
         n = pos.size
         best = np.full(n, -np.inf)
@@ -114,51 +135,53 @@ class SpectrumGraph:
         back = np.full(n, -1)
         kind = np.zeros(n, dtype=int)      # 1: single residue, 2: pair
         which = np.zeros(n, dtype=int)
-        max_gap = self.pair_masses[-1] + self.config.tol_da
-        lo = 0
+        starts, ends, kinds, whiches = self._edges(pos)
+        bounds = np.searchsorted(ends, np.arange(n + 1))
+        penalty = self.config.pair_penalty
         for j in range(1, n):
-            while pos[j] - pos[lo] > max_gap:
-                lo += 1
-            if lo >= j:
+            lo, hi = bounds[j], bounds[j + 1]
+            if lo == hi:
                 continue
-            prev = np.arange(lo, j)
-            prev = prev[np.isfinite(best[prev])]
-            if prev.size == 0:
-                continue
-            diffs = pos[j] - pos[prev]
-            single = self._match(diffs, self.masses)
-            pair = self._match(diffs, self.pair_masses)
-            cand1 = np.where(single >= 0, best[prev] + sup[j], -np.inf)
-            cand2 = np.where(pair >= 0, best[prev] + sup[j] - self.config.pair_penalty, -np.inf)
+            prev = starts[lo:hi]
+            base = best[prev]
+            singles = kinds[lo:hi] == 1
+            cand1 = np.where(singles, base + sup[j], -np.inf)
+            cand2 = np.where(~singles, base + sup[j] - penalty, -np.inf)
             i1, i2 = int(np.argmax(cand1)), int(np.argmax(cand2))
             if cand1[i1] >= cand2[i2] and np.isfinite(cand1[i1]):
-                best[j], back[j], kind[j], which[j] = cand1[i1], prev[i1], 1, single[i1]
+                best[j], back[j], kind[j], which[j] = cand1[i1], prev[i1], 1, whiches[lo + i1]
             elif np.isfinite(cand2[i2]):
-                best[j], back[j], kind[j], which[j] = cand2[i2], prev[i2], 2, pair[i2]
+                best[j], back[j], kind[j], which[j] = cand2[i2], prev[i2], 2, whiches[lo + i2]
         if not np.isfinite(best[-1]):
-            return [], 0.0, []
-        tokens: list[str] = []
+            return None
+        steps: list[tuple[str, ...]] = []
         node_support: list[float] = []
+        inner: list[int] = []
         j = n - 1
         top = max(sup.max(), 1e-9)
         while j > 0:
-            step = [self.tokens[which[j]]] if kind[j] == 1 else list(self.pair_tokens[which[j]])
-            tokens = step + tokens
+            step = (self.tokens[which[j]],) if kind[j] == 1 else self.pair_tokens[which[j]]
+            steps.insert(0, step)
             end_score = 1.0 if j == n - 1 else sup[j] / top
             start_score = 1.0 if back[j] == 0 else sup[back[j]] / top
             node_support = [0.5 * (end_score + start_score)] * len(step) + node_support
+            if j != n - 1:
+                inner.append(j)
             j = back[j]
-        inner = [i for i in range(1, n - 1) if i in set(self._path_nodes(back, n))]
         score = float(np.mean(sup[inner] / top)) if inner else 0.0
-        return tokens, score, node_support
+        return steps, score, node_support
 
-    @staticmethod
-    def _path_nodes(back: np.ndarray, n: int) -> list[int]:
-        out, j = [], n - 1
-        while j > 0:
-            out.append(j)
-            j = int(back[j])
-        return out
+    def sequence(self, spectrum: Spectrum) -> tuple[list[str], float, list[float]]:
+        """(tokens, peptide score, per-residue scores) of the best path; ([], 0, []) if none.
+
+        The peptide score is the mean support of the path's inner nodes relative to the best
+        node in the spectrum; each residue gets the mean support of its two end nodes.
+        """
+        path = self.best_path(spectrum)
+        if path is None:
+            return [], 0.0, []
+        steps, score, node_support = path
+        return [t for step in steps for t in step], score, node_support
 
 
 def run_baseline(spectra: Sequence[Spectrum], vocabulary: Vocabulary = DEFAULT_VOCABULARY,

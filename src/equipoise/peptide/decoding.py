@@ -31,7 +31,7 @@ from equipoise.peptide.model import PeptideTransformer, SpectrumBatch, collate, 
 from equipoise.peptide.psm import PSM
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, Vocabulary
 
-__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "predict"]
+__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "beam_candidates", "predict"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +117,16 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
                 ) -> list[Prediction | None]:
     """Decode every spectrum of ``batch``; None where no peptide fits at all (precursor lighter
     than one residue)."""
+    return [found[0] if found else None for found in beam_candidates(model, batch, config)]
+
+
+@torch.no_grad()
+def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: DecodingConfig = DecodingConfig()
+                    ) -> list[list[Prediction]]:
+    """Every distinct peptide the beam search finished within the precursor tolerance, per
+    spectrum of ``batch``, best peptide score first (the candidates a rescorer chooses from); a
+    spectrum with none gets its best finished peptide outside the tolerance (empty list when
+    nothing fits at all)."""
     vocab = model.vocab
     device = model.device
     n, k, v = batch.mz.shape[0], config.beams, len(vocab)
@@ -142,8 +152,8 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
     score = torch.full((n, k), -math.inf, dtype=torch.float64, device=device)
     score[:, 0] = 0.0
     prefix = torch.zeros(n, k, dtype=torch.float64, device=device)
-    best_key = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
-    best: list[Prediction | None] = [None] * n
+    found: list[dict[tuple[str, ...], Prediction]] = [{} for _ in range(n)]
+    outside: list[Prediction | None] = [None] * n
 
     for step in range(max_length + 1):
         active = torch.isfinite(score)
@@ -154,7 +164,7 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
         logp = torch.log_softmax(logits.to(torch.float64), -1).view(n, k, v)
         if step > 0:  # finishing here: record the stopped peptide of every active beam
             _finish(vocab, tokens.view(n, k, -1), logp_path.view(n, k, -1), logp[..., vocab.stop_index], prefix,
-                    targets, tolerance, config.isotopes, active, best, best_key)
+                    targets, tolerance, config.isotopes, active, found, outside)
         if step == max_length:
             break
         remaining = targets[:, None, :, None] - prefix[:, :, None, None] - masses[None, None, None, :]  # (B,K,I,V)
@@ -171,28 +181,39 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
         logp_path = torch.cat([logp_path[rows], chosen], dim=1)
         prefix = prefix.gather(1, beam) + masses[token]
         score = top
-    return best
+    out = []
+    for within, fallback in zip(found, outside):
+        ranked = sorted(within.values(), key=lambda p: -p.score)
+        out.append(ranked if ranked else [fallback] if fallback is not None else [])
+    return out
 
 
 def _finish(vocab: Vocabulary, tokens: Tensor, logp_path: Tensor, logp_stop: Tensor, prefix: Tensor,
             targets: Tensor, tolerance: Tensor, isotopes: tuple[int, ...], active: Tensor,
-            best: list[Prediction | None],
-            best_key: Tensor) -> None:
-    """Score the stopped peptide of each active beam (B, K) and keep each spectrum's best."""
+            found: list[dict[tuple[str, ...], Prediction]], outside: list[Prediction | None]) -> None:
+    """Score the stopped peptide of each active beam (B, K): keep every one within the tolerance
+    in ``found`` (per spectrum, by tokens) and each spectrum's best one outside it in ``outside``."""
     errors = (prefix[:, :, None] - targets[:, None, :]).abs()                            # (B, K, I)
     error, isotope = errors.min(dim=2)
     within = error <= tolerance[:, None]
     total = logp_path.sum(-1) + logp_stop
     score = torch.exp(total / (logp_path.shape[-1] + 1))
-    key = torch.where(active, score - (~within).to(score.dtype), -math.inf)
+
+    def prediction(b: int, j: int, inside: bool) -> Prediction:
+        return Prediction(tokens=vocab.decode(tokens[b, j].tolist()), score=float(score[b, j]) - (not inside),
+                          aa_scores=torch.exp(logp_path[b, j]).tolist(), within_tolerance=inside,
+                          isotope=isotopes[int(isotope[b, j])], neutral_mass=float(prefix[b, j]) + H2O_MASS)
+
+    for b, j in torch.nonzero(active & within).tolist():
+        p = prediction(b, j, True)
+        key = tuple(p.tokens)
+        if key not in found[b] or found[b][key].score < p.score:
+            found[b][key] = p
+    key = torch.where(active & ~within, score, -math.inf)
     value, beam = key.max(dim=1)
-    better = value > best_key
-    for b in torch.nonzero(better).flatten().tolist():
-        j = int(beam[b])
-        best_key[b] = value[b]
-        best[b] = Prediction(tokens=vocab.decode(tokens[b, j].tolist()), score=float(value[b]),
-                             aa_scores=torch.exp(logp_path[b, j]).tolist(), within_tolerance=bool(within[b, j]),
-                             isotope=isotopes[int(isotope[b, j])], neutral_mass=float(prefix[b, j]) + H2O_MASS)
+    for b in torch.nonzero(torch.isfinite(value)).flatten().tolist():
+        if not found[b] and (outside[b] is None or outside[b].score < float(value[b]) - 1):
+            outside[b] = prediction(b, int(beam[b]), False)
 
 
 def predict(model: PeptideTransformer, spectra: Sequence[Spectrum], config: DecodingConfig = DecodingConfig(),
