@@ -35,6 +35,23 @@ class BaselineConfig:
     n_peaks: int = 150                #: most intense peaks used
 
 
+@dataclass
+class GraphPath:
+    """A source-to-sink path: ``steps`` (one residue, or the two of an unresolved pair in mass
+    order), ``nodes`` the prefix masses (Da) of its inner nodes as measured (ascending),
+    ``score`` the peptide score and ``aa_scores`` one score per residue (see
+    :meth:`SpectrumGraph.sequence`)."""
+
+    steps: list[tuple[str, ...]]
+    nodes: list[float]
+    score: float
+    aa_scores: list[float]
+
+    @property
+    def tokens(self) -> list[str]:
+        return [t for step in self.steps for t in step]
+
+
 def _residue_table(vocabulary: Vocabulary) -> tuple[np.ndarray, list[str]]:
     """Sorted unique residue masses and one token per mass (unmodified preferred, I -> L)."""
     best: dict[float, str] = {}
@@ -124,10 +141,8 @@ class SpectrumGraph:
         kind = np.where(single >= 0, 1, 2)
         return start[order], end[order], kind, np.where(single >= 0, single, pair)
 
-    def best_path(self, spectrum: Spectrum) -> tuple[list[tuple[str, ...]], float, list[float]] | None:
-        """The best source-to-sink path as steps (one residue, or two of an unresolved pair in
-        mass order), the peptide score and per-residue scores (see :meth:`sequence`); None when
-        the sink cannot be reached."""
+    def best_path(self, spectrum: Spectrum) -> GraphPath | None:
+        """The best source-to-sink path (None when the sink cannot be reached)."""
         pos, sup, _ = self._nodes(spectrum)
         n = pos.size
         best = np.full(n, -np.inf)
@@ -156,7 +171,7 @@ class SpectrumGraph:
             return None
         steps: list[tuple[str, ...]] = []
         node_support: list[float] = []
-        inner: list[int] = []
+        inner: list[int] = []   # path nodes between source and sink, from the sink down
         j = n - 1
         top = max(sup.max(), 1e-9)
         while j > 0:
@@ -169,7 +184,7 @@ class SpectrumGraph:
                 inner.append(j)
             j = back[j]
         score = float(np.mean(sup[inner] / top)) if inner else 0.0
-        return steps, score, node_support
+        return GraphPath(steps, [float(pos[i]) for i in reversed(inner)], score, node_support)
 
     def sequence(self, spectrum: Spectrum) -> tuple[list[str], float, list[float]]:
         """(tokens, peptide score, per-residue scores) of the best path; ([], 0, []) if none.
@@ -180,8 +195,7 @@ class SpectrumGraph:
         path = self.best_path(spectrum)
         if path is None:
             return [], 0.0, []
-        steps, score, node_support = path
-        return [t for step in steps for t in step], score, node_support
+        return path.tokens, path.score, path.aa_scores
 
 
 def run_baseline(spectra: Sequence[Spectrum], vocabulary: Vocabulary = DEFAULT_VOCABULARY,

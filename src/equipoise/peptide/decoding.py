@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,9 +28,12 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 from equipoise.peptide.io import Spectrum
-from equipoise.peptide.model import PeptideTransformer, SpectrumBatch, collate, prepare
+from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch, collate, prepare
 from equipoise.peptide.psm import PSM
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, Vocabulary
+
+if TYPE_CHECKING:
+    from equipoise.peptide.rescoring import RescoringConfig
 
 __all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "beam_candidates", "predict"]
 
@@ -121,12 +125,20 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
 
 
 @torch.no_grad()
-def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: DecodingConfig = DecodingConfig()
-                    ) -> list[list[Prediction]]:
+def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: DecodingConfig = DecodingConfig(),
+                    waypoints: Tensor | None = None, waypoint_tol_da: float = 0.02,
+                    memory: Memory | None = None) -> list[list[Prediction]]:
     """Every distinct peptide the beam search finished within the precursor tolerance, per
     spectrum of ``batch``, best peptide score first (the candidates a rescorer chooses from); a
     spectrum with none gets its best finished peptide outside the tolerance (empty list when
-    nothing fits at all)."""
+    nothing fits at all).
+
+    ``waypoints`` (B, W) float64, ascending, padded with +inf: prefix masses (Da, residue sums)
+    every peptide must pass within ``waypoint_tol_da``, e.g. the nodes of a spectrum-graph path;
+    a residue may not jump over the next waypoint, and the mass left up to it must be a sum of
+    residues (the same feasibility test as for the precursor). The model then chooses the
+    residues between waypoints (their order and composition), the graph fixes the ladder.
+    ``memory``: the batch already encoded by ``model.encode`` (else it is encoded here)."""
     vocab = model.vocab
     device = model.device
     n, k, v = batch.mz.shape[0], config.beams, len(vocab)
@@ -143,9 +155,13 @@ def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: Dec
     tolerance = precursor * config.precursor_tol_ppm * 1e-6                              # (B,) Da
     offsets = torch.tensor(config.isotopes, dtype=torch.float64, device=device) * C13_SPACING
     targets = precursor[:, None] - offsets[None] - H2O_MASS                              # (B, I) residue sums
-    memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
+    if memory is None:
+        memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
     memory = memory.repeat(k)
     cache = None
+    if waypoints is not None:
+        waypoints = waypoints.to(device=device, dtype=torch.float64)
+        waypoint_tol = torch.tensor(waypoint_tol_da, dtype=torch.float64, device=device)
 
     tokens = torch.zeros(n * k, 0, dtype=torch.long, device=device)
     logp_path = torch.zeros(n * k, 0, dtype=torch.float64, device=device)
@@ -170,6 +186,12 @@ def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: Dec
         remaining = targets[:, None, :, None] - prefix[:, :, None, None] - masses[None, None, None, :]  # (B,K,I,V)
         tol = tolerance[:, None, None, None]
         fits = ((remaining >= -tol) & feasibility.feasible(remaining, tol)).any(dim=2)                  # (B,K,V)
+        if waypoints is not None:
+            ahead = waypoints[:, None, :] > prefix[..., None] + waypoint_tol                           # (B,K,W)
+            upcoming = torch.where(ahead, waypoints[:, None, :], math.inf).min(dim=2).values           # (B,K)
+            free = torch.isinf(upcoming)[..., None]
+            gap = torch.where(free, 0.0, upcoming[..., None]) - prefix[..., None] - masses                  # (B,K,V)
+            fits &= free | ((gap >= -waypoint_tol) & feasibility.feasible(gap, waypoint_tol))
         allowed = fits & is_residue if step > 0 else fits & (is_residue | is_nterm)
         candidate = torch.where(allowed & active[..., None], score[..., None] + logp, -math.inf).view(n, k * v)
         top, index = candidate.topk(k, dim=1)
@@ -217,18 +239,28 @@ def _finish(vocab: Vocabulary, tokens: Tensor, logp_path: Tensor, logp_stop: Ten
 
 
 def predict(model: PeptideTransformer, spectra: Sequence[Spectrum], config: DecodingConfig = DecodingConfig(),
-            batch_size: int = 64, progress: Callable[[int], None] | None = None) -> list[PSM]:
+            batch_size: int = 64, progress: Callable[[int], None] | None = None,
+            rescoring: "RescoringConfig | None" = None) -> list[PSM]:
     """One :class:`~equipoise.peptide.psm.PSM` per spectrum (in input order; an empty peptide
     where nothing fits). Spectra are preprocessed as the model was trained and decoded in batches
-    of ``batch_size``; ``progress(done)`` is called after each batch."""
+    of ``batch_size``; ``progress(done)`` is called after each batch. With ``rescoring``
+    (:mod:`equipoise.peptide.rescoring`) each spectrum's peptide is chosen among the beam-search
+    and spectrum-graph candidates by the combined score (the peptide score is then
+    :func:`~equipoise.peptide.rescoring.peptide_score`); without it, the best beam."""
+    from equipoise.peptide.rescoring import rescore_predictions  # rescoring builds on this module
+
     model.eval()
     vocab = model.vocab
     psms: list[PSM] = []
     for start in range(0, len(spectra), batch_size):
         chunk = spectra[start:start + batch_size]
         batch = collate([prepare(s, vocab, model.config) for s in chunk])
-        for spectrum, p in zip(chunk, beam_search(model, batch, config)):
-            tokens, score, aa = ([], -1.0, []) if p is None else (p.tokens, p.score, p.aa_scores)
+        if rescoring is None:
+            chosen = [None if p is None else (p.tokens, p.score, p.aa_scores) for p in beam_search(model, batch, config)]
+        else:
+            chosen = rescore_predictions(model, batch, chunk, config, rescoring)
+        for spectrum, c in zip(chunk, chosen):
+            tokens, score, aa = ([], -1.0, []) if c is None else c
             psms.append(PSM(spectrum.index, tokens, score, aa, spectrum.charge, spectrum.precursor_mz,
                             title=spectrum.title, retention_time_s=spectrum.retention_time_s, vocabulary=vocab))
         if progress is not None:
