@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -67,7 +68,7 @@ class RescoringConfig:
     weights: tuple[float, ...] = (1.0, 0.1, 6.0, 2.0, 4.0, -8.0, -1.0)
     tol_da: float = 0.02
     n_peaks: int = 150
-    ladder_beams: int = 5
+    ladder_beams: int = 3
     graph_paths: bool = True
     max_pair_orders: int = 3
 
@@ -201,14 +202,18 @@ def rescore_batch(model: PeptideTransformer, batch: SpectrumBatch, spectra: Sequ
     peptide outside it (the fallback, None otherwise)."""
     vocab = model.vocab
     batch = batch.to(model.device)
-    memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
-    found = beam_candidates(model, batch, decoding, memory=memory)
+    use_graph = graph is not None and bool(config.ladder_beams or config.graph_paths)
+    # the graph search (numpy and Python) runs in a second thread while torch decodes the beams
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: [graph.best_path(s) for s in spectra]) if use_graph else None
+        memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
+        found = beam_candidates(model, batch, decoding, memory=memory)
+        paths = pending.result() if pending is not None else []
     cands_of: list[list[Candidate]] = [
         [Candidate(p.tokens, math.log(max(p.score, 1e-300)), p.aa_scores, "beam") for p in ps if p.within_tolerance]
         for ps in found]
     fallback = [None if not ps or ps[0].within_tolerance else ps[0] for ps in found]
-    if graph is not None and (config.ladder_beams or config.graph_paths):
-        paths = [graph.best_path(s) for s in spectra]
+    if use_graph:
         rows = [r for r, p in enumerate(paths) if p is not None]
         if rows and config.ladder_beams:
             _add_ladder_candidates(model, batch, memory, rows, [paths[r] for r in rows], decoding, config, cands_of)
