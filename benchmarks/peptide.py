@@ -77,7 +77,8 @@ def main() -> None:
           f"parameters; batch {recipe.batch_size}; decoding model: {path or 'untrained'}")
     print(f"training      {train_rate:8.1f} spectra/s   forward-only reference {forward_rate:8.1f} spectra/s   "
           f"ratio {train_rate / forward_rate:.3f}   bar >= 200: {'met' if train_rate >= 200 else 'NOT met'}")
-    print(f"sequence 5b   {rates['sequence']:8.1f} spectra/s   best beam, no rescoring {rates['beam']:8.1f} spectra/s   "
+    print(f"sequence 5b   {rates['sequence']:8.1f} spectra/s   best beam, no rescoring {rates['beam']:8.1f} "
+          f"spectra/s   "
           f"greedy {rates['greedy']:8.1f} spectra/s   ratio to greedy {rates['sequence'] / rates['greedy']:.3f}   "
           f"bar >= 50: {'met' if rates['sequence'] >= 50 else 'NOT met'}")
     print(f"peak memory   {peak_gb:.2f} GB   bar <= 4: {'met' if peak_gb <= 4 else 'NOT met'}")

@@ -39,7 +39,8 @@ def test_ion_evidence_prefers_the_true_sequence() -> None:
 def test_graph_candidates_try_both_orders_of_each_pair() -> None:
     path = GraphPath([("A",), ("G", "S"), ("K",), ("D", "E")], [71.0, 215.1, 343.2], 0.5, [0.5] * 6)
     variants = graph_candidates(path)
-    assert len(variants) == 4 and ["A", "G", "S", "K", "D", "E"] in variants and ["A", "S", "G", "K", "E", "D"] in variants
+    assert len(variants) == 4
+    assert ["A", "G", "S", "K", "D", "E"] in variants and ["A", "S", "G", "K", "E", "D"] in variants
     assert len(graph_candidates(path, max_pair_orders=1)) == 2
     same = GraphPath([("G", "G")], [], 0.0, [0.0, 0.0])
     assert graph_candidates(same) == [["G", "G"]]

@@ -256,7 +256,8 @@ def predict(model: PeptideTransformer, spectra: Sequence[Spectrum], config: Deco
         chunk = spectra[start:start + batch_size]
         batch = collate([prepare(s, vocab, model.config) for s in chunk])
         if rescoring is None:
-            chosen = [None if p is None else (p.tokens, p.score, p.aa_scores) for p in beam_search(model, batch, config)]
+            chosen = [None if p is None else (p.tokens, p.score, p.aa_scores)
+                      for p in beam_search(model, batch, config)]
         else:
             chosen = rescore_predictions(model, batch, chunk, config, rescoring)
         for spectrum, c in zip(chunk, chosen):

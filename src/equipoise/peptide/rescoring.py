@@ -46,8 +46,8 @@ from equipoise.peptide.io import Spectrum
 from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, PROTON_MASS, Vocabulary
 
-__all__ = ["FEATURES", "ION_FEATURES", "RescoringConfig", "Candidate", "ion_evidence", "sequence_log_probs", "graph_candidates",
-           "choose", "peptide_score", "rescore_batch", "rescore_predictions"]
+__all__ = ["FEATURES", "ION_FEATURES", "RescoringConfig", "Candidate", "ion_evidence", "sequence_log_probs",
+           "graph_candidates", "choose", "peptide_score", "rescore_batch", "rescore_predictions", "select"]
 
 
 #: the features of a candidate, in the order of :attr:`RescoringConfig.weights` (module doc)
@@ -160,7 +160,7 @@ def sequence_log_probs(model: PeptideTransformer, memory: Memory, rows: Sequence
     for r, i in enumerate(ids):
         tokens[r, :len(i)] = torch.tensor(i, dtype=torch.long)
     index = torch.tensor(list(rows), dtype=torch.long, device=model.device)
-    logp = torch.log_softmax(model.decode(select(memory, index), tokens)[0].to(torch.float64), -1)        # (R, T + 1, V)
+    logp = torch.log_softmax(model.decode(select(memory, index), tokens)[0].to(torch.float64), -1)  # (R, T+1, V)
     out = []
     for r, i in enumerate(ids):
         target = torch.tensor(i + [vocab.stop_index], dtype=torch.long, device=model.device)
