@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equipoise.peptide.baseline import SpectrumGraph, run_baseline
+from equipoise.peptide.baseline import run_baseline
 from equipoise.peptide.decoding import DecodingConfig, beam_search
 from equipoise.peptide.io import read_spectra
 from equipoise.peptide.metrics import evaluate_predictions
 from equipoise.peptide.model import collate, load_model, prepare
-from equipoise.peptide.rescoring import FEATURES, RescoringConfig, choose, rescore_batch
+from equipoise.peptide.rescoring import FEATURES, RescoringConfig, choose, graph_for, rescore_batch
 from equipoise.peptide.sequence_cli import DEFAULT_MODEL
 from equipoise.peptide.synth import synthesize
 
@@ -35,7 +35,7 @@ GRID = {"min_logp": (0, 0.1, 0.2, 0.5), "coverage": (1, 2, 4, 6, 8, 10), "both":
 
 def collect(model, spectra, decoding, config):
     """Per spectrum: (candidates, fallback) and the best beam's tokens."""
-    graph = SpectrumGraph(model.vocab)
+    graph = graph_for(model.vocab, config)
     out, beams = [], []
     for start in range(0, len(spectra), 64):
         chunk = spectra[start:start + 64]

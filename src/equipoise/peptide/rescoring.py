@@ -40,14 +40,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from equipoise.peptide.baseline import GraphPath, SpectrumGraph
+from equipoise.peptide.baseline import BaselineConfig, GraphPath, SpectrumGraph
 from equipoise.peptide.decoding import DecodingConfig, Prediction, beam_candidates
 from equipoise.peptide.io import Spectrum
 from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, PROTON_MASS, Vocabulary
 
 __all__ = ["FEATURES", "ION_FEATURES", "RescoringConfig", "Candidate", "ion_evidence", "sequence_log_probs",
-           "graph_candidates", "choose", "peptide_score", "rescore_batch", "rescore_predictions", "select"]
+           "graph_candidates", "choose", "peptide_score", "rescore_batch", "rescore_predictions", "select", "graph_for"]
 
 
 #: the features of a candidate, in the order of :attr:`RescoringConfig.weights` (module doc)
@@ -63,7 +63,8 @@ class RescoringConfig:
     ``n_peaks``: most intense raw peaks matched; ``ladder_beams``: beam width of the search
     constrained to the graph path's nodes (0: none); ``graph_paths``: add the graph path itself;
     ``max_pair_orders``: at most this many unresolved pairs of a graph path are tried in both
-    orders (2^n variants; the rest stay in mass order)."""
+    orders (2^n variants; the rest stay in mass order); ``triple_penalty``: the candidates'
+    spectrum graph also has three-residue edges at this penalty (None: the baseline's graph)."""
 
     weights: tuple[float, ...] = (1.0, 0.1, 6.0, 2.0, 4.0, -8.0, -1.0)
     tol_da: float = 0.02
@@ -71,6 +72,7 @@ class RescoringConfig:
     ladder_beams: int = 3
     graph_paths: bool = True
     max_pair_orders: int = 3
+    triple_penalty: float | None = 1.5
 
     def __post_init__(self) -> None:
         if len(self.weights) != len(FEATURES):
@@ -254,7 +256,7 @@ def rescore_predictions(model: PeptideTransformer, batch: SpectrumBatch, spectra
     candidate by the combined score (score :func:`peptide_score`), else the beam search's best
     peptide outside the tolerance (its score, below 0), else None."""
     out: list[tuple[list[str], float, list[float]] | None] = []
-    for cands, fallback in rescore_batch(model, batch, spectra, decoding, config, _graph(model.vocab)):
+    for cands, fallback in rescore_batch(model, batch, spectra, decoding, config, graph_for(model.vocab, config)):
         best = max(cands, key=lambda c: c.combined, default=None)
         if best is not None:
             out.append((best.tokens, peptide_score(best, config), best.aa_scores))
@@ -263,9 +265,14 @@ def rescore_predictions(model: PeptideTransformer, batch: SpectrumBatch, spectra
     return out
 
 
+def graph_for(vocab: Vocabulary, config: RescoringConfig) -> SpectrumGraph:
+    """The spectrum graph that makes the candidates of ``config``."""
+    return _graph(vocab, config.tol_da, config.triple_penalty)
+
+
 @lru_cache(maxsize=4)
-def _graph(vocab: Vocabulary) -> SpectrumGraph:
-    return SpectrumGraph(vocab)
+def _graph(vocab: Vocabulary, tol_da: float, triple_penalty: float | None) -> SpectrumGraph:
+    return SpectrumGraph(vocab, BaselineConfig(tol_da=tol_da, triple_penalty=triple_penalty))
 
 
 def _add_ladder_candidates(model: PeptideTransformer, batch: SpectrumBatch, memory: Memory, rows: list[int],
