@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from equipoise.cli import main
-from equipoise.peptide.baseline import SpectrumGraph, run_baseline
+from equipoise.peptide.baseline import BaselineConfig, SpectrumGraph, run_baseline
 from equipoise.peptide.fragments import fragment_mz
 from equipoise.peptide.io import Spectrum, read_spectra
 from equipoise.peptide.metrics import evaluate_predictions
@@ -63,3 +63,15 @@ def test_cli_baseline_then_evaluate(tmp_path) -> None:
     assert main(["peptide", "evaluate", str(out), "--truth", str(mgf), "--out", str(tmp_path / "ev")]) == 0
     assert (tmp_path / "ev" / "metrics.json").is_file() and (tmp_path / "ev" / "by_length.png").is_file()
     assert main(["peptide", "evaluate", str(out), "--truth", str(mgf), "--precursor-tol", "fast"]) == 2
+
+
+def test_triple_edges_bridge_two_missing_cleavages() -> None:
+    seq = ["P", "E", "P", "T", "L", "D", "E", "K"]
+    spectrum = _clean(seq, drop=(3, 4))
+    assert SpectrumGraph().sequence(spectrum)[0] != seq              # the baseline graph cannot cross
+    path = SpectrumGraph(config=BaselineConfig(triple_penalty=1.5)).best_path(spectrum)
+    assert [len(step) for step in path.steps] == [1, 1, 1, 3, 1, 1]
+    assert path.tokens[:3] == seq[:3] and path.tokens[6:] == seq[6:]
+    middle = DEFAULT_VOCABULARY.residue_masses(path.tokens[3:6])   # a composition of the same mass (TLD or ELS)
+    assert abs(sum(middle) - sum(DEFAULT_VOCABULARY.residue_masses(seq[3:6]))) < 0.02
+    assert len(path.nodes) == 5 and all(a < b for a, b in zip(path.nodes, path.nodes[1:]))

@@ -107,3 +107,25 @@ def test_ion_evidence_sees_the_ions_of_the_right_token() -> None:
         e[0, 1, g, 0] = e[0, 0, w, 1] = 0.0
         assert float(e[..., :2].max()) < 0.1                                # nothing else
         assert float(e[..., 2:].max()) <= 3.0 * doubly                     # 2+ channels off for charge 2
+
+
+def test_ion_evidence_equals_the_sum_over_all_peaks() -> None:
+    """Reading only the nearest peaks gives the full Gaussian-window sum, also with crowded peaks."""
+    V = DEFAULT_VOCABULARY
+    masses = V.mass_tensor(dtype=torch.float64, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    prefix = torch.cumsum(masses[torch.randint(2, len(V), (3, 6), generator=gen)], 1).to(torch.float64)
+    precursor = prefix[:, -1] + 300.0
+    ions = prefix[:, 2:3] + masses[V.index("G")] + PROTON_MASS            # a b ion to crowd peaks around
+    mz = torch.cat([torch.rand(3, 20, generator=gen, dtype=torch.float64) * 1500 + 50,
+                    ions + torch.linspace(-0.04, 0.04, 3, dtype=torch.float64)], 1)   # 3 peaks within 4 sigma
+    intensity = torch.rand(3, 23, generator=gen)
+    intensity[0, -5:] = 0.0                                                # padding anywhere
+    e = ion_evidence(prefix, masses, precursor, torch.tensor([2, 3, 3]), mz, intensity, sigma=0.01)
+    new = prefix[..., None] + masses
+    b1, y1 = new + PROTON_MASS, precursor[:, None, None] - new + PROTON_MASS
+    all_ions = torch.stack([b1, y1, (b1 + PROTON_MASS) / 2, (y1 + PROTON_MASS) / 2], -1)
+    diff = (all_ions[..., None] - mz[:, None, None, None, :]).to(torch.float32)
+    dense = (torch.exp(-0.5 * (diff / 0.01) ** 2) * intensity[:, None, None, None, :]).sum(-1)
+    dense[0, ..., 2:] = 0.0                                                # 2+ channels off for charge 2
+    torch.testing.assert_close(e, torch.log1p(dense / 0.05), atol=1e-5, rtol=1e-5)

@@ -60,3 +60,13 @@ def test_shipped_model_works_out_of_the_box(tmp_path, spectra) -> None:
     out = tmp_path / "res.mztab"
     assert _run([str(spectra), "--out", str(out), "--quiet", "--threads", "1"]) == 0
     assert len(read_mztab(out)) == 6
+
+
+def test_no_rescore_reports_the_best_beam(tmp_path, spectra) -> None:
+    torch.manual_seed(0)
+    model = save_model(PeptideTransformer(DEFAULT_VOCABULARY, TINY), tmp_path / "m.pt")
+    for flag, setting in (([], "rescoring = logp 1"), (["--no-rescore"], "rescoring = off")):
+        out = tmp_path / f"res{len(flag)}.mztab"
+        assert _run([str(spectra), "--model", str(model), "--beams", "2", "--out", str(out), "--quiet",
+                     "--threads", "1", *flag]) == 0
+        assert len(read_mztab(out)) == 6 and setting in out.read_text()

@@ -32,7 +32,25 @@ class BaselineConfig:
     tol_da: float = 0.02
     merge_da: float = 0.01
     pair_penalty: float = 1.0         #: per two-residue edge, in peak-score units (chosen on synthetic data)
+    triple_penalty: float | None = None  #: per three-residue edge; None: no such edges (the baseline)
     n_peaks: int = 150                #: most intense peaks used
+
+
+@dataclass
+class GraphPath:
+    """A source-to-sink path: ``steps`` (one residue, or the two of an unresolved pair in mass
+    order), ``nodes`` the prefix masses (Da) of its inner nodes as measured (ascending),
+    ``score`` the peptide score and ``aa_scores`` one score per residue (see
+    :meth:`SpectrumGraph.sequence`)."""
+
+    steps: list[tuple[str, ...]]
+    nodes: list[float]
+    score: float
+    aa_scores: list[float]
+
+    @property
+    def tokens(self) -> list[str]:
+        return [t for step in self.steps for t in step]
 
 
 def _residue_table(vocabulary: Vocabulary) -> tuple[np.ndarray, list[str]]:
@@ -60,6 +78,11 @@ class SpectrumGraph:
         pairs.sort()
         self.pair_masses = np.array([p[0] for p in pairs])
         self.pair_tokens = [(self.tokens[p[1]], self.tokens[p[2]]) for p in pairs]
+        triples = sorted((a + b + c, i, j, k) for (i, a), (j, b), (k, c)
+                         in itertools.combinations_with_replacement(enumerate(self.masses), 3)) \
+            if config.triple_penalty is not None else []
+        self.triple_masses = np.array([t[0] for t in triples])
+        self.triple_tokens = [tuple(self.tokens[i] for i in t[1:]) for t in triples]
 
     def _nodes(self, spectrum: Spectrum) -> tuple[np.ndarray, np.ndarray, float]:
         """(prefix masses (n,), support (n,), total residue mass) of the merged graph nodes."""
@@ -101,64 +124,88 @@ class SpectrumGraph:
         ok = np.abs(diffs - table[nearest]) <= self.config.tol_da
         return np.where(ok, nearest, -1)
 
+    def _edges(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """All graph edges, sorted by (end node, start node): start (m,), end (m,), kind (m,)
+        (1 single residue, 2 pair, 3 triple) and ``which`` (m,) index into the residue, pair or
+        triple table. A node pair within a single-residue mass is never also a pair edge, nor a
+        pair also a triple (as in the DP, fewer residues win at equal score)."""
+        widest = self.triple_masses[-1] if self.triple_masses.size else self.pair_masses[-1]
+        max_gap = widest + self.config.tol_da
+        reach = np.searchsorted(pos, pos + max_gap, side="right") - np.arange(pos.size)   # nodes within max_gap
+        width = max(1, int(reach.max()) if pos.size else 1)
+        start = np.arange(pos.size)[:, None]
+        end = start + np.arange(1, width + 1)[None, :]
+        inside = end < pos.size
+        start, end = np.broadcast_to(start, end.shape)[inside], end[inside]
+        diffs = pos[end] - pos[start]
+        near = diffs <= max_gap
+        start, end, diffs = start[near], end[near], diffs[near]
+        single, pair = self._match(diffs, self.masses), self._match(diffs, self.pair_masses)
+        triple = self._match(diffs, self.triple_masses) if self.triple_masses.size else np.full(diffs.shape, -1)
+        kind = np.where(single >= 0, 1, np.where(pair >= 0, 2, np.where(triple >= 0, 3, 0)))
+        which = np.where(single >= 0, single, np.where(pair >= 0, pair, triple))
+        keep = kind > 0
+        start, end, kind, which = start[keep], end[keep], kind[keep], which[keep]
+        order = np.lexsort((start, end))
+        return start[order], end[order], kind[order], which[order]
+
+    def best_path(self, spectrum: Spectrum) -> GraphPath | None:
+        """The best source-to-sink path (None when the sink cannot be reached)."""
+        pos, sup, _ = self._nodes(spectrum)
+        n = pos.size
+        best = np.full(n, -np.inf)
+        best[0] = 0.0
+        back = np.full(n, -1)
+        kind = np.zeros(n, dtype=int)      # 1: single residue, 2: pair, 3: triple
+        which = np.zeros(n, dtype=int)
+        starts, ends, kinds, whiches = self._edges(pos)
+        bounds = np.searchsorted(ends, np.arange(n + 1))
+        penalties = {1: 0.0, 2: self.config.pair_penalty, 3: self.config.triple_penalty}
+        for j in range(1, n):
+            lo, hi = bounds[j], bounds[j + 1]
+            if lo == hi:
+                continue
+            prev = starts[lo:hi]
+            base = best[prev]
+            here = -np.inf
+            for step_kind in (1, 2, 3):       # fewer residues win ties: only a strictly better score replaces
+                if step_kind == 3 and penalties[3] is None:
+                    break
+                cand = np.where(kinds[lo:hi] == step_kind, base + sup[j] - penalties[step_kind], -np.inf)
+                i = int(np.argmax(cand))
+                if np.isfinite(cand[i]) and cand[i] > here:
+                    here = cand[i]
+                    best[j], back[j], kind[j], which[j] = cand[i], prev[i], step_kind, whiches[lo + i]
+        if not np.isfinite(best[-1]):
+            return None
+        steps: list[tuple[str, ...]] = []
+        node_support: list[float] = []
+        inner: list[int] = []   # path nodes between source and sink, from the sink down
+        j = n - 1
+        top = max(sup.max(), 1e-9)
+        while j > 0:
+            step = ((self.tokens[which[j]],) if kind[j] == 1 else self.pair_tokens[which[j]] if kind[j] == 2
+                    else self.triple_tokens[which[j]])
+            steps.insert(0, step)
+            end_score = 1.0 if j == n - 1 else sup[j] / top
+            start_score = 1.0 if back[j] == 0 else sup[back[j]] / top
+            node_support = [0.5 * (end_score + start_score)] * len(step) + node_support
+            if j != n - 1:
+                inner.append(j)
+            j = back[j]
+        score = float(np.mean(sup[inner] / top)) if inner else 0.0
+        return GraphPath(steps, [float(pos[i]) for i in reversed(inner)], score, node_support)
+
     def sequence(self, spectrum: Spectrum) -> tuple[list[str], float, list[float]]:
         """(tokens, peptide score, per-residue scores) of the best path; ([], 0, []) if none.
 
         The peptide score is the mean support of the path's inner nodes relative to the best
         node in the spectrum; each residue gets the mean support of its two end nodes.
         """
-        pos, sup, _ = self._nodes(spectrum)
-        n = pos.size
-        best = np.full(n, -np.inf)
-        best[0] = 0.0
-        back = np.full(n, -1)
-        kind = np.zeros(n, dtype=int)      # 1: single residue, 2: pair
-        which = np.zeros(n, dtype=int)
-        max_gap = self.pair_masses[-1] + self.config.tol_da
-        lo = 0
-        for j in range(1, n):
-            while pos[j] - pos[lo] > max_gap:
-                lo += 1
-            if lo >= j:
-                continue
-            prev = np.arange(lo, j)
-            prev = prev[np.isfinite(best[prev])]
-            if prev.size == 0:
-                continue
-            diffs = pos[j] - pos[prev]
-            single = self._match(diffs, self.masses)
-            pair = self._match(diffs, self.pair_masses)
-            cand1 = np.where(single >= 0, best[prev] + sup[j], -np.inf)
-            cand2 = np.where(pair >= 0, best[prev] + sup[j] - self.config.pair_penalty, -np.inf)
-            i1, i2 = int(np.argmax(cand1)), int(np.argmax(cand2))
-            if cand1[i1] >= cand2[i2] and np.isfinite(cand1[i1]):
-                best[j], back[j], kind[j], which[j] = cand1[i1], prev[i1], 1, single[i1]
-            elif np.isfinite(cand2[i2]):
-                best[j], back[j], kind[j], which[j] = cand2[i2], prev[i2], 2, pair[i2]
-        if not np.isfinite(best[-1]):
+        path = self.best_path(spectrum)
+        if path is None:
             return [], 0.0, []
-        tokens: list[str] = []
-        node_support: list[float] = []
-        j = n - 1
-        top = max(sup.max(), 1e-9)
-        while j > 0:
-            step = [self.tokens[which[j]]] if kind[j] == 1 else list(self.pair_tokens[which[j]])
-            tokens = step + tokens
-            end_score = 1.0 if j == n - 1 else sup[j] / top
-            start_score = 1.0 if back[j] == 0 else sup[back[j]] / top
-            node_support = [0.5 * (end_score + start_score)] * len(step) + node_support
-            j = back[j]
-        inner = [i for i in range(1, n - 1) if i in set(self._path_nodes(back, n))]
-        score = float(np.mean(sup[inner] / top)) if inner else 0.0
-        return tokens, score, node_support
-
-    @staticmethod
-    def _path_nodes(back: np.ndarray, n: int) -> list[int]:
-        out, j = [], n - 1
-        while j > 0:
-            out.append(j)
-            j = int(back[j])
-        return out
+        return path.tokens, path.score, path.aa_scores
 
 
 def run_baseline(spectra: Sequence[Spectrum], vocabulary: Vocabulary = DEFAULT_VOCABULARY,

@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,11 +28,14 @@ from torch import Tensor
 
 from equipoise.errors import InputError
 from equipoise.peptide.io import Spectrum
-from equipoise.peptide.model import PeptideTransformer, SpectrumBatch, collate, prepare
+from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch, collate, prepare
 from equipoise.peptide.psm import PSM
 from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, Vocabulary
 
-__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "predict"]
+if TYPE_CHECKING:
+    from equipoise.peptide.rescoring import RescoringConfig
+
+__all__ = ["DecodingConfig", "Prediction", "MassFeasibility", "beam_search", "beam_candidates", "predict"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,24 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
                 ) -> list[Prediction | None]:
     """Decode every spectrum of ``batch``; None where no peptide fits at all (precursor lighter
     than one residue)."""
+    return [found[0] if found else None for found in beam_candidates(model, batch, config)]
+
+
+@torch.no_grad()
+def beam_candidates(model: PeptideTransformer, batch: SpectrumBatch, config: DecodingConfig = DecodingConfig(),
+                    waypoints: Tensor | None = None, waypoint_tol_da: float = 0.02,
+                    memory: Memory | None = None) -> list[list[Prediction]]:
+    """Every distinct peptide the beam search finished within the precursor tolerance, per
+    spectrum of ``batch``, best peptide score first (the candidates a rescorer chooses from); a
+    spectrum with none gets its best finished peptide outside the tolerance (empty list when
+    nothing fits at all).
+
+    ``waypoints`` (B, W) float64, ascending, padded with +inf: prefix masses (Da, residue sums)
+    every peptide must pass within ``waypoint_tol_da``, e.g. the nodes of a spectrum-graph path;
+    a residue may not jump over the next waypoint, and the mass left up to it must be a sum of
+    residues (the same feasibility test as for the precursor). The model then chooses the
+    residues between waypoints (their order and composition), the graph fixes the ladder.
+    ``memory``: the batch already encoded by ``model.encode`` (else it is encoded here)."""
     vocab = model.vocab
     device = model.device
     n, k, v = batch.mz.shape[0], config.beams, len(vocab)
@@ -133,17 +155,21 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
     tolerance = precursor * config.precursor_tol_ppm * 1e-6                              # (B,) Da
     offsets = torch.tensor(config.isotopes, dtype=torch.float64, device=device) * C13_SPACING
     targets = precursor[:, None] - offsets[None] - H2O_MASS                              # (B, I) residue sums
-    memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
+    if memory is None:
+        memory = model.encode(batch.mz, batch.intensity, batch.peak_padding, batch.precursor_mass, batch.charge)
     memory = memory.repeat(k)
     cache = None
+    if waypoints is not None:
+        waypoints = waypoints.to(device=device, dtype=torch.float64)
+        waypoint_tol = torch.tensor(waypoint_tol_da, dtype=torch.float64, device=device)
 
     tokens = torch.zeros(n * k, 0, dtype=torch.long, device=device)
     logp_path = torch.zeros(n * k, 0, dtype=torch.float64, device=device)
     score = torch.full((n, k), -math.inf, dtype=torch.float64, device=device)
     score[:, 0] = 0.0
     prefix = torch.zeros(n, k, dtype=torch.float64, device=device)
-    best_key = torch.full((n,), -math.inf, dtype=torch.float64, device=device)
-    best: list[Prediction | None] = [None] * n
+    found: list[dict[tuple[str, ...], Prediction]] = [{} for _ in range(n)]
+    outside: list[Prediction | None] = [None] * n
 
     for step in range(max_length + 1):
         active = torch.isfinite(score)
@@ -154,12 +180,18 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
         logp = torch.log_softmax(logits.to(torch.float64), -1).view(n, k, v)
         if step > 0:  # finishing here: record the stopped peptide of every active beam
             _finish(vocab, tokens.view(n, k, -1), logp_path.view(n, k, -1), logp[..., vocab.stop_index], prefix,
-                    targets, tolerance, config.isotopes, active, best, best_key)
+                    targets, tolerance, config.isotopes, active, found, outside)
         if step == max_length:
             break
         remaining = targets[:, None, :, None] - prefix[:, :, None, None] - masses[None, None, None, :]  # (B,K,I,V)
         tol = tolerance[:, None, None, None]
         fits = ((remaining >= -tol) & feasibility.feasible(remaining, tol)).any(dim=2)                  # (B,K,V)
+        if waypoints is not None:
+            ahead = waypoints[:, None, :] > prefix[..., None] + waypoint_tol                           # (B,K,W)
+            upcoming = torch.where(ahead, waypoints[:, None, :], math.inf).min(dim=2).values           # (B,K)
+            free = torch.isinf(upcoming)[..., None]
+            gap = torch.where(free, 0.0, upcoming[..., None]) - prefix[..., None] - masses                  # (B,K,V)
+            fits &= free | ((gap >= -waypoint_tol) & feasibility.feasible(gap, waypoint_tol))
         allowed = fits & is_residue if step > 0 else fits & (is_residue | is_nterm)
         candidate = torch.where(allowed & active[..., None], score[..., None] + logp, -math.inf).view(n, k * v)
         top, index = candidate.topk(k, dim=1)
@@ -171,43 +203,65 @@ def beam_search(model: PeptideTransformer, batch: SpectrumBatch, config: Decodin
         logp_path = torch.cat([logp_path[rows], chosen], dim=1)
         prefix = prefix.gather(1, beam) + masses[token]
         score = top
-    return best
+    out = []
+    for within, fallback in zip(found, outside):
+        ranked = sorted(within.values(), key=lambda p: -p.score)
+        out.append(ranked if ranked else [fallback] if fallback is not None else [])
+    return out
 
 
 def _finish(vocab: Vocabulary, tokens: Tensor, logp_path: Tensor, logp_stop: Tensor, prefix: Tensor,
             targets: Tensor, tolerance: Tensor, isotopes: tuple[int, ...], active: Tensor,
-            best: list[Prediction | None],
-            best_key: Tensor) -> None:
-    """Score the stopped peptide of each active beam (B, K) and keep each spectrum's best."""
+            found: list[dict[tuple[str, ...], Prediction]], outside: list[Prediction | None]) -> None:
+    """Score the stopped peptide of each active beam (B, K): keep every one within the tolerance
+    in ``found`` (per spectrum, by tokens) and each spectrum's best one outside it in ``outside``."""
     errors = (prefix[:, :, None] - targets[:, None, :]).abs()                            # (B, K, I)
     error, isotope = errors.min(dim=2)
     within = error <= tolerance[:, None]
     total = logp_path.sum(-1) + logp_stop
     score = torch.exp(total / (logp_path.shape[-1] + 1))
-    key = torch.where(active, score - (~within).to(score.dtype), -math.inf)
+
+    def prediction(b: int, j: int, inside: bool) -> Prediction:
+        return Prediction(tokens=vocab.decode(tokens[b, j].tolist()), score=float(score[b, j]) - (not inside),
+                          aa_scores=torch.exp(logp_path[b, j]).tolist(), within_tolerance=inside,
+                          isotope=isotopes[int(isotope[b, j])], neutral_mass=float(prefix[b, j]) + H2O_MASS)
+
+    for b, j in torch.nonzero(active & within).tolist():
+        p = prediction(b, j, True)
+        key = tuple(p.tokens)
+        if key not in found[b] or found[b][key].score < p.score:
+            found[b][key] = p
+    key = torch.where(active & ~within, score, -math.inf)
     value, beam = key.max(dim=1)
-    better = value > best_key
-    for b in torch.nonzero(better).flatten().tolist():
-        j = int(beam[b])
-        best_key[b] = value[b]
-        best[b] = Prediction(tokens=vocab.decode(tokens[b, j].tolist()), score=float(value[b]),
-                             aa_scores=torch.exp(logp_path[b, j]).tolist(), within_tolerance=bool(within[b, j]),
-                             isotope=isotopes[int(isotope[b, j])], neutral_mass=float(prefix[b, j]) + H2O_MASS)
+    for b in torch.nonzero(torch.isfinite(value)).flatten().tolist():
+        if not found[b] and (outside[b] is None or outside[b].score < float(value[b]) - 1):
+            outside[b] = prediction(b, int(beam[b]), False)
 
 
 def predict(model: PeptideTransformer, spectra: Sequence[Spectrum], config: DecodingConfig = DecodingConfig(),
-            batch_size: int = 64, progress: Callable[[int], None] | None = None) -> list[PSM]:
+            batch_size: int = 64, progress: Callable[[int], None] | None = None,
+            rescoring: "RescoringConfig | None" = None) -> list[PSM]:
     """One :class:`~equipoise.peptide.psm.PSM` per spectrum (in input order; an empty peptide
     where nothing fits). Spectra are preprocessed as the model was trained and decoded in batches
-    of ``batch_size``; ``progress(done)`` is called after each batch."""
+    of ``batch_size``; ``progress(done)`` is called after each batch. With ``rescoring``
+    (:mod:`equipoise.peptide.rescoring`) each spectrum's peptide is chosen among the beam-search
+    and spectrum-graph candidates by the combined score (the peptide score is then
+    :func:`~equipoise.peptide.rescoring.peptide_score`); without it, the best beam."""
+    from equipoise.peptide.rescoring import rescore_predictions  # rescoring builds on this module
+
     model.eval()
     vocab = model.vocab
     psms: list[PSM] = []
     for start in range(0, len(spectra), batch_size):
         chunk = spectra[start:start + batch_size]
         batch = collate([prepare(s, vocab, model.config) for s in chunk])
-        for spectrum, p in zip(chunk, beam_search(model, batch, config)):
-            tokens, score, aa = ([], -1.0, []) if p is None else (p.tokens, p.score, p.aa_scores)
+        if rescoring is None:
+            chosen = [None if p is None else (p.tokens, p.score, p.aa_scores)
+                      for p in beam_search(model, batch, config)]
+        else:
+            chosen = rescore_predictions(model, batch, chunk, config, rescoring)
+        for spectrum, c in zip(chunk, chosen):
+            tokens, score, aa = ([], -1.0, []) if c is None else c
             psms.append(PSM(spectrum.index, tokens, score, aa, spectrum.charge, spectrum.precursor_mz,
                             title=spectrum.title, retention_time_s=spectrum.retention_time_s, vocabulary=vocab))
         if progress is not None:

@@ -147,6 +147,8 @@ def collate(items: Sequence[PreparedSpectrum]) -> SpectrumBatch:
 
 #: ion types of :func:`ion_evidence`, in the order of its last axis
 EVIDENCE_IONS = ("b 1+", "y 1+", "b 2+", "y 2+")
+#: peaks on each side of an ion that :func:`ion_evidence` reads
+EVIDENCE_NEIGHBOURS = 4
 
 
 @torch.no_grad()
@@ -157,7 +159,7 @@ def ion_evidence(prefix: Tensor, token_masses: Tensor, precursor_mass: Tensor, c
 
     ``prefix`` (R, T) residue-mass sums (Da) of R decoder rows; ``token_masses`` (V,) Da;
     ``precursor_mass`` (R,) neutral mass (Da, water included); ``charge`` (R,); ``mz`` (R, P) Th;
-    ``intensity`` (R, P), 0 on padding. With ``n = prefix + mass_v``, the b ion is
+    ``intensity`` (R, P), 0 on padding (any order of peaks). With ``n = prefix + mass_v``, the b ion is
     ``n + H+`` and the complementary y ion ``M - n + H+`` (2+: ``(ion + H+) / 2``, only for
     charge >= 3). Returns (R, T, V, 4) float32 ``log1p(sum_j I_j exp(-d_j^2 / 2 sigma^2) / 0.05)``
     in the order of :data:`EVIDENCE_IONS`.
@@ -167,9 +169,22 @@ def ion_evidence(prefix: Tensor, token_masses: Tensor, precursor_mass: Tensor, c
     b1 = new + PROTON_MASS
     y1 = precursor_mass.to(torch.float64)[:, None, None] - new + PROTON_MASS
     ions = torch.stack([b1, y1, (b1 + PROTON_MASS) / 2, (y1 + PROTON_MASS) / 2], dim=-1)       # (R, T, V, 4)
-    diff = (ions.reshape(rows, -1, 1) - mz.to(torch.float64)[:, None, :]).to(torch.float32)  # (R, T*V*4, P)
+    # only the EVIDENCE_NEIGHBOURS nearest peaks on each side of an ion can contribute: the window
+    # underflows to 0 in float32 beyond ~14 sigma, so the sum equals the sum over all peaks
+    # unless more than that many peaks crowd within 14 sigma on one side (tested against it)
+    real = intensity > 0
+    key, order = torch.sort(torch.where(real, mz.to(torch.float64), math.inf), dim=1)         # (R, P)
+    weight = intensity.to(torch.float32).gather(1, order)
+    flat = ions.reshape(rows, -1)                                                                # (R, N)
+    peaks = key.shape[1]
+    k = min(EVIDENCE_NEIGHBOURS, peaks)
+    at = torch.searchsorted(key, flat)[..., None] + torch.arange(-k, k, device=flat.device)    # (R, N, 2k)
+    valid = (at >= 0) & (at < peaks)
+    at = at.clamp(0, peaks - 1).view(rows, -1)
+    near = key.gather(1, at).view(*valid.shape)
+    diff = torch.where(valid & torch.isfinite(near), flat[..., None] - near, math.inf).to(torch.float32)
     window = torch.exp(-0.5 * (diff / sigma) ** 2)
-    evidence = (window * intensity.to(torch.float32)[:, None, :]).sum(-1).view(*ions.shape)
+    evidence = (window * weight.gather(1, at).view(*valid.shape)).sum(-1).view(*ions.shape)
     doubly = (charge >= 3).to(torch.float32)[:, None, None, None]
     scale = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float32, device=prefix.device)
     evidence = evidence * (scale + (1 - scale) * doubly)

@@ -24,6 +24,9 @@ def register_sequence(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="MODEL.pt", help="model file (default: the shipped model)")
     parser.add_argument("--beams", type=int, default=5, help="beam width (default 5)")
     parser.add_argument("--precursor-tol", default="20ppm", help="precursor tolerance, e.g. 20ppm (default)")
+    parser.add_argument("--no-rescore", action="store_true",
+                        help="report the best beam instead of rescoring beam and spectrum-graph candidates with "
+                             "their fragment-ion evidence")
     parser.add_argument("--csv", nargs="?", const="", metavar="OUT.csv",
                         help="also write a CSV (default: RESULTS.csv beside the mzTab)")
     parser.add_argument("--batch-size", type=int, default=64, help="spectra per batch (default 64)")
@@ -45,11 +48,13 @@ def _sequence(args: argparse.Namespace) -> int:
     from equipoise.peptide.io import read_spectra
     from equipoise.peptide.model import load_model
     from equipoise.peptide.mztab import write_csv, write_mztab
+    from equipoise.peptide.rescoring import FEATURES, RescoringConfig
 
     tol = parse_tolerance_ppm(args.precursor_tol)
     if args.batch_size < 1:
         raise InputError(f"must be >= 1, got {args.batch_size}", field="--batch-size")
     config = DecodingConfig(beams=args.beams, precursor_tol_ppm=tol)
+    rescoring = None if args.no_rescore else RescoringConfig()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     model_path = Path(args.model) if args.model else DEFAULT_MODEL
     model = load_model(model_path)
@@ -60,10 +65,11 @@ def _sequence(args: argparse.Namespace) -> int:
     spectra = loaded.spectra
     started = time.perf_counter()
     with _Bar(len(spectra), args.quiet) as bar:
-        psms = predict(model, spectra, config, args.batch_size, progress=bar.update)
+        psms = predict(model, spectra, config, args.batch_size, progress=bar.update, rescoring=rescoring)
     elapsed = time.perf_counter() - started
     settings = {"model": str(model_path), "beams": config.beams, "precursor_tol_ppm": tol,
-                "isotopes": list(config.isotopes)}
+                "isotopes": list(config.isotopes), "rescoring": "off" if rescoring is None else
+                ", ".join(f"{name} {w:g}" for name, w in zip(FEATURES, rescoring.weights))}
     write_mztab(out, psms, ms_run=args.spectra, config=settings)
     written = [out]
     if args.csv is not None:
