@@ -69,7 +69,7 @@ class RescoringConfig:
     weights: tuple[float, ...] = (1.0, 0.1, 6.0, 2.0, 4.0, -8.0, -1.0)
     tol_da: float = 0.02
     n_peaks: int = 150
-    ladder_beams: int = 3
+    ladder_beams: int = 0
     graph_paths: bool = True
     max_pair_orders: int = 3
     triple_penalty: float | None = 1.5
