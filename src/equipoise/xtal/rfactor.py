@@ -61,8 +61,7 @@ class RfactorResult:
             lines += [self.twinning["summary"], f"twinning: {self.twinning['verdict']}"]
             fit = self.twinning.get("twin_model")
             if fit is not None:
-                lines.append(f"twinning: with a twin model (law {fit['law']}, fraction {fit['alpha']:.3f} fitted "
-                             f"to the working set): R-work {fit['r_work']:.4f} R-free {fit['r_free']:.4f}")
+                lines.append(f"twinning: {fit['summary']}")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

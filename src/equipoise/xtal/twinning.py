@@ -160,7 +160,10 @@ class TwinningSummary:
 
     def as_dict(self) -> dict:
         """JSON-ready content (the ``"twinning"`` entry of summary.json)."""
-        return {**asdict(self), "summary": self.summary(), "verdict": self.verdict()}
+        out = {**asdict(self), "summary": self.summary(), "verdict": self.verdict()}
+        if self.twin_model is not None:
+            out["twin_model"]["summary"] = self.twin_model.summary()
+        return out
 
 
 def twin_laws(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
