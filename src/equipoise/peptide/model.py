@@ -294,6 +294,11 @@ class Memory:
         return Memory(self.layers, self.mask, self.precursor_mass.repeat_interleave(group),
                       self.charge.repeat_interleave(group), self.mz, self.intensity)
 
+    def select(self, index: Tensor) -> "Memory":
+        """The memory of the spectra ``index`` ((R,) int64; one decoder row per spectrum)."""
+        return Memory([(k[index], v[index]) for k, v in self.layers], self.mask[index],
+                      self.precursor_mass[index], self.charge[index], self.mz[index], self.intensity[index])
+
 
 class PeptideTransformer(nn.Module):
     """Spectrum encoder + precursor-conditioned autoregressive peptide decoder.

@@ -42,12 +42,13 @@ from torch import Tensor
 
 from equipoise.peptide.baseline import BaselineConfig, GraphPath, SpectrumGraph
 from equipoise.peptide.decoding import DecodingConfig, Prediction, beam_candidates
+from equipoise.peptide.fragments import fragment_mz
 from equipoise.peptide.io import Spectrum
 from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch
-from equipoise.peptide.vocab import C13_SPACING, H2O_MASS, PROTON_MASS, Vocabulary
+from equipoise.peptide.vocab import C13_SPACING, Vocabulary
 
 __all__ = ["FEATURES", "ION_FEATURES", "RescoringConfig", "Candidate", "ion_evidence", "sequence_log_probs",
-           "graph_candidates", "choose", "peptide_score", "rescore_batch", "rescore_predictions", "select", "graph_for"]
+           "graph_candidates", "choose", "peptide_score", "rescore_batch", "rescore_predictions", "graph_for"]
 
 
 #: the features of a candidate, in the order of :attr:`RescoringConfig.weights` (module doc)
@@ -113,9 +114,9 @@ def ion_evidence(spectrum: Spectrum, candidates: Sequence[Sequence[str]], vocab:
     |m/z error| of the matched ions over ``tol_da``; 1 when none match), ``gap`` (longest run of
     sites without an ion over the number of sites).
 
-    b_k = prefix_k + H+, y_{L-k} = M - prefix_k + H+ with M the candidate's neutral mass
-    (N-terminal modifications folded into the first residue); 2+ ions (ion + H+) / 2 only for
-    precursor charge >= 3. A peptide of one residue has no cleavage site (coverage 0, gap 1).
+    b and y ions of every cleavage site from :func:`equipoise.peptide.fragments.fragment_mz`
+    (N-terminal modifications folded into the first residue), 1+ and, only for precursor
+    charge >= 3, 2+. A peptide of one residue has no cleavage site (coverage 0, gap 1).
     """
     mz, weight = _peaks(spectrum, n_peaks)
     total = weight.sum()
@@ -124,14 +125,10 @@ def ion_evidence(spectrum: Spectrum, candidates: Sequence[Sequence[str]], vocab:
     if mz.size == 0:
         return out
     for c, tokens in enumerate(candidates):
-        residues = np.asarray(vocab.residue_masses(tokens), dtype=np.float64)
-        if residues.size < 2:
+        residues = torch.tensor(vocab.residue_masses(tokens), dtype=torch.float64)
+        if residues.numel() < 2:
             continue
-        prefix = np.cumsum(residues)[:-1]                                               # (S,)
-        b1 = prefix + PROTON_MASS
-        y1 = residues.sum() + H2O_MASS - prefix + PROTON_MASS
-        ions = [b1, y1] + ([(b1 + PROTON_MASS) / 2, (y1 + PROTON_MASS) / 2] if spectrum.charge >= 3 else [])
-        ions = np.stack(ions)                                                           # (types, S)
+        ions = fragment_mz(residues, charges=(1, 2) if spectrum.charge >= 3 else (1,))[0].numpy()  # (types, S)
         right = np.clip(np.searchsorted(mz, ions), 1, mz.size - 1) if mz.size > 1 else np.zeros(ions.shape, int)
         left = np.clip(right - 1, 0, None)
         nearest = np.where(np.abs(ions - mz[left]) <= np.abs(ions - mz[right]), left, right)
@@ -162,7 +159,7 @@ def sequence_log_probs(model: PeptideTransformer, memory: Memory, rows: Sequence
     for r, i in enumerate(ids):
         tokens[r, :len(i)] = torch.tensor(i, dtype=torch.long)
     index = torch.tensor(list(rows), dtype=torch.long, device=model.device)
-    logp = torch.log_softmax(model.decode(select(memory, index), tokens)[0].to(torch.float64), -1)  # (R, T+1, V)
+    logp = torch.log_softmax(model.decode(memory.select(index), tokens)[0].to(torch.float64), -1)  # (R, T+1, V)
     out = []
     for r, i in enumerate(ids):
         target = torch.tensor(i + [vocab.stop_index], dtype=torch.long, device=model.device)
@@ -288,18 +285,12 @@ def _add_ladder_candidates(model: PeptideTransformer, batch: SpectrumBatch, memo
     sub = SpectrumBatch(batch.mz[index], batch.intensity[index], batch.peak_padding[index],
                         batch.precursor_mass[index], batch.charge[index], None, [batch.index[r] for r in rows])
     found = beam_candidates(model, sub, replace(decoding, beams=config.ladder_beams), waypoints=waypoints,
-                            waypoint_tol_da=config.tol_da, memory=select(memory, index))
+                            waypoint_tol_da=config.tol_da, memory=memory.select(index))
     for r, predictions in zip(rows, found):
         known = {tuple(c.tokens) for c in cands_of[r]}
         for p in predictions:
             if p.within_tolerance and tuple(p.tokens) not in known:
                 cands_of[r].append(Candidate(p.tokens, math.log(max(p.score, 1e-300)), p.aa_scores, "ladder"))
-
-
-def select(memory: Memory, index: Tensor) -> Memory:
-    """The memory of the spectra ``index`` (group 1)."""
-    return Memory([(k[index], v[index]) for k, v in memory.layers], memory.mask[index],
-                  memory.precursor_mass[index], memory.charge[index], memory.mz[index], memory.intensity[index])
 
 
 def _within(vocab: Vocabulary, tokens: Sequence[str], spectrum: Spectrum, decoding: DecodingConfig) -> bool:
