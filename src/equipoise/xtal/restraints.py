@@ -152,10 +152,10 @@ class Restraints:
     vdw_radius: Tensor
     hb_type: list[str]
     altlocs: list[str]
-    excluded: set[tuple[int, int]]
     structure: gemmi.Structure
     unrestrained: list[str] = field(default_factory=list)
-    #: (i, j) -> bond-graph distance (1, 2 or 3) of the 1-2, 1-3 and 1-4 pairs
+    #: (i, j), i < j -> bond-graph distance (1, 2 or 3) of the 1-2, 1-3 and 1-4 pairs (excluded from
+    #: non-bonded repulsion)
     hops: dict[tuple[int, int], int] = field(default_factory=dict)
     #: ADP similarity pairs of the last ``update_pairs``: (m, 2) indices, (m,) weights 1/sigma^2
     #: times the distance factor
@@ -216,7 +216,7 @@ class Restraints:
         hops = _pair_hops(sets, n)
         altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
-                  hb_type=hb, altlocs=altlocs, excluded=set(hops), structure=model.structure.clone(),
+                  hb_type=hb, altlocs=altlocs, structure=model.structure.clone(),
                   unrestrained=missing, hops=hops)
         out.update_pairs(model.xyz)
         return out
