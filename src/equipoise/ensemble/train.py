@@ -432,7 +432,7 @@ def _flat(t: Tensor) -> Tensor:
 def prior_spread(model: EnsembleVAE, coords: Tensor, mask: Tensor, templates: Tensor, temperature: float = 1.0,
                  n: int = 32, seed: int = 0, protein: int = 0, n_reference: int | None = None) -> float:
     """Mean pairwise RMSD of ``n`` prior samples at ``temperature`` over that of ``n_reference``
-    (default ``n``; None or more than there are: all) training models of protein ``protein``
+    (None: ``n``; as many as there are or more: all) training models of protein ``protein``
     (``coords``), drawn with ``seed`` (not the first ones: the frames of a trajectory are ordered,
     and its first frames spread less than the whole): 1 = the training spread, near 0 =
     collapsed. The same ``seed`` draws the same templates and latent noise at every temperature,
