@@ -85,4 +85,6 @@ def test_cli_writes_labelled_mgf_and_record(tmp_path) -> None:
     assert (tmp_path / "t.json").is_file()
     if REAL.is_file():
         assert (tmp_path / "t_vs_real.png").stat().st_size > 1000
+    log = (tmp_path / "t.log").read_text()
+    assert "step 30/30" in log and "loss" not in log  # synthesis has no loss to show (it showed "loss nan")
     assert main(["peptide", "synth", "--n", "0", "--out", str(out)]) == 2

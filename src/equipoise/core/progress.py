@@ -63,17 +63,19 @@ class Progress:
         elif self.mode == "plain":
             print(f"[equipoise] {message}", flush=True)
 
-    def step(self, done: int, stage: str, stage_step: int, stage_steps: int, loss: float) -> None:
-        """Report that ``done`` steps of the fit are finished; ``loss`` is the last weighted total."""
+    def step(self, done: int, stage: str, stage_step: int, stage_steps: int, loss: float | None = None) -> None:
+        """Report that ``done`` steps of the fit are finished; ``loss`` is the last weighted total
+        (None for work without a loss, e.g. synthesising spectra: the line then has no loss)."""
         now = time.perf_counter()
         rate = (done - self.first_done) / max(now - self.started, 1e-9)
         eta = _eta((self.total - done) / rate) if rate > 0 else "?"
-        line = (f"step {done}/{self.total} stage {stage} {stage_step + 1}/{stage_steps} "
-                f"loss {loss:.6g} eta {eta}")
+        loss_text = "" if loss is None else f"loss {loss:.6g} "
+        line = f"step {done}/{self.total} stage {stage} {stage_step + 1}/{stage_steps} {loss_text}eta {eta}"
         if stage_step % max(1, stage_steps // LOG_LINES_PER_STAGE) == 0 or stage_step + 1 == stage_steps:
             self._write_log(line)
         if self.mode == "bar":
-            self.bar.update(self.task, completed=done, description=stage, loss=f"{loss:.4g}")
+            self.bar.update(self.task, completed=done, description=stage,
+                            loss="-" if loss is None else f"{loss:.4g}")
         elif self.mode == "plain" and (now - self.last_plain >= PLAIN_INTERVAL or done == self.total):
             self.last_plain = now
             print(f"[equipoise] {line}", flush=True)

@@ -115,10 +115,11 @@ def _synth(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         spectra = synthesize(args.n, args.seed, config,
-                             progress=lambda done: progress.step(done, "synth", done - 1, args.n, math.nan))
+                             progress=lambda done: progress.step(done, "synth", done - 1, args.n))
         generate_s = time.perf_counter() - start
+        if args.n % 1000:
+            progress.step(args.n, "synth", args.n - 1, args.n)
         write_mgf(out, spectra)
-        progress.step(args.n, "synth", args.n - 1, args.n, math.nan)
         progress.event(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     finally:
         progress.close()
@@ -175,7 +176,7 @@ def _baseline(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         psms = run_baseline(loaded.spectra, config=config,
-                            progress=lambda done: progress.step(done, "baseline", done - 1, n, math.nan))
+                            progress=lambda done: progress.step(done, "baseline", done - 1, n))
         progress.event(f"{sum(1 for p in psms if p.tokens)} of {n} spectra sequenced")
     finally:
         progress.close()
