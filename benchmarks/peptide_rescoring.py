@@ -8,7 +8,7 @@
    both synthetic sets and on the real spectra (``--real``; reported, never tuned on), and the
    spectrum-graph baseline on the same spectra.
 
-Usage: python benchmarks/peptide_rescoring.py [--n 1000] [--real ../shared/data/peptide/real_annotated_64.mgf]
+Usage: python benchmarks/peptide_rescoring.py [--n 1000] [--model M] [--real ../shared/data/peptide/real_annotated_64.mgf]
 """
 
 from __future__ import annotations
@@ -70,9 +70,10 @@ def main() -> None:
     parser.add_argument("--real", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" /
                                               "peptide" / "real_annotated_64.mgf"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the shipped model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(DEFAULT_MODEL)
+    model = load_model(args.model)
     decoding, shipped = DecodingConfig(beams=5), RescoringConfig()
     sets = {"synthetic seed 5 (tuning)": synthesize(args.n, seed=5),
             "synthetic seed 7 (held out)": synthesize(args.n, seed=7)}
