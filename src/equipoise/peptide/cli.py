@@ -117,8 +117,6 @@ def _synth(args: argparse.Namespace) -> int:
         spectra = synthesize(args.n, args.seed, config,
                              progress=lambda done: progress.step(done, "synth", done - 1, args.n))
         generate_s = time.perf_counter() - start
-        if args.n % 1000:
-            progress.step(args.n, "synth", args.n - 1, args.n)
         write_mgf(out, spectra)
         progress.event(f"wrote {out} in {time.perf_counter() - start:.1f} s")
     finally:

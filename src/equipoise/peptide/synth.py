@@ -203,7 +203,7 @@ def synthesize_spectrum(rng: np.random.Generator, tokens: list[str], charge: int
 def synthesize(n: int, seed: int, config: SynthConfig = SynthConfig(),
                vocabulary: Vocabulary = DEFAULT_VOCABULARY, progress=None) -> list[Spectrum]:
     """``n`` labelled spectra from ``seed`` (same seed, same spectra). ``progress`` is called with
-    the number of spectra done so far (every 1000) when given."""
+    the number of spectra done so far (every 1000, and at ``n``) when given."""
     rng = np.random.default_rng(seed)
     out: list[Spectrum] = []
     for first in range(0, n, CHUNK):
@@ -215,6 +215,6 @@ def synthesize(n: int, seed: int, config: SynthConfig = SynthConfig(),
             p3 = 0.15 + 0.6 * (length - config.min_length) / max(1, config.max_length - config.min_length)
             charge = 3 if rng.random() < p3 else 2
             out.append(synthesize_spectrum(rng, tokens, charge, i, config, vocabulary, ladders[k]))
-            if progress is not None and (i + 1) % 1000 == 0:
+            if progress is not None and ((i + 1) % 1000 == 0 or i + 1 == n):
                 progress(i + 1)
     return out

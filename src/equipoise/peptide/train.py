@@ -53,7 +53,8 @@ class TrainConfig:
     ``shares = false``: fixed weights);
     ``curriculum``: per term a ``[[step, multiplier], ...]`` table (``schedules.Piecewise``);
     ``steps``: optimiser steps; ``lr``: peak learning rate of AdamW (``weight_decay``), linear
-    warm-up over ``warmup_steps`` then a cosine down to ``lr_floor * lr`` at ``steps``;
+    warm-up over ``warmup_steps`` then a cosine down to ``lr_floor * lr`` at ``steps``, or at
+    ``max_seconds`` when the clock ends the run first (``WarmupCosine(by_time=True)``);
     ``clip_grad_norm``: gradient clipping (None: off); ``max_seconds``: wall budget of the run
     (it ends after the step that spends it); ``checkpoint_every``: steps between checkpoints;
     ``validate_every``: steps between validations; ``val_spectra``/``val_beams``: validation set
