@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -75,8 +76,9 @@ def model_amplitudes(f_calc: torch.Tensor, f_mask: torch.Tensor, s: torch.Tensor
     return k * (f_calc + k_mask * f_mask)
 
 
-def _bin_scale(f_obs, f_abs, bin_index, n_bins, work):
-    """Closed-form LS scale per bin: sum Fo |F| / sum |F|^2 over working reflections."""
+def bin_scale(f_obs, f_abs, bin_index, n_bins, work):
+    """Closed-form LS scale per bin, (n_bins,) or (n_bins, g): sum Fo |F| / sum |F|^2 over
+    working reflections; f_obs (m,), f_abs (m,) or (m, g), bin_index (m,), work (m,) bool."""
     num = torch.zeros(n_bins, *f_abs.shape[1:], dtype=f_abs.dtype, device=f_abs.device)
     den = torch.zeros_like(num)
     w = work.to(f_abs.dtype)
@@ -89,11 +91,17 @@ def _bin_scale(f_obs, f_abs, bin_index, n_bins, work):
 
 def update_scales(f_obs: torch.Tensor, f_calc: torch.Tensor, f_mask: torch.Tensor, s: torch.Tensor,
                   bin_index: torch.Tensor, n_bins: int, work: torch.Tensor, projector: torch.Tensor,
-                  *, rounds: int = 3, polish_steps: int = 30) -> Scales:
+                  *, rounds: int = 3, polish_steps: int = 30,
+                  combine: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Scales:
     """Fit k_sol, B_sol, B_aniso and k_bin to the working set (see module doc).
 
     f_obs (m,); f_calc, f_mask (m,) complex (detached); s (m, 3) Å^-1; bin_index (m,) int64;
-    work (m,) bool; projector (6, 6) from ``symmetry_projector``. Returns ``Scales``.
+    work (m,) bool; projector (6, 6) from ``symmetry_projector``. ``combine`` maps the
+    unscaled amplitudes k_aniso |F_calc + k_mask F_mask| ((m,) or (m, g)) to what the data
+    measure before the bin scale, e.g. twinned amplitudes (``TwinOperators.amplitudes``); the
+    anisotropic fit then divides them by the reflection's own anisotropic factor (exact when
+    the twin law leaves B_aniso unchanged, as for merohedral laws in uniaxial point groups).
+    Returns ``Scales``.
     """
     f_calc, f_mask = f_calc.detach(), f_mask.detach()
     dtype, device = f_obs.dtype, f_obs.device
@@ -110,7 +118,9 @@ def update_scales(f_obs: torch.Tensor, f_calc: torch.Tensor, f_mask: torch.Tenso
         aniso = torch.exp(-(q6 @ b6) / 4.0)
         k_mask = kk[None] * torch.exp(-bb[None] * s2[:, None] / 4.0)               # (m, g)
         f_abs = (f_calc[:, None] + k_mask * f_mask[:, None]).abs() * aniso[:, None]
-        k = _bin_scale(f_obs, f_abs, bin_index, n_bins, work)                     # (n_bins, g)
+        if combine is not None:
+            f_abs = combine(f_abs)
+        k = bin_scale(f_obs, f_abs, bin_index, n_bins, work)                     # (n_bins, g)
         r = ((f_obs[:, None] - k[bin_index] * f_abs).abs() * work[:, None]).sum(0) / wsum
         best = int(torch.argmin(r))
         k_sol, b_sol = float(kk[best]), float(bb[best])
@@ -123,18 +133,20 @@ def update_scales(f_obs: torch.Tensor, f_calc: torch.Tensor, f_mask: torch.Tenso
         w = f_obs[ok] ** 2 / (f_obs[ok] ** 2).mean()
         a_mat = (x * w[:, None]).T @ x + 1e-6 * torch.eye(6, dtype=dtype, device=device)
         b6 = projector @ torch.linalg.solve(a_mat, (x * w[:, None]).T @ y)
-    scales = _polish(f_obs, f_calc, f_mask, s, bin_index, n_bins, work, projector, k_sol, b_sol, b6, polish_steps)
+    scales = _polish(f_obs, f_calc, f_mask, s, bin_index, n_bins, work, projector, k_sol, b_sol, b6, polish_steps,
+                     combine or (lambda f: f))
     return scales
 
 
-def _polish(f_obs, f_calc, f_mask, s, bin_index, n_bins, work, projector, k_sol, b_sol, b6, steps) -> Scales:
+def _polish(f_obs, f_calc, f_mask, s, bin_index, n_bins, work, projector, k_sol, b_sol, b6, steps,
+            combine) -> Scales:
     """Joint L-BFGS of all scales on the working-set amplitude least squares."""
     dtype = f_obs.dtype
     s2 = (s * s).sum(-1)
     q6 = _quad6(s)
     aniso0 = torch.exp(-(q6 @ b6) / 4.0)
-    f_abs0 = (f_calc + k_sol * torch.exp(-b_sol * s2 / 4.0) * f_mask).abs() * aniso0
-    k0 = _bin_scale(f_obs, f_abs0, bin_index, n_bins, work).clamp_min(1e-12)
+    f_abs0 = combine((f_calc + k_sol * torch.exp(-b_sol * s2 / 4.0) * f_mask).abs() * aniso0)
+    k0 = bin_scale(f_obs, f_abs0, bin_index, n_bins, work).clamp_min(1e-12)
     p_ksol = torch.tensor(k_sol, dtype=dtype, requires_grad=True)
     p_bsol = torch.tensor(b_sol, dtype=dtype, requires_grad=True)
     p_b6 = b6.clone().requires_grad_(True)
@@ -143,8 +155,8 @@ def _polish(f_obs, f_calc, f_mask, s, bin_index, n_bins, work, projector, k_sol,
     norm = (f_obs[work] ** 2).sum()
 
     def loss_fn():
-        fm = torch.exp(p_logk)[bin_index] * torch.exp(-(q6 @ (projector @ p_b6)) / 4.0) * \
-            (f_calc + p_ksol * torch.exp(-p_bsol * s2 / 4.0) * f_mask).abs()
+        fm = torch.exp(p_logk)[bin_index] * combine(torch.exp(-(q6 @ (projector @ p_b6)) / 4.0) *
+                                                    (f_calc + p_ksol * torch.exp(-p_bsol * s2 / 4.0) * f_mask).abs())
         return (((f_obs - fm) ** 2) * work).sum() / norm
 
     start = float(loss_fn())

@@ -8,9 +8,14 @@ Usage (refinement code)::
     loss = xm.target(fc)                               # ML (default) or LS on the working set
     stats = xm.r_factors(fc)                           # {"r_work", "r_free", "cc_work", ...}
 
+    xm.set_twin(["-h,k,-l"], [rotation], [0.3])        # twin refinement (twin_model.py): the target
+                                                       # becomes LS on twinned amplitudes, the fraction
+                                                       # is refitted in every update_scales
+
 ``fcalc`` returns atomic structure factors only; scales and the bulk-solvent contribution are
 held constant between ``update_scales`` calls (as in servalcat and phenix.refine macro-cycles)
-and applied inside ``f_model``/``target``/``r_factors``.
+and applied inside ``f_model``/``target``/``r_factors``. ``model_amplitudes`` is what is
+compared with F_obs: |F_model|, or with a twin model the twinned amplitude.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from equipoise.xtal.solvent import mask_structure_factors
 from equipoise.xtal.structure_factors import (FFTStructureFactors, direct_structure_factors,
                                               fractionalization_matrix, reciprocal_vectors, symmetry_operators)
 from equipoise.xtal.targets import MLParams, correlation, estimate_ml_params, least_squares, ml_nll, r_factor, sigma_a
+from equipoise.xtal.twin_model import (TwinFractionFit, TwinOperators, fit_fractions, residual_weights,
+                                       twin_consistent_work, twin_least_squares)
 
 TARGETS = ("ml", "ls")
 METHODS = ("auto", "fft", "direct")
@@ -65,6 +72,37 @@ class XrayModel:
         self.f_mask = torch.zeros(refl.n, dtype=torch.complex128, device=self.device)
         self.scales = Scales(0.0, 0.0, torch.zeros(3, 3, dtype=self.dtype), torch.ones(refl.n_bins, dtype=self.dtype))
         self.ml: MLParams | None = None
+        #: (m,) bool working set: the data's, less the twin mates of free reflections with a twin model
+        self.work = refl.work
+        #: twin model (``set_twin``): operators, (K,) fractions, the last fraction fit, LS weights
+        self.twin: TwinOperators | None = None
+        self.twin_alphas: torch.Tensor | None = None
+        self.twin_fit: TwinFractionFit | None = None
+        self.n_moved_from_work = 0
+        self._twin_weight: torch.Tensor | None = None
+
+    def set_twin(self, laws: list[str], rotations: list, alphas: list[float], *,
+                 twin_consistent_free: bool = True) -> list[str]:
+        """Refine against twinned data from now on: laws (K names), rotations (K (3, 3) integer
+        matrices, h' = h R), starting fractions (K,). With ``twin_consistent_free`` the twin mates
+        of free reflections leave the working set. Returns notes for the log."""
+        r = self.refl
+        self.twin = TwinOperators.build(r.hkl, r.spacegroup, laws, rotations)
+        self.twin_alphas = torch.as_tensor(alphas, dtype=self.dtype, device=self.device)
+        notes = [f"twin model: law(s) {', '.join(laws)}, starting fraction(s) "
+                 f"{', '.join(f'{a:.3f}' for a in alphas)}; target: least squares on twinned amplitudes "
+                 f"(weighted per bin by 1/<(Fo - F_twin)^2>), the fraction refitted at every scale update",
+                 f"twin model: {self.twin.n_missing} reflections have an unmeasured twin mate: left out of "
+                 "the twin target and the fraction fit (their own |F_model| stands in for R and maps)"]
+        if twin_consistent_free:
+            self.work, self.n_moved_from_work = twin_consistent_work(r.work, r.free, self.twin)
+            notes.append(f"twin model: {self.n_moved_from_work} working reflections are twin mates of free "
+                         "reflections: moved out of the working set (in neither set), so the free set's "
+                         "intensities are not fitted through their mates")
+        else:
+            notes.append("twin model: free flags not made twin-consistent: free reflections' twin mates stay "
+                         "in the working set (R-free is biased low)")
+        return notes
 
     def fcalc(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor,
               u_aniso: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,11 +127,37 @@ class XrayModel:
             structure = m.to_structure(xyz=xyz, b_iso=b_iso, occ=occ)
             self.f_mask = mask_structure_factors(structure, self.refl.hkl, d_min=self.refl.d_min)
             r = self.refl
-            self.scales = update_scales(r.f_obs, fc, self.f_mask, self.s, r.bin_index, r.n_bins, r.work,
-                                        self.projector)
-            self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.f_model(fc).abs(), r.centric, r.epsilon,
+            self.scales = self._fit_scales(fc)
+            if self.twin is not None:
+                self._fit_twin(fc)
+            self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.model_amplitudes(fc), r.centric, r.epsilon,
                                          r.bin_index, r.n_bins, r.free)
         return self.scales
+
+    def _fit_scales(self, fc: torch.Tensor) -> Scales:
+        """All scales at the current mask (and twin fractions), on the working set."""
+        r = self.refl
+        combine = None if self.twin is None else (lambda f: self.twin.amplitudes(f, self.twin_alphas))
+        work = self.work if self.twin is None else self.work & ~self.twin.missing
+        return update_scales(r.f_obs, fc, self.f_mask, self.s, r.bin_index, r.n_bins, work, self.projector,
+                             combine=combine)
+
+    def _fit_twin(self, fc: torch.Tensor) -> None:
+        """Twin fractions by ``fit_fractions`` at the scales just fitted, then the scales again at
+        the new fractions, then the target's per-bin weights."""
+        r, ops = self.refl, self.twin
+        use = self.work & ~ops.missing
+        fit = fit_fractions(r.f_obs, self.f_model(fc).abs(), ops, use, r.bin_index, r.n_bins, self.twin_alphas)
+        self.twin_alphas = torch.tensor(fit.alphas, dtype=self.dtype, device=self.device)
+        self.scales = self._fit_scales(fc)
+        self.twin_fit = fit
+        self._twin_weight = residual_weights(r.f_obs, self.model_amplitudes(fc), use, r.bin_index, r.n_bins)
+
+    def model_amplitudes(self, fcalc: torch.Tensor) -> torch.Tensor:
+        """(m,) the model amplitudes compared with F_obs: |F_model|, or with a twin model
+        sqrt(sum_k alpha_k |F_model(T_k h)|^2) (differentiable in fcalc)."""
+        f = self.f_model(fcalc).abs()
+        return f if self.twin is None else self.twin.amplitudes(f, self.twin_alphas)
 
     def f_model(self, fcalc: torch.Tensor) -> torch.Tensor:
         """(m,) complex F_model = k_bin k_aniso (F_calc + k_mask F_mask) with the current scales."""
@@ -101,10 +165,14 @@ class XrayModel:
 
     def target(self, fcalc: torch.Tensor, free: bool = False) -> torch.Tensor:
         """Scalar target on the working set (``free=True``: the free set): ML -log-likelihood
-        per reflection, or LS normalised by sum F_o^2."""
+        per reflection, or LS normalised by sum F_o^2; with a twin model ``twin_least_squares``
+        per reflection over those with all mates measured."""
         r = self.refl
-        mask = r.free if free else r.work
-        fc = self.f_model(fcalc).abs()
+        mask = r.free if free else self.work
+        fc = self.model_amplitudes(fcalc)
+        if self.twin is not None:
+            weight = self._twin_weight if self._twin_weight is not None else 1.0 / (r.f_obs ** 2).mean()
+            return twin_least_squares(r.f_obs, fc, weight, mask & ~self.twin.missing)
         if self.target_kind == "ls" or self.ml is None:
             return least_squares(r.f_obs, fc, mask)
         nll = ml_nll(r.f_obs, r.sigma_f, fc, r.centric, r.epsilon, self.ml.d[r.bin_index], self.ml.s[r.bin_index])
@@ -114,49 +182,62 @@ class XrayModel:
         """{"r_work", "r_free", "r_free_rescaled", "cc_work", "cc_free", "n_work", "n_free"} at
         ``fcalc`` (default: the model's current atoms). ``r_free`` uses the working-set scales;
         ``r_free_rescaled`` rescales the free set by its own overall scale, as cctbx/phenix
-        report it (see ``targets.r_factor``)."""
+        report it (see ``targets.r_factor``). With a twin model the R-factors are of the twinned
+        amplitudes over the working set of ``set_twin`` (the twin mates of free reflections left
+        out), and ``r_work_untwinned``/``r_free_untwinned`` score |F_model| at the same scales."""
         r = self.refl
         if fcalc is None:
             with torch.no_grad():
                 m = self.model
                 fcalc = self.fcalc(m.xyz, m.b_iso, m.occ, m.u_aniso)
-        fc = self.f_model(fcalc.detach()).abs()
-        return {"r_work": r_factor(r.f_obs, fc, r.work), "r_free": r_factor(r.f_obs, fc, r.free),
-                "r_free_rescaled": r_factor(r.f_obs, fc, r.free, rescale=True),
-                "cc_work": correlation(r.f_obs, fc, r.work), "cc_free": correlation(r.f_obs, fc, r.free),
-                "n_work": int(r.work.sum()), "n_free": int(r.free.sum())}
+        fc = self.model_amplitudes(fcalc.detach())
+        out = {"r_work": r_factor(r.f_obs, fc, self.work), "r_free": r_factor(r.f_obs, fc, r.free),
+               "r_free_rescaled": r_factor(r.f_obs, fc, r.free, rescale=True),
+               "cc_work": correlation(r.f_obs, fc, self.work), "cc_free": correlation(r.f_obs, fc, r.free),
+               "n_work": int(self.work.sum()), "n_free": int(r.free.sum())}
+        if self.twin is not None:
+            plain = self.f_model(fcalc.detach()).abs()
+            out.update(r_work_untwinned=r_factor(r.f_obs, plain, self.work),
+                       r_free_untwinned=r_factor(r.f_obs, plain, r.free))
+        return out
 
     def shells(self, fcalc: torch.Tensor) -> list[dict]:
         """Per-bin table: d range (Å), counts, R-work, R-free, CC-work, k_bin, D, sigmaA."""
         r = self.refl
-        fc = self.f_model(fcalc.detach()).abs()
+        fc = self.model_amplitudes(fcalc.detach())
         sa = sigma_a(r.f_obs, fc, r.bin_index, r.n_bins, self.ml) if self.ml is not None else None
         rows = []
         for b in range(r.n_bins):
             sel = r.bin_index == b
             rows.append({"bin": b, "d_max": float(r.d[sel].max()), "d_min": float(r.d[sel].min()),
-                         "n_work": int((sel & r.work).sum()), "n_free": int((sel & r.free).sum()),
-                         "r_work": r_factor(r.f_obs, fc, sel & r.work), "r_free": r_factor(r.f_obs, fc, sel & r.free),
-                         "cc_work": correlation(r.f_obs, fc, sel & r.work),
+                         "n_work": int((sel & self.work).sum()), "n_free": int((sel & r.free).sum()),
+                         "r_work": r_factor(r.f_obs, fc, sel & self.work),
+                         "r_free": r_factor(r.f_obs, fc, sel & r.free),
+                         "cc_work": correlation(r.f_obs, fc, sel & self.work),
                          "k_bin": float(self.scales.k_bin[b]),
                          "D": None if self.ml is None else float(self.ml.d[b]),
                          "sigma_a": None if sa is None else float(sa[b])})
         return rows
 
     def write_maps(self, fcalc: torch.Tensor, path) -> None:
-        """Write maps.mtz (2mFo-DFc as FWT/PHWT, mFo-DFc as DELFWT/PHDELWT) at ``fcalc``."""
+        """Write maps.mtz (2mFo-DFc as FWT/PHWT, mFo-DFc as DELFWT/PHDELWT) at ``fcalc``. With a
+        twin model F_o is detwinned by the model, F_o |F_model(h)| / F_twin(h) (which carries
+        model bias: the twin mates' share comes from the model)."""
         from equipoise.xtal.maps import map_coefficients, write_map_mtz
 
         r = self.refl
+        fcalc = fcalc.detach()
         fom, d = self.fom_and_d(fcalc)
-        two, diff = map_coefficients(r.f_obs, self.f_model(fcalc.detach()), fom, d, r.centric, r.free)
+        f_model = self.f_model(fcalc)
+        f_obs = r.f_obs * f_model.abs() / self.model_amplitudes(fcalc).clamp_min(1e-30)
+        two, diff = map_coefficients(f_obs, f_model, fom, d, r.centric, r.free)
         write_map_mtz(path, r.hkl, r.cell, r.spacegroup, r.f_obs, r.sigma_f, r.free, fom, two, diff)
 
     def fom_and_d(self, fcalc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Figure of merit m (m,) and D (m,) for map coefficients (Read 1986): acentric
         m = I1(X)/I0(X), centric m = tanh(X/2), X = 2 F_o D F_c / Sig."""
         r = self.refl
-        fc = self.f_model(fcalc.detach()).abs()
+        fc = self.model_amplitudes(fcalc.detach())
         if self.ml is None:
             ones = torch.ones_like(fc)
             return ones, ones
