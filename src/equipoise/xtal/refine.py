@@ -126,6 +126,9 @@ class CycleStats:
     reasons: dict[str, str] = field(default_factory=dict)
     scales: str = ""
     time_s: float = 0.0
+    #: twin refinement: this cycle's fraction fit (``TwinFractionFit.as_dict()``: laws, alphas,
+    #: start, losses, reason) and R-work/R-free without the twin model; None when untwinned
+    twin: dict | None = None
 
 
 @dataclass
@@ -140,6 +143,8 @@ class RefineResult:
     options: RefineOptions
     #: ``TwinningSummary.as_dict()`` of the data (set by the caller that measured it), or None
     twinning: dict | None = None
+    #: twin refinement: laws, fractions, counts, R without the twin model (set by the caller), or None
+    twin_refinement: dict | None = None
 
     @property
     def final(self) -> CycleStats:
@@ -157,9 +162,10 @@ class RefineResult:
 
     def to_json(self) -> dict:
         """summary.json content: ``start``, ``cycles``, the final values at top level and
-        ``twinning`` (the data's twinning statistics and verdict, when measured)."""
+        ``twinning`` (the data's twinning statistics and verdict, when measured) and
+        ``twin_refinement`` (when a twin model was refined)."""
         f = self.final
-        return {"twinning": self.twinning, "start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
+        return {"twinning": self.twinning, "twin_refinement": self.twin_refinement, "start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
                 "r_work": f.r_work, "r_free": f.r_free, "bond_rmsd": f.bond_rmsd,
                 "angle_rmsd": f.angle_rmsd, "bond_rmsz": f.bond_rmsz, "angle_rmsz": f.angle_rmsz,
                 "options": asdict(self.options)}
@@ -167,8 +173,13 @@ class RefineResult:
 
 def stats_line(s: CycleStats) -> str:
     """One readable line of a cycle's statistics."""
-    return (f"cycle {s.cycle}: R-work {s.r_work:.4f} R-free {s.r_free:.4f} bonds {s.bond_rmsd:.4f} Å "
+    line = (f"cycle {s.cycle}: R-work {s.r_work:.4f} R-free {s.r_free:.4f} bonds {s.bond_rmsd:.4f} Å "
             f"(rmsZ {s.bond_rmsz:.2f}) angles {s.angle_rmsd:.2f}° (rmsZ {s.angle_rmsz:.2f}) <B> {s.mean_b:.1f}")
+    if s.twin is not None:
+        fractions = ", ".join(f"{a:.3f}" for a in s.twin["alphas"])
+        line += (f"; twin model, fraction {fractions} (without it R-work {s.twin['r_work_untwinned']:.4f} "
+                 f"R-free {s.twin['r_free_untwinned']:.4f})")
+    return line
 
 
 def adp_similarity(b_iso: Tensor, pairs: Tensor, weight: Tensor) -> Tensor:
@@ -210,7 +221,8 @@ class _Refinement:
         #: torch's L-BFGS then never stores a curvature pair (its threshold s.y > 1e-10 is
         #: absolute) and creeps along the raw gradient, leaving B at its start values
         refl = getattr(xray, "refl", None)
-        self.xray_count = float(refl.work.sum()) if refl is not None else 1.0
+        work = getattr(xray, "work", None if refl is None else refl.work)
+        self.xray_count = float(work.sum()) if work is not None else 1.0
         self.joint_weights: dict[str, float] | None = None
         #: stage fits resume from their checkpoints (False: start every stage afresh)
         self.resume = True
@@ -231,8 +243,12 @@ class _Refinement:
             r = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))
         r_work, r_free = r["r_work"], r["r_free"]
         g = self.restraints.statistics(self.xyz)
+        fit = getattr(self.xray, "twin_fit", None)
+        twin = None if fit is None else {**fit.as_dict(), "r_work_untwinned": r.get("r_work_untwinned"),
+                                         "r_free_untwinned": r.get("r_free_untwinned")}
         return CycleStats(cycle, r_work, r_free, g["bond"]["rmsd"], g["angle"]["rmsd"], g["bond"]["rmsz"],
-                          g["angle"]["rmsz"], float(self.b.mean()), weights or {}, reasons or {}, scales, elapsed)
+                          g["angle"]["rmsz"], float(self.b.mean()), weights or {}, reasons or {}, scales, elapsed,
+                          twin)
 
     # ------------------------------------------------------------------ stages
     def _fit(self, name: str, stage: Stage, xyz: Tensor, b: Tensor, cycle_dir: Path | None,
@@ -340,14 +356,14 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
     #: scales fitted at the current model and not yet used by a cycle (the start's: cycle 1 reuses them)
     fresh_scales: str | None = None
     if start is None:
-        fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+        fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ), getattr(xray, "twin_fit", None))
         start = run.stats(0, scales=fresh_scales)
         log("start: " + stats_line(start))
     for cycle in range(len(cycles) + 1, options.cycles + 1):
         t0 = time.perf_counter()
         cycle_dir = None if run.run_dir is None else run.run_dir / f"cycle_{cycle:02d}"
         if fresh_scales is None:
-            fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ))
+            fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ), getattr(xray, "twin_fit", None))
         scales, fresh_scales = fresh_scales, None
         log(f"cycle {cycle}: scales {scales}")
         if options.scheme == "joint-once" and run.joint_weights is None:
@@ -374,11 +390,11 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
     return RefineResult(start, cycles, run.xyz, run.b, run.run_dir, options)
 
 
-def _scales_line(scales) -> str:
-    """k_sol and B_sol of a ``Scales`` (or the text an x-ray model returned) for the log."""
-    if hasattr(scales, "k_sol"):
-        return f"k_sol {scales.k_sol:.3f} B_sol {scales.b_sol:.1f} Å^2"
-    return str(scales)
+def _scales_line(scales, twin_fit=None) -> str:
+    """k_sol and B_sol of a ``Scales`` (or the text an x-ray model returned) for the log, and
+    the twin fraction fit (``TwinFractionFit``) with its reason when there is one."""
+    line = f"k_sol {scales.k_sol:.3f} B_sol {scales.b_sol:.1f} Å^2" if hasattr(scales, "k_sol") else str(scales)
+    return line if twin_fit is None else f"{line}; {twin_fit.line()}"
 
 
 def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[CycleStats]) -> None:
@@ -402,6 +418,11 @@ def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: 
                f"RMSD bonds {f.bond_rmsd:.4f} A (rmsZ {f.bond_rmsz:.2f})  angles {f.angle_rmsd:.3f} deg "
                f"(rmsZ {f.angle_rmsz:.2f})",
                f"macro-cycles {len(result.cycles)}  scheme {result.options.scheme}"]
+    if f.twin is not None:
+        remarks.append("TWIN REFINEMENT: " + ", ".join(f"law {law} fraction {a:.3f}"
+                                                       for law, a in zip(f.twin["laws"], f.twin["alphas"])) +
+                       f"  (R-work/R-free without the twin model {f.twin['r_work_untwinned']:.4f} / "
+                       f"{f.twin['r_free_untwinned']:.4f})")
     paths = {"pdb": model.write(out / "refined.pdb", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso),
              "cif": model.write(out / "refined.cif", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso)}
     if write_maps is not None:

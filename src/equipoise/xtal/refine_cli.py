@@ -14,7 +14,8 @@ from equipoise.xtal.geometry_cli import add_library_options
 _EPILOG = """\
 DIR gets refined.pdb and refined.cif (statistics in the header), maps.mtz (FWT/PHWT,
 DELFWT/PHDELWT), summary.json ("start", "cycles", final r_work/r_free/bond_rmsd/angle_rmsd,
-"twinning": L-test, <I^2>/<I>^2, twin laws with H-test/Britton fractions, verdict),
+"twinning": L-test, <I^2>/<I>^2, twin laws with H-test/Britton fractions, verdict;
+"twin_refinement" and each cycle's "twin" when a twin model is refined, --twin),
 refine.log, plots/ (R per cycle, weights, geometry) and run/cycle_NN/{xyz,b}/ (the core's
 record.jsonl, run.log, summary.json, plots of every stage). A killed run resumes with the same
 command (--restart starts over). See docs/xtal.md.
@@ -48,6 +49,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--hydrogens", default="strip", choices=("strip", "keep"), help="hydrogens (default strip)")
     p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
                    help="weights per stage (default) or the seed failure's joint-once scheme (comparison only)")
+    p.add_argument("--twin", default="auto", choices=("auto", "on", "off"),
+                   help="twin refinement: auto (default: when the statistics say twinned and a twin law "
+                        "exists), on (every twin law), off (untwinned target; the twin fraction is only "
+                        "fitted afterwards for the R-factors)")
     p.add_argument("--restart", action="store_true", help="ignore a previous run in DIR")
     p.add_argument("--plots", default="all", choices=("all", "cycles", "none"),
                    help="figures: per-cycle plots and the core's plots of every stage (all, default), "
@@ -61,10 +66,10 @@ def _refine(args: argparse.Namespace) -> int:
     from equipoise.core import plot_run
     from equipoise.errors import InputError
     from equipoise.xtal.model import AtomModel
-    from equipoise.xtal.refine import RefineOptions, refine, write_outputs
+    from equipoise.xtal.refine import RefineOptions, refine, stats_line, write_outputs
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.restraints import Restraints
-    from equipoise.xtal.twinning import add_twin_model, twin_statistics
+    from equipoise.xtal.twinning import add_twin_model, choose_twin, twin_statistics
     from equipoise.xtal.xray import XrayModel
 
     out = Path(args.out)
@@ -95,23 +100,39 @@ def _refine(args: argparse.Namespace) -> int:
         twin = twin_statistics(refl)
         log(twin.summary())
         log(twin.verdict())
+        choice = choose_twin(args.twin, twin, refl.cell, refl.spacegroup)
+        if choice is not None:
+            log(f"twin refinement ({choice.reason}): law(s) {', '.join(choice.laws)}, starting fraction(s) "
+                f"{', '.join(f'{a:.3f}' for a in choice.alphas)}")
+            for note in xray.set_twin(choice.laws, choice.rotations, choice.alphas):
+                log(f"note: {note}")
+        else:
+            log(f"no twin refinement (--twin {args.twin})")
         if restraints.unrestrained:
             log("refined without restraints (--unrestrained): " + ", ".join(restraints.unrestrained))
         counts = ", ".join(f"{k} {restraints.count(k)}" for k in restraints.sets)
         log(f"restraints: {counts}")
         result = refine(model, restraints, xray, options=options, run_dir=out / "run", log=log,
                         progress="auto", resume=not args.restart)
-        with torch.no_grad():
-            fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, model.occ)).abs())
+        fit = None
+        if choice is None:
+            with torch.no_grad():
+                fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, model.occ)).abs())
+        else:
+            result.twin_refinement = {"reason": choice.reason, "laws": choice.laws, "start": choice.alphas,
+                                      **(result.final.twin or {}), "n_missing_mates": xray.twin.n_missing,
+                                      "n_moved_from_work": xray.n_moved_from_work,
+                                      "target": "least squares on twinned amplitudes"}
         result.twinning = twin.as_dict()
-        paths = write_outputs(result, model, xray, out, write_maps=_map_writer(xray),
-                              plots=args.plots != "none")
+        paths = write_outputs(result, model, xray, out, write_maps=xray.write_maps, plots=args.plots != "none")
         if args.plots == "all":
             for stage_dir in sorted((out / "run").glob("cycle_*/*")):
                 if (stage_dir / "record.jsonl").is_file():
                     plot_run(stage_dir)
         log(result.summary())
-        if twin.twinned:
+        if choice is not None:
+            log("refined with a twin model: " + stats_line(result.final).split(": ", 1)[1])
+        elif twin.twinned:
             log(twin.verdict())
         if fit is not None:
             log("refined model " + fit.summary())
@@ -119,18 +140,3 @@ def _refine(args: argparse.Namespace) -> int:
     finally:
         log_file.close()
     return 0
-
-
-def _map_writer(xray):
-    """``write(fcalc, path)``: 2mFo-DFc and mFo-DFc coefficients through xtal-B's ``maps`` module."""
-    from equipoise.xtal import maps
-
-    refl = xray.refl
-
-    def write(fcalc, path):
-        fom, d = xray.fom_and_d(fcalc)
-        two, diff = maps.map_coefficients(refl.f_obs, xray.f_model(fcalc), fom, d, refl.centric, refl.free)
-        maps.write_map_mtz(path, refl.hkl, refl.cell, refl.spacegroup, refl.f_obs, refl.sigma_f, refl.free,
-                           fom, two, diff)
-
-    return write

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from equipoise.xtal.scaling import bin_scale
+from equipoise.xtal.twinning import HklLookup
 
 #: grid step of the twin-fraction search
 ALPHA_STEP = 0.005
@@ -59,8 +60,6 @@ class TwinOperators:
     def build(cls, hkl: Tensor | np.ndarray, spacegroup: gemmi.SpaceGroup, laws: list[str],
               rotations: list) -> "TwinOperators":
         """Mates of every reflection of ``hkl`` (m, 3) under each law (``rotations``: (3, 3) each)."""
-        from equipoise.xtal.twinning import HklLookup
-
         device = hkl.device if isinstance(hkl, Tensor) else torch.device("cpu")
         h = np.asarray(hkl.cpu().numpy() if isinstance(hkl, Tensor) else hkl, dtype=np.int64)
         lookup = HklLookup(h, spacegroup)

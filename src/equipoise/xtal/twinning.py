@@ -39,7 +39,8 @@ F^2 with sigma 2 F sigma_F.
 
 For data that look twinned, ``add_twin_model`` fits the strongest law's fraction to a model's
 amplitudes (``fit_twin_fraction``) and reports R-factors with and without the twin model; the
-model itself is not refined against twinned data.
+model itself is not refined against twinned data there. Twin refinement (``refine --twin``) is
+``twin_model.py``; ``choose_twin`` picks its laws and starting fractions from the statistics.
 """
 
 from __future__ import annotations
@@ -48,8 +49,12 @@ from dataclasses import asdict, dataclass, field
 
 import gemmi
 import numpy as np
+import torch
 
+from equipoise.errors import InputError
 from equipoise.xtal.reflections import Reflections
+from equipoise.xtal.scaling import bin_scale
+from equipoise.xtal.targets import r_factor
 
 #: <|L|> below this is reported as twinning (untwinned 0.5, a perfect twin 0.375)
 L_FLAG = 0.44
@@ -155,8 +160,8 @@ class TwinningSummary:
             return f"no sign of twinning ({self.reason})"
         t = self.strongest
         law = "" if t is None else f", twin law {t.law}, estimated fraction {t.alpha_h:.2f} (H-test)"
-        return (f"data look twinned: L-test <|L|> {self.mean_abs_l:.2f}{law}; equipoise does not refine "
-                "twinned data yet: R-factors will be high")
+        return (f"data look twinned: L-test <|L|> {self.mean_abs_l:.2f}{law}; without a twin model "
+                "(refine --twin auto|on) R-factors will be high")
 
     def as_dict(self) -> dict:
         """JSON-ready content (the ``"twinning"`` entry of summary.json)."""
@@ -323,36 +328,33 @@ def fit_twin_fraction(f_obs: np.ndarray, f_model: np.ndarray, hkl: np.ndarray, f
     """Least-squares twin fraction of a model: minimise sum_work (F_o - k_bin F_twin(alpha))^2
     over alpha in [0, 0.5] on a grid of ``step``, with F_twin = sqrt((1 - alpha) |F_model(h)|^2
     + alpha |F_model(T h)|^2) (the twinned intensity of Yeates 1997) and k_bin the closed-form
-    LS scale of each resolution bin at every alpha.
+    LS scale of each resolution bin at every alpha (``twin_model.fit_fractions``, the fit that
+    twin refinement repeats every macro-cycle). Reflections whose mate is not measured are left
+    out of the fit; in the R-factors their own |F_model| stands in for the mate.
 
     f_obs, f_model (m,): observed and model amplitudes (F_model with the untwinned fit's scales);
-    hkl (m, 3); free (m,) bool; bin_index (m,) int; law: from ``twin_statistics``. The free reflections' twin mates are mostly
-    in the working set; with only alpha and the bin scales fitted that matters little, but a twin
-    refinement must choose free flags by twin-related pairs.
+    hkl (m, 3); free (m,) bool; bin_index (m,) int; law: from ``twin_statistics``. The free
+    reflections' twin mates stay in the working set here (only alpha and the bin scales are
+    fitted, so that matters little; twin refinement moves them out, ``twin_model``).
     """
-    hkl = np.asarray(hkl, dtype=np.int64)
-    mate = HklLookup(hkl, spacegroup).find(hkl @ np.asarray(law.rotation, dtype=np.int64))
-    missing = mate < 0
-    mate = np.where(missing, np.arange(hkl.shape[0]), mate)
-    i_own, i_mate = f_model ** 2, f_model[mate] ** 2
-    work = ~np.asarray(free, dtype=bool)
-    n_bins = int(bin_index.max()) + 1
+    from equipoise.xtal.twin_model import TwinOperators, fit_fractions
 
-    def scaled(alpha: float) -> np.ndarray:
-        f = np.sqrt((1.0 - alpha) * i_own + alpha * i_mate)
-        num = np.bincount(bin_index[work], weights=(f_obs * f)[work], minlength=n_bins)
-        den = np.bincount(bin_index[work], weights=(f * f)[work], minlength=n_bins)
-        return f * (num / np.maximum(den, 1e-30))[bin_index]
+    f_obs_t, f_model_t = torch.as_tensor(f_obs), torch.as_tensor(f_model, dtype=torch.float64)
+    bins = torch.as_tensor(bin_index, dtype=torch.int64)
+    n_bins = int(bins.max()) + 1
+    work = ~torch.as_tensor(np.asarray(free, dtype=bool))
+    ops = TwinOperators.build(np.asarray(hkl, dtype=np.int64), spacegroup, [law.law], [law.rotation])
+    fit = fit_fractions(f_obs_t, f_model_t, ops, work & ~ops.missing, bins, n_bins,
+                        torch.tensor([law.alpha_h], dtype=torch.float64), step=step)
 
-    def r(f: np.ndarray, mask: np.ndarray) -> float:
-        return float(np.abs(f_obs[mask] - f[mask]).sum() / f_obs[mask].sum()) if mask.any() else float("nan")
+    def r(alpha: float, mask: torch.Tensor) -> float:
+        f = ops.amplitudes(f_model_t, torch.tensor([alpha], dtype=torch.float64))
+        f = f * bin_scale(f_obs_t, f, bins, n_bins, work & ~ops.missing)[bins]
+        return r_factor(f_obs_t, f, mask)
 
-    alphas = np.arange(0.0, 0.5 + step / 2, step)
-    losses = [float((((f_obs - scaled(a)) ** 2)[work]).sum()) for a in alphas]
-    alpha = float(alphas[int(np.argmin(losses))])
-    best, plain = scaled(alpha), scaled(0.0)
-    return TwinModelFit(law.law, alpha, r(best, work), r(best, ~work), r(plain, work),
-                        r(plain, ~work), int(missing.sum()))
+    alpha = fit.alphas[0]
+    return TwinModelFit(law.law, alpha, r(alpha, work), r(alpha, ~work), r(0.0, work), r(0.0, ~work),
+                        ops.n_missing)
 
 
 def add_twin_model(summary: TwinningSummary, refl: Reflections, f_model) -> TwinModelFit | None:
@@ -433,3 +435,46 @@ def _shells(d: np.ndarray, n_shells: int) -> tuple[np.ndarray, int]:
     shell = np.empty(m, dtype=np.int64)
     shell[np.argsort(1.0 / d ** 2, kind="stable")] = (np.arange(m) * n) // max(m, 1)
     return shell, n
+
+
+TWIN_MODES = ("auto", "on", "off")
+
+
+@dataclass
+class TwinChoice:
+    """Twin laws to refine: names, (3, 3) integer rotations (h' = h R), starting fractions, why."""
+
+    laws: list[str]
+    rotations: list[list[list[int]]]
+    alphas: list[float]
+    reason: str
+
+
+def choose_twin(mode: str, summary: TwinningSummary, cell: gemmi.UnitCell,
+                spacegroup: gemmi.SpaceGroup) -> TwinChoice | None:
+    """Twin refinement for ``--twin`` ``mode``: ``"off"`` None; ``"auto"`` the strongest law and
+    every law whose H-test and Britton fractions both exceed ``ALPHA_FLAG`` when the verdict is
+    twinned, else None; ``"on"`` every law of the statistics (or of the lattice, ``twin_laws``,
+    when none had enough pairs), ``InputError`` when the lattice has none. Starting fractions:
+    the H-test's, clipped to [0.05, 0.45] (the fraction is refitted before the first target)."""
+    if mode not in TWIN_MODES:
+        raise InputError(f"must be one of {TWIN_MODES}, got {mode!r}", field="--twin")
+    if mode == "off":
+        return None
+    strongest = summary.strongest
+    if mode == "auto":
+        if not summary.twinned or strongest is None:
+            return None
+        laws = [t for t in summary.laws if t is strongest or min(t.alpha_h, t.alpha_britton) > ALPHA_FLAG]
+        why = f"--twin auto: {summary.reason}"
+    elif summary.laws:
+        laws, why = list(summary.laws), "--twin on: every twin law of the statistics"
+    else:
+        found = twin_laws(cell, spacegroup)
+        if not found:
+            raise InputError(f"this lattice ({spacegroup.hm}, cell {' '.join(f'{p:.2f}' for p in cell.parameters)}) "
+                             "has no twin law", field="--twin")
+        return TwinChoice([op.as_hkl().triplet() for op, _, _ in found], [_rotation(op).tolist() for op, _, _ in found],
+                          [0.05] * len(found), "--twin on: the lattice's twin laws (too few pairs for statistics)")
+    return TwinChoice([t.law for t in laws], [t.rotation for t in laws],
+                      [float(np.clip(t.alpha_h, 0.05, 0.45)) for t in laws], why)
