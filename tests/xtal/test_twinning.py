@@ -105,7 +105,7 @@ def test_1l2h_twinned():
     assert law.law == "-h,k,-l" and law.kind == "merohedral"
     assert 0.28 < law.alpha_h < 0.37 and 0.28 < law.alpha_britton < 0.37
     assert re.match(r"data look twinned: L-test <\|L\|> 0\.4\d, twin law -h,k,-l, estimated fraction 0\.3\d "
-                    r"\(H-test\); equipoise does not refine twinned data yet: R-factors will be high$", s.verdict())
+                    r"\(H-test\); without a twin model \(refine --twin auto\|on\) R-factors will be high$", s.verdict())
 
 
 def test_1a0f_not_twinned():
