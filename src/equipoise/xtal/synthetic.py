@@ -3,7 +3,8 @@
 ``simulated_reflections(structure, d_min, ...)`` computes F_model of a gemmi Structure (atoms,
 flat bulk solvent k_sol/B_sol, an overall B) on the unique hkl set (or a template's hkl), adds
 Gaussian noise of ``noise`` times each amplitude's mean per set and flags every ``free_every``-th
-reflection free. ``shake(xyz, rms, seed)`` perturbs coordinates. Used by tests and benchmarks.
+reflection free. ``twinned_reflections(refl, alpha)`` twins them by the lattice's twin law.
+``shake(xyz, rms, seed)`` perturbs coordinates. Used by tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -122,3 +123,29 @@ def write_mtz(refl: Reflections, path: str | Path, *, free_value: int = 0) -> Pa
     mtz.set_data(data.astype(np.float32))
     mtz.write_to_file(str(path))
     return Path(path)
+
+
+def twinned_reflections(refl: Reflections, alpha: float, *, noise: float = 0.0, seed: int = 0) -> Reflections:
+    """``refl`` with F_obs twinned by the lattice's one twin law T: F = sqrt((1 - alpha) F_obs(h)^2
+    + alpha F_obs(T h)^2) times (1 + noise N(0, 1)), sigma_F = noise F (floored); ``InputError``
+    unless the lattice has exactly one twin law. A reflection whose mate is not in ``refl``
+    keeps its own F for it. The law is in ``notes``."""
+    from dataclasses import replace
+
+    from equipoise.errors import InputError
+    from equipoise.xtal.twin_model import TwinOperators
+    from equipoise.xtal.twinning import twin_laws
+
+    laws = twin_laws(refl.cell, refl.spacegroup)
+    if len(laws) != 1:
+        raise InputError(f"need a lattice with one twin law, {refl.spacegroup.hm} has {len(laws)}", field="cell")
+    op = laws[0][0]
+    ops = TwinOperators.build(refl.hkl, refl.spacegroup, [op.as_hkl().triplet()],
+                              [np.asarray(op.rot, dtype=np.int64) // op.DEN])
+    f2 = refl.f_obs ** 2
+    f = torch.sqrt((1.0 - alpha) * f2 + alpha * f2[ops.mates[1]])
+    g = torch.Generator().manual_seed(seed)
+    f = (f * (1.0 + noise * torch.randn(f.shape, generator=g, dtype=f.dtype))).abs()
+    sigma = (noise * f).clamp_min(max(noise, 1e-3) * 1e-2 * float(f.mean()))
+    return replace(refl, f_obs=f, sigma_f=sigma, i_obs=None, sigma_i=None,
+                   notes=[*refl.notes, f"synthetic twin: law {op.as_hkl().triplet()}, fraction {alpha}, noise {noise}"])

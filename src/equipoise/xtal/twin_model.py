@@ -26,7 +26,7 @@ the working set (they are in neither set; the free set is unchanged).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import gemmi
 import numpy as np
@@ -118,7 +118,6 @@ class TwinFractionFit:
     loss_untwinned: float
     n_used: int
     reason: str = ""
-    extra: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         """JSON-ready content (``"twin"`` entry of a cycle in summary.json)."""
