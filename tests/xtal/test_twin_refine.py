@@ -201,3 +201,22 @@ def test_1l2h_twin_refinement(tmp_path):
     assert summary["r_work"] < 0.20 and summary["r_free"] < 0.22
     assert twin["r_work_untwinned"] > 0.23                      # the same model scored without the twin
     assert summary["r_free"] <= summary["start"]["r_free"] + 0.005
+
+
+def test_fraction_fit_several_laws():
+    """P 3 on a hexagonal lattice has three twin laws; data twinned by two of them (0.2, 0.1)
+    give those fractions back and ~0 for the third (coordinate descent over the grid)."""
+    from equipoise.xtal.synthetic import random_structure
+
+    st = random_structure(30, (20.0, 20.0, 24.0, 90, 90, 120), "P 3", seed=4)
+    plain = simulated_reflections(st, d_min=2.0, noise=0.0, k_sol=0.0, seed=1)
+    found = twin_laws(plain.cell, plain.spacegroup)
+    assert len(found) == 3
+    ops = TwinOperators.build(plain.hkl, plain.spacegroup, [op.as_hkl().triplet() for op, _, _ in found],
+                              [np.asarray(op.rot) // op.DEN for op, _, _ in found])
+    truth = torch.tensor([0.2, 0.1, 0.0], dtype=torch.float64)
+    data = ops.amplitudes(plain.f_obs, truth)
+    use = plain.work & ~ops.missing
+    fit = fit_fractions(data, plain.f_obs, ops, use, plain.bin_index, plain.n_bins,
+                        torch.full((3,), 0.05, dtype=torch.float64), rounds=3)
+    assert np.allclose(fit.alphas, truth.tolist(), atol=0.02), fit
