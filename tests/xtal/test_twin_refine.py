@@ -64,7 +64,8 @@ def test_twinned_amplitudes_and_mates(case):
     ops_sg = plain.spacegroup.operations()
     for i in (0, 5, plain.n // 2):                                  # T h is a symmetry/Friedel mate of the row found
         t = [-h[i, 0], h[i, 1], -h[i, 2]]
-        equivalents = {tuple(op.apply_to_hkl(t)) for op in ops_sg} | {tuple(-x for x in op.apply_to_hkl(t)) for op in ops_sg}
+        images = [op.apply_to_hkl(t) for op in ops_sg]
+        equivalents = {tuple(x) for x in images} | {tuple(-v for v in x) for x in images}
         assert tuple(hm[i].tolist()) in equivalents
     f = plain.f_obs
     assert torch.allclose(ops.amplitudes(f, torch.tensor([0.0], dtype=torch.float64)), f)
@@ -175,7 +176,9 @@ def test_refine_command_twin(case, tmp_path, capsys):
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     cycle = summary["cycles"][0]["twin"]
     assert abs(cycle["alphas"][0] - ALPHA) < 0.03 and "bin scales refitted" in cycle["reason"]
-    assert summary["twin_refinement"]["laws"] == ["-h,k,-l"] and summary["twin_refinement"]["n_moved_from_work"] > 0
+    twin = summary["twin_refinement"]
+    assert twin["laws"] == ["-h,k,-l"] and twin["n_moved_from_work"] > 0 and twin["n_missing_mates"] == 0
+    assert twin["start"] == [pytest.approx(cycle["alphas"][0], abs=0.05)] and twin["alphas"] == cycle["alphas"]
     assert summary["r_work"] < cycle["r_work_untwinned"]
     assert "TWIN REFINEMENT: law -h,k,-l fraction 0.3" in (tmp_path / "auto" / "refined.pdb").read_text()[:3000]
     capsys.readouterr()

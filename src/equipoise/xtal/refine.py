@@ -56,7 +56,12 @@ LBFGS_ITERATIONS_PER_STEP = 5
 
 
 class XrayModel(Protocol):
-    """What refinement needs from the data side (``equipoise.xtal.xray.XrayModel`` is the real one)."""
+    """What refinement needs from the data side (``equipoise.xtal.xray.XrayModel`` is the real one).
+
+    Optional attributes, read with ``getattr``: ``refl`` and ``work`` ((m,) bool working set,
+    which sizes the x-ray term), ``twin_fit`` (the last ``TwinFractionFit``, logged with the
+    scales and stored in ``CycleStats.twin``).
+    """
 
     def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor):
         """Refit scales, bulk solvent (and ML parameters) at this model, without gradient."""
@@ -165,7 +170,8 @@ class RefineResult:
         ``twinning`` (the data's twinning statistics and verdict, when measured) and
         ``twin_refinement`` (when a twin model was refined)."""
         f = self.final
-        return {"twinning": self.twinning, "twin_refinement": self.twin_refinement, "start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
+        return {"twinning": self.twinning, "twin_refinement": self.twin_refinement,
+                "start": asdict(self.start), "cycles": [asdict(c) for c in self.cycles],
                 "r_work": f.r_work, "r_free": f.r_free, "bond_rmsd": f.bond_rmsd,
                 "angle_rmsd": f.angle_rmsd, "bond_rmsz": f.bond_rmsz, "angle_rmsz": f.angle_rmsz,
                 "options": asdict(self.options)}

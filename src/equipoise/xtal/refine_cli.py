@@ -119,10 +119,15 @@ def _refine(args: argparse.Namespace) -> int:
             with torch.no_grad():
                 fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, model.occ)).abs())
         else:
+            last = result.final.twin or {}
             result.twin_refinement = {"reason": choice.reason, "laws": choice.laws, "start": choice.alphas,
-                                      **(result.final.twin or {}), "n_missing_mates": xray.twin.n_missing,
+                                      "alphas": last.get("alphas"), "last_fit": last.get("reason"),
+                                      "r_work": result.final.r_work, "r_free": result.final.r_free,
+                                      "r_work_untwinned": last.get("r_work_untwinned"),
+                                      "r_free_untwinned": last.get("r_free_untwinned"),
+                                      "n_missing_mates": xray.twin.n_missing,
                                       "n_moved_from_work": xray.n_moved_from_work,
-                                      "target": "least squares on twinned amplitudes"}
+                                      "target": "least squares on twinned amplitudes (per-bin weights)"}
         result.twinning = twin.as_dict()
         paths = write_outputs(result, model, xray, out, write_maps=xray.write_maps, plots=args.plots != "none")
         if args.plots == "all":

@@ -229,7 +229,9 @@ class XrayModel:
         fcalc = fcalc.detach()
         fom, d = self.fom_and_d(fcalc)
         f_model = self.f_model(fcalc)
-        f_obs = r.f_obs * f_model.abs() / self.model_amplitudes(fcalc).clamp_min(1e-30)
+        f_obs = r.f_obs
+        if self.twin is not None:  # detwinned by the model
+            f_obs = r.f_obs * f_model.abs() / self.model_amplitudes(fcalc).clamp_min(1e-30)
         two, diff = map_coefficients(f_obs, f_model, fom, d, r.centric, r.free)
         write_map_mtz(path, r.hkl, r.cell, r.spacegroup, r.f_obs, r.sigma_f, r.free, fom, two, diff)
 
