@@ -6,8 +6,8 @@ A (pseudo-)merohedral twin with operators T_0 = identity, T_1 .. T_K and fractio
     |F_twin(h)|^2 = sum_k alpha_k |F_model(T_k h)|^2
 
 (Yeates 1997, Methods Enzymol. 276, 344; the twinned intensity that SHELXL, REFMAC5 and
-servalcat refine against: Murshudov et al. 2011, Acta Cryst. D67, 355, section on twin
-refinement; Yamashita et al. 2023, Acta Cryst. D79, 368). F_model includes the scales and the
+servalcat refine against; REFMAC5's twin refinement: Murshudov et al. 2011, Acta Cryst. D67,
+355). F_model includes the scales and the
 bulk solvent. The mates T_k h are looked up among the measured reflections (``HklLookup``:
 symmetry and Friedel mates, so indices need not be in the same asymmetric unit). A reflection
 with an unmeasured mate has no twinned model amplitude: it is left out of the twin target and
