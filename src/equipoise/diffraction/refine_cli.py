@@ -61,6 +61,9 @@ def register(actions: argparse._SubParsersAction) -> None:
                      help="cells per axis of the coarse search model (broadened spots; default 3)")
     ref.add_argument("--cell-constraint", default="none", choices=("none", "cubic"),
                      help="cubic: refine one cell length (a = b = c, 90 deg angles); default none")
+    ref.add_argument("--final-mosaic-domains", type=int, default=None, metavar="N",
+                     help="capture strategy, mosaic refined: the last stage models at least N mosaic domains "
+                          "(default 30; 0 keeps -mosaic_domains throughout)")
     ref.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                      help="steps between checkpoints (default 1: a step can take seconds on large images)")
     ref.add_argument("--overwrite", action="store_true",
@@ -82,7 +85,7 @@ def _refine(args: argparse.Namespace) -> int:
 
     from equipoise.diffraction.cli import load_config
     from equipoise.diffraction.orientation_search import parse_search
-    from equipoise.diffraction.refine import image_shape, load_image, parse_refine, refine
+    from equipoise.diffraction.refine import FINAL_MOSAIC_DOMAINS, image_shape, load_image, parse_refine, refine
     from equipoise.diffraction.run_settings import check_output_dir
     from equipoise.errors import InputError
 
@@ -96,6 +99,8 @@ def _refine(args: argparse.Namespace) -> int:
     else:
         search = None if args.search_misset.strip().lower() == "off" else parse_search(args.search_misset)
     check_output_dir(args.out)
+    if args.final_mosaic_domains is not None and args.final_mosaic_domains < 0:
+        raise InputError(f"must be >= 0, got {args.final_mosaic_domains}", field="--final-mosaic-domains")
     if args.checkpoint_every < 1:
         raise InputError(f"must be >= 1, got {args.checkpoint_every}", field="--checkpoint-every")
     config, notes = load_config(flags)
@@ -113,7 +118,9 @@ def _refine(args: argparse.Namespace) -> int:
                         strategy=args.strategy, coarse_blur_px=args.coarse_blur, search=search,
                         search_n_cells=args.search_ncells, cell_constraint=args.cell_constraint, dtype=dtype,
                         device=device, progress="quiet" if args.quiet else "auto", overwrite=args.overwrite,
-                        checkpoint_every=args.checkpoint_every, plots=not args.no_plots)
+                        checkpoint_every=args.checkpoint_every, plots=not args.no_plots,
+                        final_mosaic_domains=FINAL_MOSAIC_DOMAINS if args.final_mosaic_domains is None
+                        else args.final_mosaic_domains)
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command with --out {args.out} to resume from its checkpoint")
         return 130
