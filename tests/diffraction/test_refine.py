@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -180,6 +181,9 @@ def test_capture_last_stage_uses_the_finer_mosaic_model(small_observed, tmp_path
         fine = starting_config(small_config(result.parameters["mosaic_spread_deg"], result.parameters["misset_deg"]),
                                mosaic_domains=8)
         assert result.final_loss == pytest.approx(evaluate_loss(small_observed, fine), rel=1e-6)
+    errors = result.quality["standard_errors"]
+    assert set(errors) == {"mosaic_spread_deg", "misset_deg"} and len(errors["misset_deg"]) == 3
+    assert all(0.0 < e < math.inf for e in [errors["mosaic_spread_deg"], *errors["misset_deg"]]), errors
     plain = refine(small_observed, small_config(0.3, (1.0, -1.0, 0.5)), "mosaic,misset", search=None, steps=2,
                    final_mosaic_domains=0)
     assert [s["name"] for s in plain.stages] == ["orient_low", "orient", "all"]

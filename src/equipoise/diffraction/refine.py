@@ -55,6 +55,7 @@ from equipoise.diffraction.simulate import Simulator
 from equipoise.diffraction.sources import fluence as resolved_fluence
 from equipoise.diffraction.sources import wavelength_m
 from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positive, Shift, Split, Transform
+from equipoise.diffraction.uncertainty import standard_errors, undetermined
 from equipoise.errors import InputError
 
 __all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
@@ -370,7 +371,9 @@ class RefineResult:
     spent in the search and the fit; ``image``: refined model image (spixels, fpixels) float32;
     ``fit``: the core's FitResult; ``search``: the orientation search summary (None without one).
     ``optimizer_converged``: every stage met its tolerance; ``fit_ok``: no quality flag
-    (:mod:`equipoise.diffraction.fit_quality`); ``converged`` = both; ``quality``: the flags and
+    (:mod:`equipoise.diffraction.fit_quality`); ``converged`` = both; ``quality``: the flags,
+    ``standard_errors`` (user units, :mod:`equipoise.diffraction.uncertainty`), ``undetermined``
+    (parameters the image does not determine) and
     the numbers behind them; ``pixels``: the strong-pixel subsets (capture strategy).
     """
 
@@ -611,7 +614,11 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), weight_np * sets["data"],
                                 final_loss if loss == "poisson" else None, names=names, parameters=parameters,
                                 start=model.start_values, mosaic_bound=_upper_bound(model))
-    quality = {"flags": [f.to_dict() for f in flags], **numbers}
+    errors = standard_errors(lambda values: _image_at(final_model, values), final_model.variables,
+                             final_model.transforms, {n: REFINABLE[n] for n in final_model.names}, obs, weight,
+                             loss=loss, dispersion=numbers.get("deviance_ratio", 1.0))
+    quality = {"flags": [f.to_dict() for f in flags], **numbers, "standard_errors": errors,
+               "undetermined": undetermined(parameters, errors)}
     optimizer_converged = bool(result.converged)
     out = RefineResult(parameters=parameters, start=model.start_values, initial_loss=initial_loss,
                        final_loss=final_loss, iterations=result.steps, evaluations=counter["n"],
@@ -625,6 +632,16 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     if out_dir is not None and result.completed:
         _write_outputs(Path(out_dir), out, config, obs_np, plots)
     return out
+
+
+def _image_at(model: ImageModel, values: dict[str, Tensor]) -> Tensor:
+    """``model``'s image with its variables set to ``values`` (restored afterwards: the dict is shared)."""
+    saved = dict(model.variables)
+    model.variables.update(values)
+    try:
+        return model()
+    finally:
+        model.variables.update(saved)
 
 
 def _upper_bound(model: ImageModel) -> float | None:

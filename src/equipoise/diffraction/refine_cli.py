@@ -10,6 +10,7 @@ Registration imports neither torch nor the simulator; the handlers do.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 #: = tuple(refine.REFINABLE), repeated here so that registration does not import torch (tested)
@@ -132,14 +133,18 @@ def _refine(args: argparse.Namespace) -> int:
               f"(radius {found['range_deg']:g} deg, step {found['step_deg']:g}); best misset "
               f"{_fmt(found['best_misset_deg'])} (offset {_fmt(found['best_offset_deg'])}), "
               f"loss {found['best_loss']:.6g}; {found['wall_s']:.2f} s")
-    print(f"{'parameter':<20} {'start':>28} {'refined':>28}")
+    errors = result.quality.get("standard_errors", {})
+    print(f"{'parameter':<20} {'start':>28} {'refined':>28} {'standard error':>28}")
     for key, value in result.parameters.items():
-        print(f"{key:<20} {_fmt(result.start[key]):>28} {_fmt(value):>28}")
+        print(f"{key:<20} {_fmt(result.start[key]):>28} {_fmt(value):>28} {_fmt(errors.get(key, math.nan)):>28}")
     print(f"data loss ({args.loss}) {result.initial_loss:.6g} -> {result.final_loss:.6g} in {result.iterations} "
           f"steps, {result.evaluations} evaluations, {result.wall_s:.2f} s; converged: {result.converged} "
           f"(optimiser stopped: {result.optimizer_converged}, fit ok: {result.fit_ok})")
     for reason in result.reasons:
         print(f"warning: {reason}")
+    for key in result.quality.get("undetermined", []):
+        print(f"warning: {key} {_fmt(result.parameters[key])} ± {_fmt(errors[key])} is not determined by this "
+              "image (standard error above half the value): a larger detector area or more spots would be needed")
     print(f"wrote {Path(args.out) / 'summary.json'}, record.jsonl, plots/, refined.bin, refined.npy")
     if not np.isfinite(result.final_loss):
         return 1
