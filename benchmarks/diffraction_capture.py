@@ -77,6 +77,7 @@ def main() -> None:
                        "draw_success": draw_mosaic_err <= MOSAIC_TOL and draw_misset_err <= MISSET_TOL,
                        "fit_loss": fit_loss, "truth_loss": truth_loss, "beats_truth": fit_loss <= truth_loss,
                        "wall_s": wall,
+                       "standard_errors": r.quality["standard_errors"], "undetermined": r.quality["undetermined"],
                        "converged": r.converged, "fit_ok": r.fit_ok, "flags": [f["name"] for f in r.quality["flags"]],
                        "steps": r.iterations, "evaluations": r.evaluations, "pixels": r.pixels,
                        "search_s": r.search["wall_s"] if r.search else 0.0,
