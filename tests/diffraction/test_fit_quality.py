@@ -52,7 +52,7 @@ def test_a_good_fit_on_counts_is_ok() -> None:
     clean = _image(TRUTH)
     observed = np.random.default_rng(1).poisson(clean).astype(np.float64)
     start = parse_nanobragg_args(GEOMETRY + ["-mosaic", "0.4", "-misset", "1.5", "1", "0"])
-    result = refine(observed, start, "mosaic,misset", search=None, steps=8)
+    result = refine(observed, start, "mosaic,misset", search=None, steps=8, final_mosaic_domains=6)
     assert result.quality["counting_data"]
     assert result.quality["deviance_ratio"] < 1.5, result.quality
     assert result.fit_ok and result.converged, result.reasons
@@ -61,10 +61,11 @@ def test_a_good_fit_on_counts_is_ok() -> None:
 def test_constant_offset_is_flagged_until_scale_background_are_refined() -> None:
     observed = _image(TRUTH) + 40.0  # an SMV -intfile pedestal (adc offset 40)
     start = parse_nanobragg_args(GEOMETRY + ["-mosaic", "0.4", "-misset", "1.5", "1", "0"])
-    plain = refine(observed, start, "mosaic,misset", search=None, steps=6)
+    plain = refine(observed, start, "mosaic,misset", search=None, steps=6, final_mosaic_domains=6)
     assert "unmodelled_offset" in _names(plain) and not plain.converged
     assert any("scale,background" in r for r in plain.reasons)
-    fixed = refine(observed, start, "mosaic,misset,scale,background", search=None, steps=8)
+    fixed = refine(observed, start, "mosaic,misset,scale,background", search=None, steps=8,
+                   final_mosaic_domains=6)
     assert "unmodelled_offset" not in _names(fixed)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ import torch
 from equipoise.cli import main
 from equipoise.diffraction import io
 from equipoise.diffraction.flags import parse_nanobragg_args
-from equipoise.diffraction.refine import (REFINABLE, ImageModel, load_image, parse_refine, plan_stages, refine,
-                                          starting_config)
+from equipoise.diffraction.refine import (REFINABLE, ImageModel, evaluate_loss, final_model_config, load_image,
+                                          parse_refine, plan_stages, refine, starting_config)
 from equipoise.diffraction.simulate import Simulator
 from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positive, Shift, Split
 from equipoise.errors import InputError
@@ -166,6 +167,28 @@ def test_balancer_weights_recomputed_per_stage_in_record(small_observed, tmp_pat
     assert [s["name"] for s in summary["stages"]] == ["orient", "cell", "all"]
     assert {"parameters", "initial_loss", "final_loss", "iterations", "converged"} <= set(summary)
     assert len(summary["parameters"]["cell"]) == 6
+
+
+def test_capture_last_stage_uses_the_finer_mosaic_model(small_observed, tmp_path):
+    """The capture plan's ``all`` stage (spread released) fits ``data_final``, the model with at least
+    ``final_mosaic_domains`` domains; the orientation stages keep the configured 3; 0 turns it off."""
+    result = refine(small_observed, small_config(0.3, (1.0, -1.0, 0.5)), "mosaic,misset", search=None, steps=2,
+                    final_mosaic_domains=8, out_dir=tmp_path, plots=False)
+    lines = [json.loads(line) for line in (tmp_path / "record.jsonl").read_text().splitlines()]
+    starts = {e["stage"]: set(e["terms"]) for e in lines if e.get("stage_step") == 0}
+    assert starts == {"orient_low": {"data_low"}, "orient": {"data"}, "all": {"data_final"}}
+    with torch.no_grad():  # final_loss is the 8-domain model's loss at the refined values
+        fine = starting_config(small_config(result.parameters["mosaic_spread_deg"], result.parameters["misset_deg"]),
+                               mosaic_domains=8)
+        assert result.final_loss == pytest.approx(evaluate_loss(small_observed, fine), rel=1e-6)
+    errors = result.quality["standard_errors"]
+    assert set(errors) == {"mosaic_spread_deg", "misset_deg"} and len(errors["misset_deg"]) == 3
+    assert all(0.0 < e < math.inf for e in [errors["mosaic_spread_deg"], *errors["misset_deg"]]), errors
+    plain = refine(small_observed, small_config(0.3, (1.0, -1.0, 0.5)), "mosaic,misset", search=None, steps=2,
+                   final_mosaic_domains=0)
+    assert [s["name"] for s in plain.stages] == ["orient_low", "orient", "all"]
+    assert final_model_config(small_config(), ["mosaic"], final_mosaic_domains=0).crystal.mosaic_domains == 3
+    assert final_model_config(small_config(), ["misset"]).crystal.mosaic_domains == 3  # spread fixed: no change
 
 
 # ------------------------------------------------------------------ command line

@@ -37,7 +37,7 @@ def observed_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _command(observed: Path, out: Path, *extra: str) -> list[str]:
     return ["diffraction", "refine", str(observed), *GEOMETRY, *START, "--refine", "mosaic,misset",
-            "--search-misset", "off", "--steps", "6", "--quiet", "--out", str(out), *extra]
+            "--search-misset", "off", "--steps", "6", "--final-mosaic-domains", "6", "--quiet", "--out", str(out), *extra]
 
 
 def _batch(observed: Path, out: Path, *extra: str) -> list[str]:

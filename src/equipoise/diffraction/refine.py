@@ -44,6 +44,7 @@ from torch import Tensor
 from equipoise.core import Balancer, Fit, FitResult, FixedBalancer, GradNormRatioBalancer, Stage, Term, plot_run
 from equipoise.diffraction import io
 from equipoise.diffraction.config import SimulationConfig
+from equipoise.diffraction.crystal import mosaic_domain_count
 from equipoise.diffraction.geometry import detector_geometry, detector_size
 from equipoise.diffraction.fit_quality import assess_fit
 from equipoise.diffraction.orientation_search import search_misset
@@ -54,6 +55,7 @@ from equipoise.diffraction.simulate import Simulator
 from equipoise.diffraction.sources import fluence as resolved_fluence
 from equipoise.diffraction.sources import wavelength_m
 from equipoise.diffraction.transforms import Above, CubicCell, Interval, Positive, Shift, Split, Transform
+from equipoise.diffraction.uncertainty import standard_errors, undetermined
 from equipoise.errors import InputError
 
 __all__ = ["REFINABLE", "LOSSES", "ImageModel", "RefineResult", "refine", "parse_refine", "load_image",
@@ -92,6 +94,12 @@ STRATEGIES = ("capture", "orient", "staged", "joint")
 AUTO_SEARCH = (12.0, 4.0)
 #: upper bound (deg) of the refined mosaic spread: at least this, or twice the start
 MOSAIC_MAX_DEG = 5.0
+#: mosaic domains (at least) of the model in the capture plan's final stage ``all`` when the spread is
+#: refined. A crystal's mosaic is smooth; a 10-domain set splits a spread of 1–2° into sub-spots that lie
+#: several spot widths apart at 0.35 Å⁻¹ (spot width ~1/(N·a) = 0.002 Å⁻¹), so the fit moves the
+#: orientation to match them (capture table, docs/refinement.md: 10 → 30 domains turned the 512² misses
+#: at 1.3–1.6° into hits). The orientation stages keep the configured count: the spread is fixed there.
+FINAL_MOSAIC_DOMAINS = 30
 #: relative change per unit of u for cell lengths, distance and wavelength (1 %)
 RELATIVE_STEP = 0.01
 #: Poisson floor ε relative to the mean observed photons/pixel (see module docstring)
@@ -332,10 +340,11 @@ def plan_stages(names: Sequence[str], *, strategy: str = "orient", steps: int = 
 
 
 def capture_stages(names: Sequence[str], *, steps: int = 25, tol: float = 1e-6, patience: int = 1,
-                   lbfgs_iters: int = 4) -> list[Stage]:
+                   lbfgs_iters: int = 4, final_term: str = "data") -> list[Stage]:
     """The default plan (strategy "capture"): with the misset refined, ``orient_low`` (misset and
     intensity groups on the low-resolution strong pixels, term ``data_low``), ``orient`` (the same
-    on every selected pixel, term ``data``), then ``all`` (every refined group, ``data``): the
+    on every selected pixel, term ``data``), then ``all`` (every refined group, term ``final_term``:
+    ``data_final`` is the same pixels with the finer mosaic of :func:`final_model_config`): the
     mosaic spread is released only once the orientation is locked. Without the misset: ``all``.
     """
     names = parse_refine(list(names))
@@ -343,7 +352,7 @@ def capture_stages(names: Sequence[str], *, steps: int = 25, tol: float = 1e-6, 
     plan: list[tuple[str, list[str], str]] = []
     if "misset" in names:
         plan += [("orient_low", ["misset"] + intensity, "data_low"), ("orient", ["misset"] + intensity, "data")]
-    plan.append(("all", list(names), "data"))
+    plan.append(("all", list(names), final_term))
     return [Stage(name, groups, terms=[term], optimizer="lbfgs", lr=1.0, steps=steps, tol=tol, patience=patience,
                   balancer=FixedBalancer(), optimizer_options={"max_iter": lbfgs_iters})
             for name, groups, term in plan]
@@ -362,7 +371,9 @@ class RefineResult:
     spent in the search and the fit; ``image``: refined model image (spixels, fpixels) float32;
     ``fit``: the core's FitResult; ``search``: the orientation search summary (None without one).
     ``optimizer_converged``: every stage met its tolerance; ``fit_ok``: no quality flag
-    (:mod:`equipoise.diffraction.fit_quality`); ``converged`` = both; ``quality``: the flags and
+    (:mod:`equipoise.diffraction.fit_quality`); ``converged`` = both; ``quality``: the flags,
+    ``standard_errors`` (user units, :mod:`equipoise.diffraction.uncertainty`), ``undetermined``
+    (parameters the image does not determine) and
     the numbers behind them; ``pixels``: the strong-pixel subsets (capture strategy).
     """
 
@@ -413,6 +424,18 @@ class _Images:
         return self._done[key]
 
 
+def final_model_config(config: SimulationConfig, names: Sequence[str], strategy: str = "capture",
+                       final_mosaic_domains: int | None = FINAL_MOSAIC_DOMAINS) -> SimulationConfig:
+    """The model configuration of the last stage of :func:`refine`: ``config`` itself, or, with the
+    capture strategy and the mosaic spread refined, a copy with at least ``final_mosaic_domains``
+    mosaic domains (None or 0: keep the configured count; see :data:`FINAL_MOSAIC_DOMAINS`)."""
+    if (strategy != "capture" or "mosaic" not in parse_refine(list(names)) or not final_mosaic_domains
+            or mosaic_domain_count(config) >= final_mosaic_domains):
+        return config
+    return dataclasses.replace(config, crystal=dataclasses.replace(config.crystal,
+                                                                   mosaic_domains=int(final_mosaic_domains)))
+
+
 def _with_mask(config: SimulationConfig, keep: np.ndarray) -> SimulationConfig:
     """A copy of ``config`` whose simulator evaluates only the pixels ``keep`` (spixels, fpixels)."""
     return dataclasses.replace(config, detector=dataclasses.replace(config.detector,
@@ -429,7 +452,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
            dtype: torch.dtype = torch.float64, device: torch.device | str | None = None, progress: str = "quiet",
            log_every: int = 1, grad_every: int = 1, diagnostics: bool = True, overwrite: bool = False,
            checkpoint_every: int = 1, max_steps: int | None = None, full_image: bool = True,
-           plots: bool = True) -> RefineResult:
+           plots: bool = True, final_mosaic_domains: int | None = FINAL_MOSAIC_DOMAINS) -> RefineResult:
     """Refine ``names`` so that the model image of ``config`` matches ``observed``.
 
     Parameters
@@ -458,6 +481,10 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     cell_sigma: (Å, deg) widths of the cell restraint toward the starting cell (cell refined only;
         None: no restraint).
     restraint_ratio: the restraint's gradient-norm ratio to ``data`` at each stage start.
+    final_mosaic_domains: with the capture strategy and the mosaic refined, the last stage (``all``,
+        term ``data_final``) models at least this many mosaic domains (:func:`final_model_config`);
+        ``final_loss``, ``image`` and the fit-quality checks use that model. None or 0: the
+        configured count throughout.
     checkpoint_every: steps between checkpoints; ``max_steps``: stop after this many steps (a
         checkpoint; resume by calling again). ``full_image``: evaluate the refined model on the whole
         detector for ``image`` (False: only the fitted pixel subset, zero elsewhere). ``plots``: draw
@@ -478,7 +505,8 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
                            steps=steps, tol=tol, patience=patience, optimizer=optimizer,
                            coarse_blur_px=coarse_blur_px, search=None if search is None else list(search),
                            search_n_cells=search_n_cells, search_top=search_top, cell_constraint=cell_constraint,
-                           cell_sigma=cell_sigma, restraint_ratio=restraint_ratio, dtype=str(dtype))
+                           cell_sigma=cell_sigma, restraint_ratio=restraint_ratio, dtype=str(dtype),
+                           final_mosaic_domains=final_mosaic_domains)
     resuming = out_dir is not None and prepare_run_dir(out_dir, settings, overwrite)
     started = time.perf_counter()
     fitted = weight_np > 0
@@ -494,6 +522,12 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     models = {key: ImageModel(_with_mask(config, keep) if strategy == "capture" else config, names, dtype=dtype,
                               device=device, background_start=background_start, cell_constraint=cell_constraint)
               for key, keep in sets.items()}
+    final_config = final_model_config(config, names, strategy, final_mosaic_domains)
+    if final_config is not config:  # the last stage's finer mosaic, on the same pixels as "data"
+        sets["data_final"] = sets["data"]
+        models["data_final"] = ImageModel(_with_mask(final_config, sets["data"]), names, dtype=dtype, device=device,
+                                          background_start=background_start, cell_constraint=cell_constraint)
+    final_key = "data_final" if "data_final" in models else "data"
     model = models["data"]
     for other in models.values():  # one set of variables shared by the subsets' models
         other.variables = model.variables
@@ -501,6 +535,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     obs = torch.as_tensor(obs_np, dtype=dtype, device=dev)
     weights = {key: torch.as_tensor(weight_np * keep, dtype=dtype, device=dev) for key, keep in sets.items()}
     weight = weights["data"]
+    final_model = models[final_key]
 
     def data_loss(image: Tensor, target: Tensor, w: Tensor) -> Tensor:
         return poisson_deviance(image, target, w, eps) if loss == "poisson" else least_squares(image, target, w)
@@ -519,7 +554,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         terms.append(Term("cell_restraint",
                           lambda _images: 0.5 * (((cell_of(model.variables["cell"]) - cell0) / sigma) ** 2).sum()))
     if stages is None and strategy == "capture":
-        stages = capture_stages(names, steps=steps, tol=tol, patience=patience)
+        stages = capture_stages(names, steps=steps, tol=tol, patience=patience, final_term=final_key)
         if restraint:
             stages = [dataclasses.replace(s, terms=[*s.terms, "cell_restraint"],
                                           balancer=GradNormRatioBalancer(s.terms[0],
@@ -535,8 +570,8 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         counter["n"] += 1
         return _Images(models)
 
-    with torch.no_grad():
-        initial_loss = float(data_loss(model(), obs, weight))
+    with torch.no_grad():  # initial and final loss with the last stage's model: comparable numbers
+        initial_loss = float(data_loss(final_model(), obs, weight))
     found = _load_search(out_dir) if resuming else None
     if search is not None and found is None:  # forward-only grid search; the fit then starts from its best misset
         low = sets.get("data_low", sets["data"])
@@ -554,7 +589,8 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     run_config = {"refine": names, "loss": loss, "coarse_blur_px": coarse_blur_px, "dtype": str(dtype),
                   "start": model.start_values, "poisson_floor": eps, "pixels_fitted": int(fitted.sum()),
                   "cell_constraint": cell_constraint, "search": found, "settings": settings,
-                  "pixels": None if subsets is None else subsets.summary()}
+                  "pixels": None if subsets is None else subsets.summary(),
+                  "mosaic_domains": {key: mosaic_domain_count(m.config) for key, m in models.items()}}
     fit = Fit(dict(model.variables), terms, stages, forward=forward, run_dir=out_dir, log_every=log_every,
               grad_every=grad_every, summarize=model.values, progress=progress, config=run_config,
               diagnostics=diagnostics, checkpoint_every=checkpoint_every)
@@ -566,10 +602,10 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
         raise
     wall = time.perf_counter() - started
     with torch.no_grad():
-        image = model()
+        image = final_model()
         final_loss = float(data_loss(image, obs, weight))
         if full_image and strategy == "capture":
-            whole = ImageModel(config, names, dtype=dtype, device=device, background_start=background_start,
+            whole = ImageModel(final_config, names, dtype=dtype, device=device, background_start=background_start,
                                cell_constraint=cell_constraint)
             whole.variables = model.variables
             image = whole()
@@ -578,7 +614,11 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), weight_np * sets["data"],
                                 final_loss if loss == "poisson" else None, names=names, parameters=parameters,
                                 start=model.start_values, mosaic_bound=_upper_bound(model))
-    quality = {"flags": [f.to_dict() for f in flags], **numbers}
+    errors = standard_errors(lambda values: _image_at(final_model, values), final_model.variables,
+                             final_model.transforms, {n: REFINABLE[n] for n in final_model.names}, obs, weight,
+                             loss=loss, dispersion=numbers.get("deviance_ratio", 1.0))
+    quality = {"flags": [f.to_dict() for f in flags], **numbers, "standard_errors": errors,
+               "undetermined": undetermined(parameters, errors)}
     optimizer_converged = bool(result.converged)
     out = RefineResult(parameters=parameters, start=model.start_values, initial_loss=initial_loss,
                        final_loss=final_loss, iterations=result.steps, evaluations=counter["n"],
@@ -592,6 +632,16 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     if out_dir is not None and result.completed:
         _write_outputs(Path(out_dir), out, config, obs_np, plots)
     return out
+
+
+def _image_at(model: ImageModel, values: dict[str, Tensor]) -> Tensor:
+    """``model``'s image with its variables set to ``values`` (restored afterwards: the dict is shared)."""
+    saved = dict(model.variables)
+    model.variables.update(values)
+    try:
+        return model()
+    finally:
+        model.variables.update(saved)
 
 
 def _upper_bound(model: ImageModel) -> float | None:

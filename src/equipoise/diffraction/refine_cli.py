@@ -10,6 +10,7 @@ Registration imports neither torch nor the simulator; the handlers do.
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 #: = tuple(refine.REFINABLE), repeated here so that registration does not import torch (tested)
@@ -61,6 +62,9 @@ def register(actions: argparse._SubParsersAction) -> None:
                      help="cells per axis of the coarse search model (broadened spots; default 3)")
     ref.add_argument("--cell-constraint", default="none", choices=("none", "cubic"),
                      help="cubic: refine one cell length (a = b = c, 90 deg angles); default none")
+    ref.add_argument("--final-mosaic-domains", type=int, default=None, metavar="N",
+                     help="capture strategy, mosaic refined: the last stage models at least N mosaic domains "
+                          "(default 30; 0 keeps -mosaic_domains throughout)")
     ref.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                      help="steps between checkpoints (default 1: a step can take seconds on large images)")
     ref.add_argument("--overwrite", action="store_true",
@@ -82,7 +86,7 @@ def _refine(args: argparse.Namespace) -> int:
 
     from equipoise.diffraction.cli import load_config
     from equipoise.diffraction.orientation_search import parse_search
-    from equipoise.diffraction.refine import image_shape, load_image, parse_refine, refine
+    from equipoise.diffraction.refine import FINAL_MOSAIC_DOMAINS, image_shape, load_image, parse_refine, refine
     from equipoise.diffraction.run_settings import check_output_dir
     from equipoise.errors import InputError
 
@@ -96,6 +100,8 @@ def _refine(args: argparse.Namespace) -> int:
     else:
         search = None if args.search_misset.strip().lower() == "off" else parse_search(args.search_misset)
     check_output_dir(args.out)
+    if args.final_mosaic_domains is not None and args.final_mosaic_domains < 0:
+        raise InputError(f"must be >= 0, got {args.final_mosaic_domains}", field="--final-mosaic-domains")
     if args.checkpoint_every < 1:
         raise InputError(f"must be >= 1, got {args.checkpoint_every}", field="--checkpoint-every")
     config, notes = load_config(flags)
@@ -113,7 +119,9 @@ def _refine(args: argparse.Namespace) -> int:
                         strategy=args.strategy, coarse_blur_px=args.coarse_blur, search=search,
                         search_n_cells=args.search_ncells, cell_constraint=args.cell_constraint, dtype=dtype,
                         device=device, progress="quiet" if args.quiet else "auto", overwrite=args.overwrite,
-                        checkpoint_every=args.checkpoint_every, plots=not args.no_plots)
+                        checkpoint_every=args.checkpoint_every, plots=not args.no_plots,
+                        final_mosaic_domains=FINAL_MOSAIC_DOMAINS if args.final_mosaic_domains is None
+                        else args.final_mosaic_domains)
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command with --out {args.out} to resume from its checkpoint")
         return 130
@@ -125,14 +133,18 @@ def _refine(args: argparse.Namespace) -> int:
               f"(radius {found['range_deg']:g} deg, step {found['step_deg']:g}); best misset "
               f"{_fmt(found['best_misset_deg'])} (offset {_fmt(found['best_offset_deg'])}), "
               f"loss {found['best_loss']:.6g}; {found['wall_s']:.2f} s")
-    print(f"{'parameter':<20} {'start':>28} {'refined':>28}")
+    errors = result.quality.get("standard_errors", {})
+    print(f"{'parameter':<20} {'start':>28} {'refined':>28} {'standard error':>28}")
     for key, value in result.parameters.items():
-        print(f"{key:<20} {_fmt(result.start[key]):>28} {_fmt(value):>28}")
+        print(f"{key:<20} {_fmt(result.start[key]):>28} {_fmt(value):>28} {_fmt(errors.get(key, math.nan)):>28}")
     print(f"data loss ({args.loss}) {result.initial_loss:.6g} -> {result.final_loss:.6g} in {result.iterations} "
           f"steps, {result.evaluations} evaluations, {result.wall_s:.2f} s; converged: {result.converged} "
           f"(optimiser stopped: {result.optimizer_converged}, fit ok: {result.fit_ok})")
     for reason in result.reasons:
         print(f"warning: {reason}")
+    for key in result.quality.get("undetermined", []):
+        print(f"warning: {key} {_fmt(result.parameters[key])} ± {_fmt(errors[key])} is not determined by this "
+              "image (standard error above half the value): a larger detector area or more spots would be needed")
     print(f"wrote {Path(args.out) / 'summary.json'}, record.jsonl, plots/, refined.bin, refined.npy")
     if not np.isfinite(result.final_loss):
         return 1
