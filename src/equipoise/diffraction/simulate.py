@@ -66,6 +66,7 @@ Timings against the C program: benchmarks/diffraction_forward.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -83,6 +84,7 @@ from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .params import param_tensor
 from .rotations import dot3
+from .saved_buffers import SavedBuffers, _Lease
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -197,6 +199,7 @@ class Simulator:
             block_pixels = max(block_pixels, min(_GEOMETRY_ROWS_CAP, rows) // self._rows_per_pixel)
         self.chunk_pixels = max(1, min(block_pixels, int(self._flat_index.numel()) or 1))
         self._kernel = self._chunk_kernel
+        self._saved = SavedBuffers(self.device)  # what the forward pass keeps, reused across calls
         self.compiled = False
         if compile:
             try:
@@ -303,17 +306,21 @@ class Simulator:
             return "graph", need
         return ("tape" if rows * jacobians <= budget else "recompute"), need
 
-    def _evaluate_graph(self, static, tensors: tuple[Tensor, ...], needs: tuple[bool, ...]):
+    def _evaluate_graph(self, static, tensors: tuple[Tensor, ...], needs: tuple[bool, ...],
+                        buffers: SavedBuffers | None = None):
         """Flat image as :meth:`_evaluate`, and (leaves, [(pixel indices, chunk output with its autograd graph)]).
 
         The leaves are detached copies of ``tensors`` requiring grad as flagged by ``needs``.
+        ``buffers``: where the graphs' saved tensors and the lattice Jacobians are kept (saved_buffers.py).
         """
         leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(tensors, needs))
         image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
         outs = []
+        keep = None if buffers is None else buffers.take
         with torch.enable_grad():
             for idx, count in self._chunks():
-                out = self._chunk_kernel(idx, *static, *leaves)[:count]
+                with contextlib.nullcontext() if buffers is None else buffers.saving():
+                    out = self._chunk_kernel(idx, *static, *leaves, keep=keep)[:count]
                 image.index_copy_(0, idx[:count], out.detach())
                 outs.append((idx[:count], out))
         return image, (leaves, outs)
@@ -325,8 +332,12 @@ class Simulator:
 
     def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, has_grid: bool,
                       pix0, fdet, sdet, odet, beam, close_distance, distance, incident, wavelength, rot,
-                      recip_A, n_cells, default_F, scale, fvals, tape: _LatticeTape | None = None) -> Tensor:
-        """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`."""
+                      recip_A, n_cells, default_F, scale, fvals, tape: _LatticeTape | None = None,
+                      keep=None) -> Tensor:
+        """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`.
+
+        ``keep``: buffers for the lattice Jacobians (lattice_sum.py; only without ``tape``).
+        """
         cfg, water = self.config, self._water_molecules()
         geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
                                    close_distance=close_distance, distance=distance)
@@ -338,9 +349,13 @@ class Simulator:
         d_c = pos_c * torch.rsqrt(r2)                                          # (3, n, O², T) unit
         q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
-            lattice_sum = square_lattice_sum if tape is None else tape.lattice_sum
-            i_src = lattice_sum(q_c.reshape(3, -1), rot, n_cells, fvals if has_grid else None, self._grid,
-                                self.lattice_rows).view(q_c.shape[1:])         # (n, O², T, S)
+            table = fvals if has_grid else None
+            if tape is None:
+                i_src = square_lattice_sum(q_c.reshape(3, -1), rot, n_cells, table, self._grid, self.lattice_rows,
+                                           keep=keep)
+            else:
+                i_src = tape.lattice_sum(q_c.reshape(3, -1), rot, n_cells, table, self._grid, self.lattice_rows)
+            i_src = i_src.view(q_c.shape[1:])                                  # (n, O², T, S)
             if not has_grid:
                 i_src = i_src * (default_F * default_F)
         else:
@@ -390,19 +405,20 @@ class _LatticeTape:
     """The square-lattice sum's values and Jacobians of every chunk, from the forward pass for the backward.
 
     Recording (``cursor`` None): :meth:`lattice_sum` computes the value and the Jacobians flagged by
-    ``need`` = (q, rot, n_cells, table) (lattice_sum.py) and keeps them. Replaying (``cursor`` an
-    int, chunks in the same order): it returns them as a differentiable function of its inputs,
-    computing nothing.
+    ``need`` = (q, rot, n_cells, table) (lattice_sum.py) and keeps them (in ``keep``'s buffers when
+    given). Replaying (``cursor`` an int, chunks in the same order): it returns them as a
+    differentiable function of its inputs, computing nothing.
     """
 
-    def __init__(self, need: tuple[bool, bool, bool, bool]) -> None:
+    def __init__(self, need: tuple[bool, bool, bool, bool], keep=None) -> None:
         self.need = need
+        self.keep = keep
         self.items: list = []
         self.cursor: int | None = None
 
     def lattice_sum(self, q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid, rows: int) -> Tensor:
         if self.cursor is None:
-            value, jacobians = square_lattice_jacobians(q, rot, n_cells, table, grid, self.need, rows)
+            value, jacobians = square_lattice_jacobians(q, rot, n_cells, table, grid, self.need, rows, self.keep)
             self.items.append((value, jacobians))
             return value
         value, jacobians = self.items[self.cursor]
@@ -420,7 +436,8 @@ class _ImageFunction(torch.autograd.Function):
     the lattice Jacobians; backward evaluates each chunk's geometry again with autograd and replays
     them. "recompute": every chunk without autograd; backward evaluates each chunk again with
     autograd (Jacobians included) and differentiates it at once, so peak memory is that of one
-    chunk, whatever the image size. Not twice differentiable.
+    chunk, whatever the image size. Not twice differentiable. What "graph" and "tape" keep lives in
+    the simulator's reusable buffers (saved_buffers.py) when they are free, until the backward pass.
     """
 
     @staticmethod
@@ -430,10 +447,12 @@ class _ImageFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]
         plan, need = sim._backward_plan(static[1], needs)
         ctx.graph = ctx.tape = None
+        ctx.lease = sim._saved.lease() if plan != "recompute" else None
+        buffers = None if ctx.lease is None else ctx.lease.buffers
         if plan == "graph":
-            image, ctx.graph = sim._evaluate_graph(static, tensors, needs)
+            image, ctx.graph = sim._evaluate_graph(static, tensors, needs, buffers)
             return image
-        ctx.tape = _LatticeTape(need) if plan == "tape" else None
+        ctx.tape = _LatticeTape(need, None if buffers is None else buffers.take) if plan == "tape" else None
         return sim._evaluate(static, tensors, ctx.tape)
 
     @staticmethod
@@ -453,6 +472,10 @@ class _ImageFunction(torch.autograd.Function):
         total: list[Tensor | None] = [None] * sum(need)
         for part in parts:
             total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, part)]
+        lease: _Lease | None = ctx.lease
+        if lease is not None:  # what was kept has been used: the buffers serve the next call
+            ctx.lease = None
+            lease.end()
         grads = iter(total)
         return (None, None, *(next(grads) if n else None for n in need))
 
