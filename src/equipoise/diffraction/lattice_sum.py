@@ -178,7 +178,8 @@ def square_lattice_sum_nograd(q: Tensor, rot: Tensor, n_cells: Tensor, table: Te
 class LatticeJacobians(NamedTuple):
     """Derivatives of I (module doc) for ``count`` rows of q from row ``start``; None where not needed.
 
-    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq;
+    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq,
+    only when dh is not kept (else ``rows.T @ dh``: :func:`lattice_dq`);
     dn: (3, count) dI/dN; index, dtable: (K, count) table index of each term and dI/dtable[index].
     """
 
@@ -327,9 +328,8 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
                 d[2].mul_(f01).mul_(weight)
         if need_h:
             dh = df_du.view(-1, q.shape[1])                 # (3K, M)
-            dq = None                                       # (3, M) dI/dq = Σ_k a_k dI/dh_k
-            if need_q:
-                dq = rows.T @ dh if keep is None else torch.mm(rows.T, dh, out=keep((3, q.shape[1]), q.dtype))
+            # dI/dq = Σ_k a_k dI/dh_k (3, M): from dh when dh is kept (SavedLatticeSum.backward)
+            dq = rows.T @ dh if need_q and not need_rot else None
             dh = dh if need_rot else None
         if need_n:
             dn = df_dn.sum(1)                               # (3, M)
@@ -356,6 +356,11 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
         return out, jac
 
 
+def lattice_dq(jac: LatticeJacobians, rows: Tensor) -> Tensor:
+    """dI/dq (3, count) of one block: ``jac.dq``, else ``Σ_k a_k dI/dh_k`` from dh and the component-major rows (3K, 3)."""
+    return jac.dq if jac.dq is not None else rows.T @ jac.dh
+
+
 class SavedLatticeSum(torch.autograd.Function):
     """I (M,) with gradients w.r.t. q, rot, n_cells and the table from derivatives already computed.
 
@@ -367,7 +372,7 @@ class SavedLatticeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, value: Tensor,
                 jacobians: list[LatticeJacobians]) -> Tensor:
-        ctx.save_for_backward(q)
+        ctx.save_for_backward(q, rot)
         ctx.jacobians, ctx.k = jacobians, rot.shape[0]
         ctx.table_size = None if table is None else table.shape[0]
         return value.clone()
@@ -375,7 +380,8 @@ class SavedLatticeSum(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        q, = ctx.saved_tensors
+        q, rot = ctx.saved_tensors
+        rows = _component_rows(rot)
         need_q, need_rot, need_n, need_table = ctx.needs_input_grad[:4]
         grad_q = torch.empty_like(q) if need_q else None
         grad_rows = torch.zeros(3, 3 * ctx.k, dtype=q.dtype, device=q.device) if need_rot else None  # transposed
@@ -385,7 +391,7 @@ class SavedLatticeSum(torch.autograd.Function):
             stop = jac.start + jac.count
             g = grad[jac.start:stop]
             if need_q:
-                grad_q[:, jac.start:stop] = jac.dq * g
+                torch.mul(lattice_dq(jac, rows), g, out=grad_q[:, jac.start:stop])
             if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m
                 grad_rows.addmm_(q[:, jac.start:stop] * g, jac.dh.T)
             if need_n:

@@ -79,10 +79,12 @@ from equipoise.errors import InputError
 
 from . import crystal as xtal
 from .config import SimulationConfig
-from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
+from .geometry import (DetectorGeometry, absorbs, capture_fractions, detector_geometry, solid_angle,
+                       solid_angle_factors, subpixel_positions)
 from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .params import param_tensor
+from .product import product
 from .rotations import dot3
 from .saved_buffers import SavedBuffers, _Lease
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
@@ -346,7 +348,8 @@ class Simulator:
         # per-pixel geometry component-major, (3, n, O², T): elementwise passes over long rows
         pos_c = subpixel_positions(geom, s_idx, f_idx, self.oversample, component_major=True)  # m
         r2 = (pos_c * pos_c).sum(0)                                            # (n, O², T) m²
-        d_c = pos_c * torch.rsqrt(r2)                                          # (3, n, O², T) unit
+        r_inv = torch.rsqrt(r2)                                                # (n, O², T) 1/m
+        d_c = pos_c * r_inv                                                    # (3, n, O², T) unit
         q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
             table = fvals if has_grid else None
@@ -387,18 +390,18 @@ class Simulator:
         # nanobragg: P, Ω of the first subpixel/layer/source, capture of the last layer (PHYSICS.md §1.1, §1.7)
         if d_c.shape[2] * d_c.shape[3] == 1:  # one subpixel and layer: views (their backward needs no zero fill)
             d_first = d_last = d_c.view(3, -1)
-            pos_first, r2_first = pos_c.view(3, -1), r2.view(-1)
+            r_inv_first = r_inv.view(-1)
         else:
             d_first, d_last = d_c[:, :, 0, 0], d_c[:, :, 0, -1]
-            pos_first, r2_first = pos_c[:, :, 0, 0], r2[:, 0, 0]
+            r_inv_first = r_inv[:, 0, 0]
         polar = polarization_factor(incident[0], d_first, geom.polar, kahn, nopolar=nopolar, component_major=True)
-        omega = solid_angle(geom, pos_first.T, torch.sqrt(r2_first))
-        cap = capture_fractions(geom, d_last, component_major=True)[:, -1]
-        factor = polar * omega * cap
+        omega = solid_angle_factors(geom, r_inv_first)
+        cap = (capture_fractions(geom, d_last, component_major=True)[:, -1],) if absorbs(geom) else ()
         acc = i_src.reshape(i_src.shape[0], -1).sum(1) if i_src[0].numel() > 1 else i_src.reshape(-1)
         if water > 0:
             acc = acc + scale * self.steps * WATER_F ** 2 * water  # I_bg, scaled again below (§1.11)
-        return acc * scale * factor
+        # acc · scale · P · Ω · capture; product.py keeps only the factors for the backward pass
+        return product(acc, scale, polar, *omega, *cap)
 
 
 class _LatticeTape:
