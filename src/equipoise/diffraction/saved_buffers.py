@@ -46,6 +46,7 @@ class SavedBuffers:
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self._slots: list[Tensor] = []
+        self._owned: set[int] = set()  # data pointers of the slots
         self._next = 0
         self._leased = False
 
@@ -57,7 +58,7 @@ class SavedBuffers:
     def clear(self) -> None:
         """Drop the held memory (the next lease allocates again)."""
         if not self._leased:
-            self._slots = []
+            self._slots, self._owned = [], set()
 
     def lease(self) -> _Lease | None:
         """Exclusive use of the slots from request 0, or None when in use (or not on the CPU).
@@ -78,21 +79,25 @@ class SavedBuffers:
         if slot is None or slot.dtype != dtype or slot.numel() < numel:
             slot = torch.empty(numel, dtype=dtype, device=self.device)
             if i < len(self._slots):
+                self._owned.discard(self._slots[i].data_ptr())
                 self._slots[i] = slot
             else:
                 self._slots.append(slot)
+            self._owned.add(slot.data_ptr())
         return slot[:numel].view(shape)
 
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
         """Within: tensors that autograd saves (of at least MIN_SAVED_NUMEL elements) are copied into slots.
 
-        The same tensor saved by several operations is copied once (per ``with``).
+        The same tensor saved by several operations is copied once (per ``with``); tensors that live
+        in a slot already (written there through :meth:`take`) are kept as they are.
         """
         copies: dict[tuple, tuple[Tensor, Tensor]] = {}
 
         def pack(t: Tensor) -> Tensor:
-            if t.numel() < MIN_SAVED_NUMEL or t.device != self.device or t.is_sparse:
+            if (t.numel() < MIN_SAVED_NUMEL or t.device != self.device or t.is_sparse
+                    or t.untyped_storage().data_ptr() in self._owned):
                 return t
             key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(),
                    t.dtype, t._version)

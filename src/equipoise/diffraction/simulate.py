@@ -79,11 +79,12 @@ from equipoise.errors import InputError
 
 from . import crystal as xtal
 from .config import SimulationConfig
-from .geometry import (DetectorGeometry, absorbs, capture_fractions, detector_geometry, solid_angle,
-                       solid_angle_factors, subpixel_positions)
+from .geometry import (DetectorGeometry, absorbs, capture_fractions, detector_geometry, solid_angle_factors,
+                       subpixel_positions)
 from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .params import param_tensor
+from .pixel_rows import scattering_vectors, unit_directions
 from .product import product
 from .rotations import dot3
 from .saved_buffers import SavedBuffers, _Lease
@@ -338,7 +339,8 @@ class Simulator:
                       keep=None) -> Tensor:
         """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`.
 
-        ``keep``: buffers for the lattice Jacobians (lattice_sum.py; only without ``tape``).
+        ``keep``: buffers for what the backward pass keeps (lattice Jacobians, lattice_sum.py, only
+        without ``tape``; per-row geometry, pixel_rows.py).
         """
         cfg, water = self.config, self._water_molecules()
         geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
@@ -347,10 +349,8 @@ class Simulator:
         f_idx = idx - s_idx * self.shape[1]
         # per-pixel geometry component-major, (3, n, O², T): elementwise passes over long rows
         pos_c = subpixel_positions(geom, s_idx, f_idx, self.oversample, component_major=True)  # m
-        r2 = (pos_c * pos_c).sum(0)                                            # (n, O², T) m²
-        r_inv = torch.rsqrt(r2)                                                # (n, O², T) 1/m
-        d_c = pos_c * r_inv                                                    # (3, n, O², T) unit
-        q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
+        d_c, r_inv = unit_directions(pos_c, keep)                              # (3, n, O², T) unit, (n, O², T) 1/m
+        q_c = scattering_vectors(d_c, incident, wavelength, keep)              # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
             table = fvals if has_grid else None
             if tape is None:
@@ -377,7 +377,7 @@ class Simulator:
             i_src = torch.where(cut, torch.zeros_like(i_src), i_src)
         kahn, nopolar = cfg.beam.polarization, cfg.beam.nopolar
         if self.physical:
-            omega = solid_angle(geom, pos_c.movedim(0, -1), torch.sqrt(r2))    # (n, O², T)
+            omega = product(*solid_angle_factors(geom, r_inv))                 # (n, O², T)
             cap = torch.diagonal(capture_fractions(geom, d_c, component_major=True), dim1=-2, dim2=-1)
             polar = polarization_factor(incident, d_c, geom.polar, kahn, nopolar=nopolar,
                                         component_major=True)                  # (n, O², T, S)
