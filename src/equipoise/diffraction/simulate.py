@@ -125,9 +125,11 @@ _GEOMETRY_WORK = 128
 # config.memory_budget_bytes (_ImageFunction): the lattice Jacobians and the autograd graph of the
 # geometry ("graph"), else the lattice Jacobians alone ("tape"), else nothing ("recompute").
 _SAVE_SHARE = 0.5
-# values per row of q kept by the geometry's autograd graph (measured, float64: 28 in nanobragg
-# mode on a flat detector without sensor absorption, 68 in physical mode with a curved detector,
-# three absorbing layers and Kahn polarization)
+# values per row of q kept by the geometry's autograd graph, with margin for the chunks'
+# temporaries (measured, float64: 10 in nanobragg mode on a flat detector without sensor
+# absorption, 61 in physical mode with a curved detector, three absorbing layers and Kahn
+# polarization; 28 and 68 before pixel_rows.py and product.py; a margin of 6 per row was too
+# little for test_memory.py's 256² case)
 _GRAPH_WORK_FLAT = 32
 _GRAPH_WORK = 80
 
