@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -212,12 +213,14 @@ class Simulator:
             rows = int(config.memory_budget_bytes * 0.25) // ((_GEOMETRY_WORK + 3 * n_orient + 8) * self._itemsize)
             block_pixels = max(block_pixels, min(_GEOMETRY_ROWS_CAP, rows) // self._rows_per_pixel)
         self.chunk_pixels = max(1, min(block_pixels, int(self._flat_index.numel()) or 1))
-        self._kernel = self._chunk_kernel
+        # the compiled chunk kernel, or None (a bound method kept here would make the simulator a
+        # reference cycle, freed only by the cyclic collector, with its reusable buffers)
+        self._compiled_kernel = None
         self._saved = SavedBuffers(self.device)  # what the forward pass keeps, reused across calls
         self.compiled = False
         if compile:
             try:
-                self._kernel = torch.compile(self._chunk_kernel, dynamic=False)
+                self._compiled_kernel = torch.compile(Simulator._chunk_kernel, dynamic=False)
                 self.compiled = True
             except Exception as err:  # pragma: no cover - depends on the toolchain
                 warnings.warn(f"torch.compile unavailable ({err}); using eager evaluation")
@@ -277,6 +280,12 @@ class Simulator:
                 flat = self._evaluate(static, tensors)
         return flat.reshape(self.shape)
 
+    def _kernel(self):
+        """The chunk kernel for evaluations without autograd: compiled when asked for (``compile=True``)."""
+        if self._compiled_kernel is None:
+            return self._chunk_kernel
+        return functools.partial(self._compiled_kernel, self)
+
     def _chunks(self):
         """(flat pixel indices, count) per chunk; compiled kernels get constant shapes (last chunk padded)."""
         n = self._flat_index.numel()
@@ -293,7 +302,7 @@ class Simulator:
         tape: records the lattice sum's Jacobians of every chunk (for :class:`_ImageFunction`).
         """
         image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
-        kernel = self._kernel if tape is None else self._chunk_kernel
+        kernel = self._kernel() if tape is None else self._chunk_kernel
         for idx, count in self._chunks():
             image.index_copy_(0, idx[:count], kernel(idx, *static, *tensors, tape=tape)[:count])
         return image
@@ -507,7 +516,7 @@ def _drain(items: list):
 def _recomputed_grads(sim: Simulator, static, leaves: tuple[Tensor, ...], need: tuple[bool, ...],
                       grad_flat: Tensor, tape: _LatticeTape | None):
     """Per chunk, the gradients of the wanted leaves from a fresh evaluation with autograd (tape replayed)."""
-    kernel = sim._kernel if tape is None else sim._chunk_kernel
+    kernel = sim._kernel() if tape is None else sim._chunk_kernel
     if tape is not None:
         tape.cursor = 0
     for idx, count in sim._chunks():
