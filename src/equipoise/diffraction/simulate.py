@@ -482,7 +482,7 @@ class _ImageFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image: Tensor):
         sim, static, need = ctx.sim, ctx.static, ctx.needs_input_grad[2:]
-        grad_flat = grad_image.reshape(-1)
+        grad_flat = _flat(grad_image)
         if ctx.graph is not None:
             leaves, outs = ctx.graph
             ctx.graph = None  # each chunk's graph is freed once differentiated; a second backward recomputes
@@ -501,6 +501,14 @@ class _ImageFunction(torch.autograd.Function):
             lease.end()
         grads = iter(total)
         return (None, None, *(next(grads) if n else None for n in need))
+
+
+def _flat(grad: Tensor) -> Tensor:
+    """``grad`` as a 1-D tensor, a view where possible: the gradient of a sum is one value broadcast
+    (strides 0), which ``reshape`` would copy into a whole fresh image."""
+    if grad.numel() > 1 and all(st == 0 for st in grad.stride()):
+        return grad.as_strided((grad.numel(),), (0,))
+    return grad.reshape(-1)
 
 
 def _wanted(leaves: tuple[Tensor, ...], need: tuple[bool, ...]) -> list[Tensor]:
