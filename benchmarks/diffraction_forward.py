@@ -13,10 +13,10 @@ Timings are medians of ``--repeats`` rounds, each round running every configurat
 average is printed before and after: on a shared 2-core machine a second intra-op thread that is
 descheduled stalls every operation, so compare ``--threads 1`` and ``--threads 2``.
 
-Allocator note: the float64 fwd+bwd frees a few hundred MB that glibc returns to the kernel, so
-in the interleaved rounds each call pays its page faults again (fb/fwd ~3.3-3.7 rather than
-~2.3-2.5); setting ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_``/``MALLOC_TOP_PAD_`` large
-in the environment shows the difference (docs/diffraction.md, Speed).
+Allocator note: the fwd+bwd keeps what its backward pass needs in buffers that the simulator
+reuses from call to call (simulate.py, saved_buffers.py). Before, the float64 fwd+bwd freed a few
+hundred MB that glibc returned to the kernel, so in the interleaved rounds each call paid its page
+faults again (fb/fwd ~3.3-3.7 rather than ~2.3-2.5, docs/diffraction.md, Speed).
 
 Run: ``.venv/bin/python benchmarks/diffraction_forward.py [--compile] [--repeats N] [--threads T]``.
 Backward is the gradient of the image sum w.r.t. (cell, distance_mm, mosaic_spread_deg).

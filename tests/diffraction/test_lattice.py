@@ -89,7 +89,7 @@ def test_chebyshev_lattice_sum_matches_the_sine_ratio(n):
     assert torch.allclose(out_c, ratio, rtol=1e-12, atol=1e-12 * float(ratio.max()))
     # the sine path takes d sincg/du from a series below |u| = 1e-3, good to ~(Nπu)²/10 relative
     # (2e-5 at N = 5); the recurrence is exact there (1e-16 against mpmath at u = -9.5e-4)
-    for a, b in ((jc.dh, jr.dh), (jc.dq, jr.dq)):
+    for a, b in ((jc.dh, jr.dh), (ls.lattice_dq(jc, comp), ls.lattice_dq(jr, comp))):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()) + 1e-12)
 
 

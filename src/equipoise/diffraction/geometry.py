@@ -433,6 +433,22 @@ def solid_angle(geom: DetectorGeometry, positions: Tensor, r: Tensor | None = No
     return (geom.pixel_size ** 2) * geom.close_distance / (r * r * r)
 
 
+def solid_angle_factors(geom: DetectorGeometry, r_inv: Tensor) -> tuple[Tensor, ...]:
+    """Factors whose product is :func:`solid_angle`, from ``r_inv`` = 1/|position| (...) in 1/m.
+
+    ``(Δ²·L_close, 1/R, 1/R, 1/R)``, or ``(1/R, 1/R)`` with ``-point_pixel``: for product.py, which
+    keeps 1/R once for the backward pass instead of every partial product.
+    """
+    if geom.point_pixel:
+        return r_inv, r_inv
+    return (geom.pixel_size ** 2) * geom.close_distance, r_inv, r_inv, r_inv
+
+
+def absorbs(geom: DetectorGeometry) -> bool:
+    """Whether the sensor absorbs in layers (else every capture fraction is 1): PHYSICS.md §1.7."""
+    return geom.layer_step != 0.0 and geom.mu != 0.0
+
+
 def capture_fractions(geom: DetectorGeometry, diffracted: Tensor, *, component_major: bool = False) -> Tensor:
     """Fraction of photons absorbed in each sensor layer, (..., n_layers), for unit ``diffracted`` (..., 3).
 
@@ -440,7 +456,7 @@ def capture_fractions(geom: DetectorGeometry, diffracted: Tensor, *, component_m
     all ones (one layer) without sensor thickness. ``component_major``: ``diffracted`` is (3, ...).
     """
     shape = (diffracted.shape[1:] if component_major else diffracted.shape[:-1]) + (geom.n_layers,)
-    if geom.layer_step == 0.0 or geom.mu == 0.0:
+    if not absorbs(geom):
         return torch.ones(shape, dtype=diffracted.dtype, device=diffracted.device)
     rho = dot3(diffracted, geom.odet, component_major=component_major).unsqueeze(-1)
     depth = torch.arange(geom.n_layers, dtype=diffracted.dtype, device=diffracted.device) * geom.layer_step

@@ -36,6 +36,7 @@ exact rewriting, not a lower precision. A derivative w.r.t. n_cells (non-integer
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -44,6 +45,8 @@ from torch import Tensor
 from .lattice import _SMALL_U
 
 Grid = tuple[Tensor, Tensor, Tensor, int]
+#: where the kept derivatives go: ``keep(shape, dtype)`` returns a buffer (saved_buffers.SavedBuffers.take)
+Keep = Callable[[tuple[int, ...], torch.dtype], Tensor]
 # the Jacobian pass holds about three times the temporaries of the value pass and runs on blocks of
 # this fraction of the rows (first measured 2^15 rather than 2^17 evaluations per block, 10
 # orientations; with the block workspace, 2 was 5-10 % faster than 4 in CPU time, float32 and
@@ -175,7 +178,8 @@ def square_lattice_sum_nograd(q: Tensor, rot: Tensor, n_cells: Tensor, table: Te
 class LatticeJacobians(NamedTuple):
     """Derivatives of I (module doc) for ``count`` rows of q from row ``start``; None where not needed.
 
-    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq;
+    dh: (3K, count) dI/dh, rows component-major as :func:`_component_rows`; dq: (3, count) dI/dq,
+    only when dh is not kept (else ``rows.T @ dh``: :func:`lattice_dq`);
     dn: (3, count) dI/dN; index, dtable: (K, count) table index of each term and dI/dtable[index].
     """
 
@@ -245,12 +249,13 @@ def _chebyshev_sincg_grad(c: Tensor, n: int, value: Tensor, slope: Tensor,
 def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
                      need: tuple[bool, bool, bool, bool], start: int, out: Tensor,
                      whole_n: tuple[int, int, int] | None = None,
-                     work: _Workspace | None = None) -> LatticeJacobians:
+                     work: _Workspace | None = None, keep: Keep | None = None) -> LatticeJacobians:
     """Value into ``out`` and the derivatives wanted by ``need`` (q, rot, n_cells, table) for one block.
 
     ``whole_n`` (and no derivative w.r.t. n_cells wanted): sincg and d sincg/du by the Chebyshev
     recurrences (:func:`_chebyshev_sincg_grad`: a sine and a cosine per component, no division).
     ``work``: scratch buffers shared with the other blocks (nothing returned lives in them).
+    ``keep``: where the returned dh and dq are written on that path (else fresh tensors).
     """
     need_q, need_rot, need_n, need_table = need
     work = work if work is not None else _Workspace(q)
@@ -265,7 +270,8 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
     need_h = need_q or need_rot
     if whole_n is not None and not need_n:
         cos_pu = torch.cos(pu, out=hkl)                     # hkl is not needed any more
-        f, slope = work.get("f", shape), torch.empty_like(pu)   # slope becomes dh (kept): fresh
+        f = work.get("f", shape)
+        slope = torch.empty_like(pu) if keep is None else keep(shape, pu.dtype)  # becomes dh (kept)
         scratch = tuple(work.get(name, shape[1:]) for name in ("two_c", "spare_u", "spare_d"))
         for i in range(3):
             _chebyshev_sincg_grad(cos_pu[i], whole_n[i], f[i], slope[i], scratch)
@@ -322,7 +328,8 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
                 d[2].mul_(f01).mul_(weight)
         if need_h:
             dh = df_du.view(-1, q.shape[1])                 # (3K, M)
-            dq = rows.T @ dh if need_q else None            # (3, M) dI/dq = Σ_k a_k dI/dh_k
+            # dI/dq = Σ_k a_k dI/dh_k (3, M): from dh when dh is kept (SavedLatticeSum.backward)
+            dq = rows.T @ dh if need_q and not need_rot else None
             dh = dh if need_rot else None
         if need_n:
             dn = df_dn.sum(1)                               # (3, M)
@@ -330,12 +337,13 @@ def _block_jacobians(q: Tensor, rows: Tensor, n_cells: Tensor, table: Tensor | N
 
 
 def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid: Grid | None,
-                             need: tuple[bool, bool, bool, bool], rows: int = 1 << 14
+                             need: tuple[bool, bool, bool, bool], rows: int = 1 << 14, keep: Keep | None = None
                              ) -> tuple[Tensor, list[LatticeJacobians]]:
     """I (M,) and its derivatives w.r.t. the inputs flagged in ``need`` = (q (3, M), rot, n_cells, table), without autograd.
 
     Blocks of ``rows // _JACOBIAN_BLOCK_DIVISOR`` rows of q (``rows`` as for the value alone); the
-    derivatives are what :class:`SavedLatticeSum` needs.
+    derivatives are what :class:`SavedLatticeSum` needs. ``keep``: buffers for the largest of them
+    (:func:`_block_jacobians`).
     """
     rows = max(1, rows // _JACOBIAN_BLOCK_DIVISOR)
     with torch.no_grad():
@@ -344,8 +352,13 @@ def square_lattice_jacobians(q: Tensor, rot: Tensor, n_cells: Tensor, table: Ten
         out = torch.empty(q.shape[1], dtype=q.dtype, device=q.device)
         work = _Workspace(q)
         jac = [_block_jacobians(q[:, s:s + rows], comp, n_cells, table, grid, need, s, out[s:s + rows], whole_n,
-                                work) for s in range(0, q.shape[1], rows)]
+                                work, keep) for s in range(0, q.shape[1], rows)]
         return out, jac
+
+
+def lattice_dq(jac: LatticeJacobians, rows: Tensor) -> Tensor:
+    """dI/dq (3, count) of one block: ``jac.dq``, else ``Σ_k a_k dI/dh_k`` from dh and the component-major rows (3K, 3)."""
+    return jac.dq if jac.dq is not None else rows.T @ jac.dh
 
 
 class SavedLatticeSum(torch.autograd.Function):
@@ -359,7 +372,7 @@ class SavedLatticeSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, value: Tensor,
                 jacobians: list[LatticeJacobians]) -> Tensor:
-        ctx.save_for_backward(q)
+        ctx.save_for_backward(q, rot)
         ctx.jacobians, ctx.k = jacobians, rot.shape[0]
         ctx.table_size = None if table is None else table.shape[0]
         return value.clone()
@@ -367,7 +380,8 @@ class SavedLatticeSum(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        q, = ctx.saved_tensors
+        q, rot = ctx.saved_tensors
+        rows = _component_rows(rot)
         need_q, need_rot, need_n, need_table = ctx.needs_input_grad[:4]
         grad_q = torch.empty_like(q) if need_q else None
         grad_rows = torch.zeros(3, 3 * ctx.k, dtype=q.dtype, device=q.device) if need_rot else None  # transposed
@@ -377,7 +391,7 @@ class SavedLatticeSum(torch.autograd.Function):
             stop = jac.start + jac.count
             g = grad[jac.start:stop]
             if need_q:
-                grad_q[:, jac.start:stop] = jac.dq * g
+                torch.mul(lattice_dq(jac, rows), g, out=grad_q[:, jac.start:stop])
             if need_rot:  # dL/da_k = Σ_m dL/dh_mk q_m
                 grad_rows.addmm_(q[:, jac.start:stop] * g, jac.dh.T)
             if need_n:
@@ -390,13 +404,14 @@ class SavedLatticeSum(torch.autograd.Function):
 
 def square_lattice_sum(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None = None,
                        grid: Grid | None = None, rows: int = 1 << 14,
-                       jacobians: list[LatticeJacobians] | None = None, value: Tensor | None = None) -> Tensor:
+                       jacobians: list[LatticeJacobians] | None = None, value: Tensor | None = None,
+                       keep: Keep | None = None) -> Tensor:
     """I (M,) = Σ_k F_cell² F_latt² (module doc) for q (3, M), rot (K, 3, 3), n_cells (3,).
 
     table: (G + 1,) flattened HKL grid then default_F, with grid = (lower, shape, strides, size) as in
     :func:`grid_index`, or None (F_cell = 1). Differentiable w.r.t. q, rot, n_cells and table; with
     ``value`` and ``jacobians`` from an earlier :func:`square_lattice_jacobians` call on the same
-    inputs, nothing is recomputed.
+    inputs, nothing is recomputed. ``keep``: buffers for the Jacobians (:func:`_block_jacobians`).
     """
     inputs = (q, rot, n_cells, table)
     need = tuple(t is not None and t.requires_grad for t in inputs)
@@ -404,5 +419,6 @@ def square_lattice_sum(q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | 
         return value.clone() if value is not None else square_lattice_sum_nograd(q, rot, n_cells, table, grid, rows)
     if jacobians is None:
         value, jacobians = square_lattice_jacobians(q.detach(), rot.detach(), n_cells.detach(),
-                                                    None if table is None else table.detach(), grid, need, rows)
+                                                    None if table is None else table.detach(), grid, need, rows,
+                                                    keep)
     return SavedLatticeSum.apply(q, rot, n_cells, table, value, jacobians)

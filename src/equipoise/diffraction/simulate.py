@@ -56,7 +56,16 @@ With autograd on, the whole image is one ``autograd.Function`` (``_ImageFunction
 for its backward pass what fits in ``_SAVE_SHARE`` of the budget: the autograd graph of every
 chunk's geometry with the lattice Jacobians (the backward pass then only differentiates), or the
 Jacobians alone (the backward pass evaluates the geometry again), or only the small input tensors
-(the backward pass evaluates each chunk again, Jacobians included). Peak memory stays under the
+(the backward pass evaluates each chunk again, Jacobians included). What is kept is small per
+row of q: the per-row geometry (unit direction, 1/R, q) comes from pixel_rows.py's autograd
+Functions, whose analytic backward passes keep d̂, 1/R and q alone, and the nanoBragg per-pixel
+chain lattice sum · scale · P · Ω through product.py, which keeps the factors rather than every
+partial product (float64 1024², one orientation: 13 values per row against 22 before; 1000² × 10
+domains: 40 against 49, of which the lattice's dI/dh are 30). It is written into the simulator's
+reusable buffers (saved_buffers.py): on the CPU a fresh buffer pays a page fault per 4 KiB on first
+touch, and the memory freed after a backward pass goes back to the kernel, so that every call paid
+them again (40 000-90 000 faults per 1024² float64 fwd+bwd). The buffers are held between calls
+(at most what one forward pass keeps, within ``_SAVE_SHARE`` of the budget). Peak memory stays under the
 budget whatever the image size (no allocator options are needed: test_memory.py). The chunk
 kernel can be compiled with ``torch.compile`` (``compile=True``, opt-in, falls back to eager if
 compilation fails; used only for evaluations without autograd and the recomputing backward pass;
@@ -66,7 +75,9 @@ Timings against the C program: benchmarks/diffraction_forward.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import math
 import warnings
 from collections.abc import Mapping
@@ -78,11 +89,15 @@ from equipoise.errors import InputError
 
 from . import crystal as xtal
 from .config import SimulationConfig
-from .geometry import DetectorGeometry, capture_fractions, detector_geometry, solid_angle, subpixel_positions
+from .geometry import (DetectorGeometry, absorbs, capture_fractions, detector_geometry, solid_angle_factors,
+                       subpixel_positions)
 from .lattice import lattice_factor
 from .lattice_sum import square_lattice_jacobians, square_lattice_sum
 from .params import param_tensor
+from .pixel_rows import scattering_vectors, unit_directions
+from .product import product
 from .rotations import dot3
+from .saved_buffers import SavedBuffers, _Lease
 from .sources import beam_sources, fluence, polarization_factor, wavelength_m
 from .structure_factors import StructureFactors
 
@@ -111,9 +126,11 @@ _GEOMETRY_WORK = 128
 # config.memory_budget_bytes (_ImageFunction): the lattice Jacobians and the autograd graph of the
 # geometry ("graph"), else the lattice Jacobians alone ("tape"), else nothing ("recompute").
 _SAVE_SHARE = 0.5
-# values per row of q kept by the geometry's autograd graph (measured, float64: 28 in nanobragg
-# mode on a flat detector without sensor absorption, 68 in physical mode with a curved detector,
-# three absorbing layers and Kahn polarization)
+# values per row of q kept by the geometry's autograd graph, with margin for the chunks'
+# temporaries (measured, float64: 10 in nanobragg mode on a flat detector without sensor
+# absorption, 61 in physical mode with a curved detector, three absorbing layers and Kahn
+# polarization; 28 and 68 before pixel_rows.py and product.py; a margin of 6 per row was too
+# little for test_memory.py's 256² case)
 _GRAPH_WORK_FLAT = 32
 _GRAPH_WORK = 80
 
@@ -196,11 +213,14 @@ class Simulator:
             rows = int(config.memory_budget_bytes * 0.25) // ((_GEOMETRY_WORK + 3 * n_orient + 8) * self._itemsize)
             block_pixels = max(block_pixels, min(_GEOMETRY_ROWS_CAP, rows) // self._rows_per_pixel)
         self.chunk_pixels = max(1, min(block_pixels, int(self._flat_index.numel()) or 1))
-        self._kernel = self._chunk_kernel
+        # the compiled chunk kernel, or None (a bound method kept here would make the simulator a
+        # reference cycle, freed only by the cyclic collector, with its reusable buffers)
+        self._compiled_kernel = None
+        self._saved = SavedBuffers(self.device)  # what the forward pass keeps, reused across calls
         self.compiled = False
         if compile:
             try:
-                self._kernel = torch.compile(self._chunk_kernel, dynamic=False)
+                self._compiled_kernel = torch.compile(Simulator._chunk_kernel, dynamic=False)
                 self.compiled = True
             except Exception as err:  # pragma: no cover - depends on the toolchain
                 warnings.warn(f"torch.compile unavailable ({err}); using eager evaluation")
@@ -260,6 +280,12 @@ class Simulator:
                 flat = self._evaluate(static, tensors)
         return flat.reshape(self.shape)
 
+    def _kernel(self):
+        """The chunk kernel for evaluations without autograd: compiled when asked for (``compile=True``)."""
+        if self._compiled_kernel is None:
+            return self._chunk_kernel
+        return functools.partial(self._compiled_kernel, self)
+
     def _chunks(self):
         """(flat pixel indices, count) per chunk; compiled kernels get constant shapes (last chunk padded)."""
         n = self._flat_index.numel()
@@ -276,7 +302,7 @@ class Simulator:
         tape: records the lattice sum's Jacobians of every chunk (for :class:`_ImageFunction`).
         """
         image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
-        kernel = self._kernel if tape is None else self._chunk_kernel
+        kernel = self._kernel() if tape is None else self._chunk_kernel
         for idx, count in self._chunks():
             image.index_copy_(0, idx[:count], kernel(idx, *static, *tensors, tape=tape)[:count])
         return image
@@ -303,17 +329,21 @@ class Simulator:
             return "graph", need
         return ("tape" if rows * jacobians <= budget else "recompute"), need
 
-    def _evaluate_graph(self, static, tensors: tuple[Tensor, ...], needs: tuple[bool, ...]):
+    def _evaluate_graph(self, static, tensors: tuple[Tensor, ...], needs: tuple[bool, ...],
+                        buffers: SavedBuffers | None = None):
         """Flat image as :meth:`_evaluate`, and (leaves, [(pixel indices, chunk output with its autograd graph)]).
 
         The leaves are detached copies of ``tensors`` requiring grad as flagged by ``needs``.
+        ``buffers``: where the graphs' saved tensors and the lattice Jacobians are kept (saved_buffers.py).
         """
         leaves = tuple(t.detach().requires_grad_(n) for t, n in zip(tensors, needs))
         image = torch.zeros(self.shape[0] * self.shape[1], dtype=self.dtype, device=self.device)
         outs = []
+        keep = None if buffers is None else buffers.take
         with torch.enable_grad():
             for idx, count in self._chunks():
-                out = self._chunk_kernel(idx, *static, *leaves)[:count]
+                with contextlib.nullcontext() if buffers is None else buffers.saving():
+                    out = self._chunk_kernel(idx, *static, *leaves, keep=keep)[:count]
                 image.index_copy_(0, idx[:count], out.detach())
                 outs.append((idx[:count], out))
         return image, (leaves, outs)
@@ -325,8 +355,13 @@ class Simulator:
 
     def _chunk_kernel(self, idx: Tensor, geom0: DetectorGeometry, has_grid: bool,
                       pix0, fdet, sdet, odet, beam, close_distance, distance, incident, wavelength, rot,
-                      recip_A, n_cells, default_F, scale, fvals, tape: _LatticeTape | None = None) -> Tensor:
-        """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`."""
+                      recip_A, n_cells, default_F, scale, fvals, tape: _LatticeTape | None = None,
+                      keep=None) -> Tensor:
+        """Photons (n,) for the flat pixel indices ``idx`` (n,); ``tape``: see :class:`_LatticeTape`.
+
+        ``keep``: buffers for what the backward pass keeps (lattice Jacobians, lattice_sum.py, only
+        without ``tape``; per-row geometry, pixel_rows.py).
+        """
         cfg, water = self.config, self._water_molecules()
         geom = dataclasses.replace(geom0, pix0=pix0, fdet=fdet, sdet=sdet, odet=odet, beam=beam,
                                    close_distance=close_distance, distance=distance)
@@ -334,13 +369,16 @@ class Simulator:
         f_idx = idx - s_idx * self.shape[1]
         # per-pixel geometry component-major, (3, n, O², T): elementwise passes over long rows
         pos_c = subpixel_positions(geom, s_idx, f_idx, self.oversample, component_major=True)  # m
-        r2 = (pos_c * pos_c).sum(0)                                            # (n, O², T) m²
-        d_c = pos_c * torch.rsqrt(r2)                                          # (3, n, O², T) unit
-        q_c = (d_c.unsqueeze(-1) - incident.T.reshape(3, 1, 1, 1, -1)) / wavelength  # (3, n, O², T, S) 1/m
+        d_c, r_inv = unit_directions(pos_c, keep)                              # (3, n, O², T) unit, (n, O², T) 1/m
+        q_c = scattering_vectors(d_c, incident, wavelength, keep)              # (3, n, O², T, S) 1/m
         if self._fast:  # square lattice, nearest-neighbour F: lattice_sum.py
-            lattice_sum = square_lattice_sum if tape is None else tape.lattice_sum
-            i_src = lattice_sum(q_c.reshape(3, -1), rot, n_cells, fvals if has_grid else None, self._grid,
-                                self.lattice_rows).view(q_c.shape[1:])         # (n, O², T, S)
+            table = fvals if has_grid else None
+            if tape is None:
+                i_src = square_lattice_sum(q_c.reshape(3, -1), rot, n_cells, table, self._grid, self.lattice_rows,
+                                           keep=keep)
+            else:
+                i_src = tape.lattice_sum(q_c.reshape(3, -1), rot, n_cells, table, self._grid, self.lattice_rows)
+            i_src = i_src.view(q_c.shape[1:])                                  # (n, O², T, S)
             if not has_grid:
                 i_src = i_src * (default_F * default_F)
         else:
@@ -359,7 +397,7 @@ class Simulator:
             i_src = torch.where(cut, torch.zeros_like(i_src), i_src)
         kahn, nopolar = cfg.beam.polarization, cfg.beam.nopolar
         if self.physical:
-            omega = solid_angle(geom, pos_c.movedim(0, -1), torch.sqrt(r2))    # (n, O², T)
+            omega = product(*solid_angle_factors(geom, r_inv))                 # (n, O², T)
             cap = torch.diagonal(capture_fractions(geom, d_c, component_major=True), dim1=-2, dim2=-1)
             polar = polarization_factor(incident, d_c, geom.polar, kahn, nopolar=nopolar,
                                         component_major=True)                  # (n, O², T, S)
@@ -372,37 +410,38 @@ class Simulator:
         # nanobragg: P, Ω of the first subpixel/layer/source, capture of the last layer (PHYSICS.md §1.1, §1.7)
         if d_c.shape[2] * d_c.shape[3] == 1:  # one subpixel and layer: views (their backward needs no zero fill)
             d_first = d_last = d_c.view(3, -1)
-            pos_first, r2_first = pos_c.view(3, -1), r2.view(-1)
+            r_inv_first = r_inv.view(-1)
         else:
             d_first, d_last = d_c[:, :, 0, 0], d_c[:, :, 0, -1]
-            pos_first, r2_first = pos_c[:, :, 0, 0], r2[:, 0, 0]
+            r_inv_first = r_inv[:, 0, 0]
         polar = polarization_factor(incident[0], d_first, geom.polar, kahn, nopolar=nopolar, component_major=True)
-        omega = solid_angle(geom, pos_first.T, torch.sqrt(r2_first))
-        cap = capture_fractions(geom, d_last, component_major=True)[:, -1]
-        factor = polar * omega * cap
+        omega = solid_angle_factors(geom, r_inv_first)
+        cap = (capture_fractions(geom, d_last, component_major=True)[:, -1],) if absorbs(geom) else ()
         acc = i_src.reshape(i_src.shape[0], -1).sum(1) if i_src[0].numel() > 1 else i_src.reshape(-1)
         if water > 0:
             acc = acc + scale * self.steps * WATER_F ** 2 * water  # I_bg, scaled again below (§1.11)
-        return acc * scale * factor
+        # acc · scale · P · Ω · capture; product.py keeps only the factors for the backward pass
+        return product(acc, scale, polar, *omega, *cap)
 
 
 class _LatticeTape:
     """The square-lattice sum's values and Jacobians of every chunk, from the forward pass for the backward.
 
     Recording (``cursor`` None): :meth:`lattice_sum` computes the value and the Jacobians flagged by
-    ``need`` = (q, rot, n_cells, table) (lattice_sum.py) and keeps them. Replaying (``cursor`` an
-    int, chunks in the same order): it returns them as a differentiable function of its inputs,
-    computing nothing.
+    ``need`` = (q, rot, n_cells, table) (lattice_sum.py) and keeps them (in ``keep``'s buffers when
+    given). Replaying (``cursor`` an int, chunks in the same order): it returns them as a
+    differentiable function of its inputs, computing nothing.
     """
 
-    def __init__(self, need: tuple[bool, bool, bool, bool]) -> None:
+    def __init__(self, need: tuple[bool, bool, bool, bool], keep=None) -> None:
         self.need = need
+        self.keep = keep
         self.items: list = []
         self.cursor: int | None = None
 
     def lattice_sum(self, q: Tensor, rot: Tensor, n_cells: Tensor, table: Tensor | None, grid, rows: int) -> Tensor:
         if self.cursor is None:
-            value, jacobians = square_lattice_jacobians(q, rot, n_cells, table, grid, self.need, rows)
+            value, jacobians = square_lattice_jacobians(q, rot, n_cells, table, grid, self.need, rows, self.keep)
             self.items.append((value, jacobians))
             return value
         value, jacobians = self.items[self.cursor]
@@ -420,7 +459,8 @@ class _ImageFunction(torch.autograd.Function):
     the lattice Jacobians; backward evaluates each chunk's geometry again with autograd and replays
     them. "recompute": every chunk without autograd; backward evaluates each chunk again with
     autograd (Jacobians included) and differentiates it at once, so peak memory is that of one
-    chunk, whatever the image size. Not twice differentiable.
+    chunk, whatever the image size. Not twice differentiable. What "graph" and "tape" keep lives in
+    the simulator's reusable buffers (saved_buffers.py) when they are free, until the backward pass.
     """
 
     @staticmethod
@@ -430,17 +470,19 @@ class _ImageFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad[2:]
         plan, need = sim._backward_plan(static[1], needs)
         ctx.graph = ctx.tape = None
+        ctx.lease = sim._saved.lease() if plan != "recompute" else None
+        buffers = None if ctx.lease is None else ctx.lease.buffers
         if plan == "graph":
-            image, ctx.graph = sim._evaluate_graph(static, tensors, needs)
+            image, ctx.graph = sim._evaluate_graph(static, tensors, needs, buffers)
             return image
-        ctx.tape = _LatticeTape(need) if plan == "tape" else None
+        ctx.tape = _LatticeTape(need, None if buffers is None else buffers.take) if plan == "tape" else None
         return sim._evaluate(static, tensors, ctx.tape)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_image: Tensor):
         sim, static, need = ctx.sim, ctx.static, ctx.needs_input_grad[2:]
-        grad_flat = grad_image.reshape(-1)
+        grad_flat = _flat(grad_image)
         if ctx.graph is not None:
             leaves, outs = ctx.graph
             ctx.graph = None  # each chunk's graph is freed once differentiated; a second backward recomputes
@@ -453,8 +495,20 @@ class _ImageFunction(torch.autograd.Function):
         total: list[Tensor | None] = [None] * sum(need)
         for part in parts:
             total = [g if t is None else (t if g is None else t + g) for t, g in zip(total, part)]
+        lease: _Lease | None = ctx.lease
+        if lease is not None:  # what was kept has been used: the buffers serve the next call
+            ctx.lease = None
+            lease.end()
         grads = iter(total)
         return (None, None, *(next(grads) if n else None for n in need))
+
+
+def _flat(grad: Tensor) -> Tensor:
+    """``grad`` as a 1-D tensor, a view where possible: the gradient of a sum is one value broadcast
+    (strides 0), which ``reshape`` would copy into a whole fresh image."""
+    if grad.numel() > 1 and all(st == 0 for st in grad.stride()):
+        return grad.as_strided((grad.numel(),), (0,))
+    return grad.reshape(-1)
 
 
 def _wanted(leaves: tuple[Tensor, ...], need: tuple[bool, ...]) -> list[Tensor]:
@@ -470,7 +524,7 @@ def _drain(items: list):
 def _recomputed_grads(sim: Simulator, static, leaves: tuple[Tensor, ...], need: tuple[bool, ...],
                       grad_flat: Tensor, tape: _LatticeTape | None):
     """Per chunk, the gradients of the wanted leaves from a fresh evaluation with autograd (tape replayed)."""
-    kernel = sim._kernel if tape is None else sim._chunk_kernel
+    kernel = sim._kernel() if tape is None else sim._chunk_kernel
     if tape is not None:
         tape.cursor = 0
     for idx, count in sim._chunks():
