@@ -49,6 +49,9 @@ def _worker(rank: int, world: int, port: int, root: str, resume: bool) -> None:
             fit.run()
             out["resumed"] = _params(model)
         torch.save(out, f"{root}/rank{rank}.pt")
+        # both ranks done before either destroys the group: gloo aborted a rank ("terminate called
+        # without an active exception", SIGABRT) when its peer tore down first (2 of 8 runs under load)
+        torch.distributed.barrier()
     finally:
         distributed.teardown()
 
