@@ -250,13 +250,15 @@ class ImageModel:
             return Interval(0.0, max(MOSAIC_MAX_DEG, 2.0 * float(start)))  # log-like well below the bound
         return Positive(start)  # fluence, scale: u = 1 is a factor e
 
-    def params(self) -> dict[str, Tensor]:
-        """Refined values in user units, by key of :data:`REFINABLE` (simulator and image-level)."""
-        return {REFINABLE[n]: self.transforms[n](self.variables[n]) for n in self.names}
+    def params(self, variables: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Refined values in user units, by key of :data:`REFINABLE` (simulator and image-level), of
+        ``variables`` (unconstrained, by refined name; default: the model's own)."""
+        variables = self.variables if variables is None else variables
+        return {REFINABLE[n]: self.transforms[n](variables[n]) for n in self.names}
 
-    def __call__(self) -> Tensor:
-        """The model image (spixels, fpixels), photons/pixel."""
-        p = self.params()
+    def __call__(self, variables: dict[str, Tensor] | None = None) -> Tensor:
+        """The model image (spixels, fpixels), photons/pixel, at ``variables`` (default: the model's own)."""
+        p = self.params(variables)
         image = self.simulator({k: v for k, v in p.items() if k not in IMAGE_LEVEL})
         if "scale" in p:
             image = image * p["scale"]
@@ -523,11 +525,12 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
                               device=device, background_start=background_start, cell_constraint=cell_constraint)
               for key, keep in sets.items()}
     final_config = final_model_config(config, names, strategy, final_mosaic_domains)
+    final_key = "data"
     if final_config is not config:  # the last stage's finer mosaic, on the same pixels as "data"
+        final_key = "data_final"
         sets["data_final"] = sets["data"]
         models["data_final"] = ImageModel(_with_mask(final_config, sets["data"]), names, dtype=dtype, device=device,
                                           background_start=background_start, cell_constraint=cell_constraint)
-    final_key = "data_final" if "data_final" in models else "data"
     model = models["data"]
     for other in models.values():  # one set of variables shared by the subsets' models
         other.variables = model.variables
@@ -614,7 +617,7 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), weight_np * sets["data"],
                                 final_loss if loss == "poisson" else None, names=names, parameters=parameters,
                                 start=model.start_values, mosaic_bound=_upper_bound(model))
-    errors = standard_errors(lambda values: _image_at(final_model, values), final_model.variables,
+    errors = standard_errors(final_model, final_model.variables,
                              final_model.transforms, {n: REFINABLE[n] for n in final_model.names}, obs, weight,
                              loss=loss, dispersion=numbers.get("deviance_ratio", 1.0))
     quality = {"flags": [f.to_dict() for f in flags], **numbers, "standard_errors": errors,
@@ -632,16 +635,6 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
     if out_dir is not None and result.completed:
         _write_outputs(Path(out_dir), out, config, obs_np, plots)
     return out
-
-
-def _image_at(model: ImageModel, values: dict[str, Tensor]) -> Tensor:
-    """``model``'s image with its variables set to ``values`` (restored afterwards: the dict is shared)."""
-    saved = dict(model.variables)
-    model.variables.update(values)
-    try:
-        return model()
-    finally:
-        model.variables.update(saved)
 
 
 def _upper_bound(model: ImageModel) -> float | None:
