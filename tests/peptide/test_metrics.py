@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from equipoise.peptide.metrics import aa_matches, evaluate_predictions, precision_coverage, same_peptide
+from equipoise.peptide.metrics import aa_matches, evaluate_predictions, precision_coverage, same_peptide, top_scored
 
 
 def t(s: str) -> list[str]:
@@ -75,3 +75,11 @@ def test_evaluate_psms_missing_rows_and_precursor_tolerance() -> None:
 def test_length_bins_count_residues_not_n_terminal_tags() -> None:
     m = evaluate_predictions([["[Acetyl]-", "A", "K"], t("GK")], [["A", "K"], t("GK")])
     assert set(m.by_length) == {2} and m.by_length[2].n_spectra == 2
+
+
+def test_top_scored_keeps_the_k_best_predictions() -> None:
+    preds = [["A"], None, ["G"], ["K"]]
+    assert top_scored(preds, [0.2, 5.0, 0.9, 0.5], 2) == [None, None, ["G"], ["K"]]
+    assert top_scored(preds, [0.2, 5.0, 0.9, 0.5], 0) == [None] * 4
+    with pytest.raises(ValueError):
+        top_scored(preds, [0.2, 5.0, 0.9, 0.5], 5)

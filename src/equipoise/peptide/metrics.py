@@ -128,6 +128,18 @@ def precision_coverage(scores: np.ndarray, correct: np.ndarray) -> tuple[np.ndar
     return coverage, precision, area
 
 
+def top_scored(predictions: Sequence[Sequence[str] | None], scores: Sequence[float], k: int
+               ) -> list[Sequence[str] | None]:
+    """``predictions`` with all but the ``k`` highest-scoring ones replaced by None (ties broken by
+    position), to compare methods at equal coverage: e.g. a model that predicts every spectrum
+    against a baseline that abstains on some, at the baseline's number of predictions."""
+    if not 0 <= k <= len(predictions) or len(scores) != len(predictions):
+        raise ValueError(f"k = {k} of {len(predictions)} predictions with {len(scores)} scores")
+    s = np.array([sc if p else -np.inf for p, sc in zip(predictions, scores)], dtype=float)
+    keep = set(np.argsort(-s, kind="stable")[:k].tolist())
+    return [p if i in keep else None for i, p in enumerate(predictions)]
+
+
 def evaluate_predictions(truths: Sequence[Sequence[str]], predictions: Sequence[Sequence[str] | None],
                          scores: Sequence[float] | None = None,
                          precursor_ok: Sequence[bool] | None = None, *,
