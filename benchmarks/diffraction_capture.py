@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from equipoise.diffraction.demo import CAPTURE_DETECTORS as DETECTORS  # noqa: E402
 from equipoise.diffraction.demo import CAPTURE_OBSERVED_DOMAINS  # noqa: E402
 from equipoise.diffraction.demo import capture_case as case  # noqa: E402
-from equipoise.diffraction.refine import evaluate_loss, final_model_config, refine, starting_config  # noqa: E402
+from equipoise.diffraction.refine import FINAL_MOSAIC_DOMAINS, evaluate_loss, final_model_config, refine, starting_config  # noqa: E402
 
 MOSAIC_TOL, MISSET_TOL = 0.1, 0.2
 
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--starts", default="2,5,10")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--observed-domains", type=int, default=CAPTURE_OBSERVED_DOMAINS)
+    parser.add_argument("--final-mosaic-domains", type=int, default=FINAL_MOSAIC_DOMAINS,
+                        help="domains of the model's last stage (refine's default)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -64,12 +66,15 @@ def main() -> None:
             for offset in starts:
                 observed, start, truth = case(size, offset, seed, observed_domains=args.observed_domains)
                 began = time.perf_counter()
-                r = refine(observed, start, "mosaic,misset", full_image=False)
+                r = refine(observed, start, "mosaic,misset", full_image=False,
+                           final_mosaic_domains=args.final_mosaic_domains)
                 wall = time.perf_counter() - began
-                fit_loss, truth_loss = (loss_at(observed, start, v) for v in (r.parameters, truth))
+                fit_loss, truth_loss = (loss_at(observed, start, v, args.final_mosaic_domains)
+                                        for v in (r.parameters, truth))
                 mosaic_err, misset_err = errors(r.parameters, truth)
                 draw_mosaic_err, draw_misset_err = errors(r.parameters, truth["draw"])
                 row = {"size": size, "start_deg": offset, "seed": seed, "observed_domains": args.observed_domains,
+                       "final_mosaic_domains": args.final_mosaic_domains,
                        "truth": truth, "refined": r.parameters,
                        "mosaic_err": mosaic_err, "misset_err": misset_err,
                        "success": mosaic_err <= MOSAIC_TOL and misset_err <= MISSET_TOL,
@@ -94,10 +99,10 @@ def main() -> None:
     print(table(rows))
 
 
-def loss_at(observed: np.ndarray, model, values: dict) -> float:
+def loss_at(observed: np.ndarray, model, values: dict, final_mosaic_domains: int) -> float:
     """Data loss (Poisson deviance, whole image) of the final-stage model of ``model`` at ``values``'
     mosaic spread and misset (deg)."""
-    config = starting_config(final_model_config(model, ("mosaic", "misset")),
+    config = starting_config(final_model_config(model, ("mosaic", "misset"), "capture", final_mosaic_domains),
                              mosaic_spread_deg=float(values["mosaic_spread_deg"]),
                              misset_deg=tuple(float(v) for v in values["misset_deg"]))
     return evaluate_loss(observed, config)

@@ -165,8 +165,22 @@ class Reflections:
                 f"{self.d_max:.2f}-{self.d_min:.2f} Å, {self.spacegroup.hm}, {self.n_bins} bins")
 
 
+def equal_count_shells(d: np.ndarray, n_shells: int, min_per_shell: int = 1) -> tuple[np.ndarray, int]:
+    """Equal-count shells in 1/d^2, lowest resolution 0: ((m,) int64 shell index, number of shells).
+
+    d: (m,) resolution (Å). The number of shells is ``n_shells``, reduced so that each holds at
+    least ``min_per_shell`` reflections (at least one shell).
+    """
+    m = int(d.shape[0])
+    n = max(1, min(n_shells, m // min_per_shell))
+    shell = np.empty(m, dtype=np.int64)
+    shell[np.argsort(1.0 / np.asarray(d, dtype=np.float64) ** 2, kind="stable")] = (np.arange(m) * n) // max(m, 1)
+    return shell, n
+
+
 def resolution_bins(d: torch.Tensor, free: torch.Tensor, n_bins: int | None) -> tuple[torch.Tensor, int]:
-    """Equal-count bins in 1/d^2, low resolution first: ((m,) int64 bin index, number of bins).
+    """Equal-count bins in 1/d^2, low resolution first: ((m,) int64 bin index on d's device, number
+    of bins).
 
     The default number keeps >= 40 free reflections per bin (sigmaA is estimated from the free
     set), >= 100 reflections per bin, and at most 20 bins.
@@ -174,11 +188,8 @@ def resolution_bins(d: torch.Tensor, free: torch.Tensor, n_bins: int | None) -> 
     m = int(d.shape[0])
     if n_bins is None:
         n_bins = max(1, min(20, int(free.sum()) // 40, m // 100))
-    n_bins = max(1, min(n_bins, m))
-    order = torch.argsort(1.0 / d ** 2)
-    index = torch.empty(m, dtype=torch.int64, device=d.device)
-    index[order] = (torch.arange(m, device=d.device) * n_bins) // m
-    return index, n_bins
+    index, n = equal_count_shells(d.detach().cpu().numpy(), n_bins)
+    return torch.from_numpy(index).to(d.device), n
 
 
 def _read_columns(path: Path) -> tuple[dict[str, tuple[str, np.ndarray]], gemmi.UnitCell, gemmi.SpaceGroup]:
@@ -389,10 +400,7 @@ def french_wilson(i_obs: np.ndarray, sigma_i: np.ndarray, d: np.ndarray, centric
     on ``n_points`` points up to sqrt(max(I, 0) + 8 sigma). Returns (F, sigma_F), both (m,).
     """
     m = i_obs.shape[0]
-    order = np.argsort(1.0 / d ** 2)
-    shell = np.empty(m, dtype=np.int64)
-    n_shells = max(1, min(n_shells, m // 50 or 1))
-    shell[order] = (np.arange(m) * n_shells) // m
+    shell, n_shells = equal_count_shells(d, n_shells, min_per_shell=50)
     sigma_shell = np.array([np.mean(i_obs[shell == s] / epsilon[shell == s]) for s in range(n_shells)])
     floor = max(1e-6, 1e-3 * float(np.abs(sigma_shell).max()))
     s_prior = epsilon * np.maximum(sigma_shell[shell], floor)

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from equipoise.errors import InputError
-from equipoise.xtal.reflections import Reflections
+from equipoise.xtal.reflections import Reflections, equal_count_shells
 from equipoise.xtal.scaling import bin_scale
 from equipoise.xtal.targets import r_factor
 
@@ -231,7 +231,7 @@ def usable(intensity: np.ndarray, sigma: np.ndarray, d: np.ndarray, *, n_shells:
            min_shell_i_over_sigma: float = MIN_SHELL_I_OVER_SIGMA) -> np.ndarray:
     """(m,) bool: d above the first equal-count shell (from low resolution) whose mean
     I/sigma is below ``min_shell_i_over_sigma``."""
-    shell, n = _shells(d, n_shells)
+    shell, n = equal_count_shells(d, n_shells, min_per_shell=50)
     ios = intensity / sigma
     keep_shell = np.ones(n, dtype=bool)
     for s in range(n):
@@ -248,7 +248,7 @@ def moment_ratio(intensity: np.ndarray, sigma: np.ndarray, d: np.ndarray, epsilo
     """Acentric <I^2>/<I>^2 (dimensionless) of (m,) acentric intensities: per equal-count shell
     of 1/d^2, (<(I/eps)^2> - <(sigma/eps)^2>) / <I/eps>^2, averaged over the shells weighted by
     their counts. 2.0 untwinned, 1.5 perfectly twinned."""
-    shell, n = _shells(d, n_shells)
+    shell, n = equal_count_shells(d, n_shells, min_per_shell=50)
     z, sz = intensity / epsilon, sigma / epsilon
     ratios, counts = [], []
     for s in range(n):
@@ -426,15 +426,6 @@ def _rotation(op: gemmi.Op) -> np.ndarray:
     """(3, 3) int64 rotation of ``op`` as it acts on Miller indices (h' = h R)."""
     rot = np.array(op.rot, dtype=np.int64)
     return rot // op.DEN
-
-
-def _shells(d: np.ndarray, n_shells: int) -> tuple[np.ndarray, int]:
-    """Equal-count shells in 1/d^2, lowest resolution 0: ((m,) shell index, number of shells)."""
-    m = d.shape[0]
-    n = max(1, min(n_shells, m // 50))
-    shell = np.empty(m, dtype=np.int64)
-    shell[np.argsort(1.0 / d ** 2, kind="stable")] = (np.arange(m) * n) // max(m, 1)
-    return shell, n
 
 
 TWIN_MODES = ("auto", "on", "off")
