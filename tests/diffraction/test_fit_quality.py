@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from equipoise.diffraction.crystal import mosaic_domains_needed
 from equipoise.diffraction.fit_quality import assess_fit, expected_deviance
 from equipoise.diffraction.flags import parse_nanobragg_args
 from equipoise.diffraction.refine import refine
@@ -77,3 +78,36 @@ def test_mosaic_at_its_bound_or_of_degrees_is_flagged(mosaic: float, flag: str |
                                 start={"mosaic_spread_deg": 0.2, "misset_deg": [0, 0, 0]}, mosaic_bound=5.0)
     assert [f.name for f in flags] == ([] if flag is None else [flag])
     assert all("--search-misset" in f.fix for f in flags)
+
+
+def test_mosaic_domains_needed_follows_the_spot_disc() -> None:
+    """The calibration case (cubic 100 Å, N = 5, fitted pixels out to |q| 0.20 Å⁻¹, spread 1.33°):
+    120 domains cleared the deviance flag that 30, 60 and 90 raised; quadratic in spread and |q|."""
+    config = parse_nanobragg_args("-cell 100 100 100 90 90 90 -N 5 -default_F 100".split())
+    needed = mosaic_domains_needed(1.33, 0.20, config)
+    assert 95 <= needed <= 130
+    assert mosaic_domains_needed(2.66, 0.20, config) == pytest.approx(4 * needed, rel=0.02)
+    assert mosaic_domains_needed(1.33, 0.10, config) == pytest.approx(needed / 4, rel=0.05)
+    assert mosaic_domains_needed(1.33, 0.20, parse_nanobragg_args(["-default_F", "100", "-N", "5"])) is None
+
+
+def _deviance_flag(spread_deg: float, domains: tuple[int, int | None, str] | None):
+    mu = np.full((16, 16), 50.0)
+    observed = np.random.default_rng(3).poisson(2.0 * mu).astype(np.float64)  # the model explains half
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviance = float(np.sum(mu - observed + np.where(observed > 0, observed * np.log(observed / mu), 0.0)))
+    flags, numbers = assess_fit(observed, mu, np.ones_like(mu), deviance, names=["mosaic"],
+                                parameters={"mosaic_spread_deg": spread_deg},
+                                start={"mosaic_spread_deg": 0.3}, mosaic_bound=None, mosaic_domains=domains)
+    return next(f for f in flags if f.name == "deviance_high"), numbers
+
+
+def test_a_coarse_mosaic_model_is_named_in_the_deviance_flag() -> None:
+    flag, numbers = _deviance_flag(1.3, (30, 127, "--final-mosaic-domains"))
+    assert "30-domain mosaic is too coarse" in flag.message
+    assert flag.fix.startswith("--final-mosaic-domains 127") and "--search-misset" in flag.fix
+    assert numbers["mosaic_domains_needed"] == 127
+    for spread, domains in ((1.3, (200, 127, "--final-mosaic-domains")), (4.0, (30, 1200, "-mosaic_domains")),
+                            (1.3, None)):
+        flag, _ = _deviance_flag(spread, domains)
+        assert "too coarse" not in flag.message and flag.fix.startswith("the orientation")

@@ -209,6 +209,30 @@ def mosaic_quadrature(n: int) -> tuple[np.ndarray, np.ndarray]:
     return axes, frac_sorted[perm]
 
 
+#: quadrature domains per (spot width)² of the disc a mosaic spread smears a spot over, below which
+#: the domains' sub-spots stay apart. Empirical, from one case (capture table 512², spread 1.33°, fitted
+#: pixels out to |q| 0.20 Å⁻¹, about 17 width² of disc): the deviance stays above 1.5x its noise
+#: expectation with 30, 60 and 90 domains (1.66, 1.62, 1.87x) and falls to 1.30x with 120 and 1.32x
+#: with 240 (docs/refinement.md).
+DOMAINS_PER_SPOT_AREA = 7.5
+
+
+def mosaic_domains_needed(spread_deg: float, q_max_per_A: float, config: SimulationConfig) -> int | None:
+    """Mosaic domains needed for a smooth spot profile out to ``q_max_per_A`` (1/d, Å⁻¹).
+
+    A spread s (rad) moves a reciprocal-lattice point at |q| over a disc of radius s·|q|; the point's
+    own width is 1/(N·a) (first zero of the lattice function, largest N·a of the three axes). D
+    equally weighted domains fill that disc with sub-spots that merge when D ≥ DOMAINS_PER_SPOT_AREA
+    · π (s·|q|·N·a)². None when ``config`` gives no cell or no -N (the width is not known).
+    """
+    cr = config.crystal
+    if cr.cell is None or cr.n_cells is None:
+        return None
+    width = 1.0 / max(n * a for n, a in zip(cr.n_cells, cr.cell[:3]))
+    radius = math.radians(spread_deg) * q_max_per_A
+    return max(1, math.ceil(DOMAINS_PER_SPOT_AREA * math.pi * (radius / width) ** 2))
+
+
 def mosaic_domain_count(config: SimulationConfig) -> int:
     """nanoBragg's number of domains: 1 without spread, -mosaic_domains, or 10 when only -mosaic is given."""
     cr = config.crystal

@@ -68,7 +68,8 @@ def expected_deviance(mu: np.ndarray) -> float:
 
 def assess_fit(observed: np.ndarray, model: np.ndarray, weight: np.ndarray, deviance: float | None, *,
                names: list[str], parameters: dict, start: dict, mosaic_bound: float | None,
-               strong: np.ndarray | None = None) -> tuple[list[QualityFlag], dict]:
+               strong: np.ndarray | None = None,
+               mosaic_domains: tuple[int, int | None, str] | None = None) -> tuple[list[QualityFlag], dict]:
     """Flags of the module docstring and the measured numbers behind them.
 
     ``observed``, ``model``, ``weight``: (spixels, fpixels) photons/pixel and pixel weights (0 =
@@ -76,7 +77,11 @@ def assess_fit(observed: np.ndarray, model: np.ndarray, weight: np.ndarray, devi
     check); ``names``: refined names; ``parameters``/``start``: refined/starting values (user
     units); ``mosaic_bound``: the upper bound of the refined spread (deg);
     ``strong``: pixels on spots, excluded from the offset check (None: where the model stands
-    above its median by more than max(0.5, 10 %) photons).
+    above its median by more than max(0.5, 10 %) photons); ``mosaic_domains``: (domains of the
+    model, domains a smooth profile needs at the fitted spread
+    (:func:`~equipoise.diffraction.crystal.mosaic_domains_needed`) or None, the option that sets
+    them): a deviance flag then names a mosaic model too coarse for a plausible spread (at most
+    ``MOSAIC_SUSPECT_DEG``), and its fix.
     """
     flags: list[QualityFlag] = []
     fitted = weight > 0
@@ -89,11 +94,19 @@ def assess_fit(observed: np.ndarray, model: np.ndarray, weight: np.ndarray, devi
             ratio = deviance / max(expected, 1e-300)
             numbers.update(deviance=deviance, expected_deviance=expected, deviance_ratio=ratio)
             if ratio > DEVIANCE_RATIO:
-                flags.append(QualityFlag("deviance_high",
-                                         f"Poisson deviance {deviance:.4g} is {ratio:.2f}x its expectation under "
-                                         f"noise ({expected:.4g}); the model does not explain the image",
-                                         "the orientation may be in a wrong basin: try --search-misset 15,5 "
-                                         "(or a wider range); check the geometry flags"))
+                message = (f"Poisson deviance {deviance:.4g} is {ratio:.2f}x its expectation under noise "
+                           f"({expected:.4g}); the model does not explain the image")
+                fix = "the orientation may be in a wrong basin: try --search-misset 15,5 (or a wider range); " \
+                      "check the geometry flags"
+                if mosaic_domains is not None:
+                    used, needed, option = mosaic_domains
+                    numbers.update(mosaic_domains=used, mosaic_domains_needed=needed)
+                    plausible = float(parameters.get("mosaic_spread_deg", 0.0)) <= MOSAIC_SUSPECT_DEG
+                    if needed is not None and needed > used and plausible:
+                        message += (f"; its {used}-domain mosaic is too coarse for the fitted spread (about "
+                                    f"{needed} domains give a smooth spot profile at this resolution)")
+                        fix = f"{option} {needed} (slower: time grows with the domains); if the flag stays, {fix}"
+                flags.append(QualityFlag("deviance_high", message, fix))
         else:
             fraction = deviance / max(float(y.sum()), 1e-300)
             numbers.update(deviance=deviance, deviance_fraction_of_counts=fraction)

@@ -44,7 +44,7 @@ from torch import Tensor
 from equipoise.core import Balancer, Fit, FitResult, FixedBalancer, GradNormRatioBalancer, Stage, Term, plot_run
 from equipoise.diffraction import io
 from equipoise.diffraction.config import SimulationConfig
-from equipoise.diffraction.crystal import mosaic_domain_count
+from equipoise.diffraction.crystal import mosaic_domain_count, mosaic_domains_needed
 from equipoise.diffraction.geometry import detector_geometry, detector_size
 from equipoise.diffraction.fit_quality import assess_fit
 from equipoise.diffraction.orientation_search import search_misset
@@ -614,9 +614,11 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
             image = whole()
     image_np = image.detach().cpu().numpy().astype(np.float32)
     parameters = model.values()
-    flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), weight_np * sets["data"],
+    fitted = weight_np * sets["data"]
+    flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), fitted,
                                 final_loss if loss == "poisson" else None, names=names, parameters=parameters,
-                                start=model.start_values, mosaic_bound=_upper_bound(model))
+                                start=model.start_values, mosaic_bound=_upper_bound(model),
+                                mosaic_domains=_mosaic_domains(final_config, parameters, fitted, strategy))
     errors = standard_errors(final_model, final_model.variables,
                              final_model.transforms, {n: REFINABLE[n] for n in final_model.names}, obs, weight,
                              loss=loss, dispersion=numbers.get("deviance_ratio", 1.0))
@@ -677,6 +679,20 @@ def _check_data(observed: np.ndarray | Tensor, config: SimulationConfig, loss: s
         raise InputError(f"the Poisson loss needs photon counts >= 0; the image has values down to "
                          f"{obs_np[weight_np > 0].min():g} (subtract no pedestal, or use --loss lsq)", field="--loss")
     return obs_np, weight_np
+
+
+def _mosaic_domains(config: SimulationConfig, parameters: dict, fitted: np.ndarray, strategy: str
+                    ) -> tuple[int, int | None, str] | None:
+    """(domains of ``config``, domains needed at the fitted spread out to the highest resolution of
+    the ``fitted`` pixels, the option that sets them) for :func:`assess_fit`; None without a
+    refined spread."""
+    if "mosaic_spread_deg" not in parameters:
+        return None
+    d = pixel_resolution_A(config)[fitted > 0]
+    needed = mosaic_domains_needed(float(parameters["mosaic_spread_deg"]), 1.0 / float(d.min()), config) \
+        if d.size else None
+    option = "--final-mosaic-domains" if strategy == "capture" else "-mosaic_domains"
+    return mosaic_domain_count(config), needed, option
 
 
 def evaluate_loss(observed: np.ndarray | Tensor, config: SimulationConfig, *, loss: str = "poisson",
