@@ -10,7 +10,7 @@
    coverage (its highest-scoring predictions, as many as the baseline makes: the baseline
    abstains where its graph has no path, and AA precision counts predicted residues only).
 
-Usage: python benchmarks/peptide_rescoring.py [--n 1000] [--model M] [--real ../shared/data/peptide/real_annotated_64.mgf]
+Usage: python benchmarks/peptide_rescoring.py [--n 1000] [--model M] [--beams 5] [--real ../shared/data/peptide/real_annotated_64.mgf]
 """
 
 from __future__ import annotations
@@ -77,11 +77,12 @@ def main() -> None:
     parser.add_argument("--real", default=str(Path(__file__).resolve().parents[1] / ".." / "shared" / "data" /
                                               "peptide" / "real_annotated_64.mgf"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--beams", type=int, default=DecodingConfig().beams, help="beam width (sequence's default)")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model file (default: the shipped model)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
-    decoding, shipped = DecodingConfig(beams=5), RescoringConfig()
+    decoding, shipped = DecodingConfig(beams=args.beams), RescoringConfig()
     sets = {"synthetic seed 5 (tuning)": synthesize(args.n, seed=5),
             "synthetic seed 7 (held out)": synthesize(args.n, seed=7)}
     if Path(args.real).is_file():
