@@ -614,11 +614,11 @@ def refine(observed: np.ndarray | Tensor, config: SimulationConfig, names: str |
             image = whole()
     image_np = image.detach().cpu().numpy().astype(np.float32)
     parameters = model.values()
-    fitted = weight_np * sets["data"]
-    flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), fitted,
+    fitted_weight = weight_np * sets["data"]
+    flags, numbers = assess_fit(obs_np, image_np.astype(np.float64), fitted_weight,
                                 final_loss if loss == "poisson" else None, names=names, parameters=parameters,
                                 start=model.start_values, mosaic_bound=_upper_bound(model),
-                                mosaic_domains=_mosaic_domains(final_config, parameters, fitted, strategy))
+                                mosaic_domains=_mosaic_domains(final_config, parameters, fitted_weight, strategy))
     errors = standard_errors(final_model, final_model.variables,
                              final_model.transforms, {n: REFINABLE[n] for n in final_model.names}, obs, weight,
                              loss=loss, dispersion=numbers.get("deviance_ratio", 1.0))

@@ -11,8 +11,8 @@ joint L-BFGS polish of all of them (Afonine et al. 2013, Acta D69, 625, use the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch

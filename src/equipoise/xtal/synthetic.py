@@ -134,16 +134,14 @@ def twinned_reflections(refl: Reflections, alpha: float, *, noise: float = 0.0, 
 
     from equipoise.errors import InputError
     from equipoise.xtal.twin_model import TwinOperators
-    from equipoise.xtal.twinning import twin_laws
+    from equipoise.xtal.twinning import hkl_rotation, twin_laws
 
     laws = twin_laws(refl.cell, refl.spacegroup)
     if len(laws) != 1:
         raise InputError(f"need a lattice with one twin law, {refl.spacegroup.hm} has {len(laws)}", field="cell")
     op = laws[0][0]
-    ops = TwinOperators.build(refl.hkl, refl.spacegroup, [op.as_hkl().triplet()],
-                              [np.asarray(op.rot, dtype=np.int64) // op.DEN])
-    f2 = refl.f_obs ** 2
-    f = torch.sqrt((1.0 - alpha) * f2 + alpha * f2[ops.mates[1]])
+    ops = TwinOperators.build(refl.hkl, refl.spacegroup, [op.as_hkl().triplet()], [hkl_rotation(op)])
+    f = ops.amplitudes(refl.f_obs, torch.tensor([alpha], dtype=refl.f_obs.dtype))
     g = torch.Generator().manual_seed(seed)
     f = (f * (1.0 + noise * torch.randn(f.shape, generator=g, dtype=f.dtype))).abs()
     sigma = (noise * f).clamp_min(max(noise, 1e-3) * 1e-2 * float(f.mean()))

@@ -185,7 +185,7 @@ def twin_laws(cell: gemmi.UnitCell, spacegroup: gemmi.SpaceGroup,
     metric = frac @ frac.T  # reciprocal metric G*: |s|^2 = h G* h^T (Å^-2)
     out = []
     for op in gemmi.find_twin_laws(cell, spacegroup, max_obliquity_deg, False):
-        rot = _rotation(op)  # h' = h R: the law keeps every |s| exactly when R G* R^T = G*
+        rot = hkl_rotation(op)  # h' = h R: the law keeps every |s| exactly when R G* R^T = G*
         dev = float(np.abs(rot @ metric @ rot.T - metric).max() / np.abs(metric).max())
         out.append((op, "merohedral" if dev < 1e-4 else "pseudo-merohedral", dev))
     return out
@@ -197,7 +197,7 @@ class HklLookup:
 
     def __init__(self, hkl: np.ndarray, spacegroup: gemmi.SpaceGroup) -> None:
         hkl = np.asarray(hkl, dtype=np.int64)
-        rots = [_rotation(op) for op in spacegroup.operations().sym_ops]
+        rots = [hkl_rotation(op) for op in spacegroup.operations().sym_ops]
         images = np.concatenate([s * hkl @ r for r in rots for s in (1, -1)])
         rows = np.tile(np.arange(hkl.shape[0]), 2 * len(rots))
         self._base = 8 * int(np.abs(hkl).max(initial=1)) + 8
@@ -291,7 +291,7 @@ def twin_pairs(hkl: np.ndarray, op: gemmi.Op, lookup: HklLookup, use: np.ndarray
     """Rows (i, j), i < j, of usable reflections related by the twin law ``op`` (each pair once;
     reflections that the law maps onto themselves are left out)."""
     rows = np.flatnonzero(use)
-    j = lookup.find(hkl[rows] @ _rotation(op))
+    j = lookup.find(hkl[rows] @ hkl_rotation(op))
     ok = (j >= 0) & (j != rows)
     ok[ok] &= use[j[ok]]
     i, j = rows[ok], j[ok]
@@ -391,14 +391,14 @@ def twin_statistics_arrays(hkl: np.ndarray, intensity: np.ndarray, sigma: np.nda
     lookup = HklLookup(hkl, spacegroup)
     laws, invariant = [], np.zeros(hkl.shape[0], dtype=bool)
     for op, kind, dev in twin_laws(cell, spacegroup, max_obliquity_deg):
-        invariant |= lookup.find(hkl @ _rotation(op)) == np.arange(hkl.shape[0])
+        invariant |= lookup.find(hkl @ hkl_rotation(op)) == np.arange(hkl.shape[0])
         i, j = twin_pairs(hkl, op, lookup, use)
         keep = strong_pairs(i, j, intensity, sigma)
         i, j = i[keep], j[keep]
         if i.size < 20:
             continue
         alpha_h, mean_h = h_test(intensity[i], intensity[j])
-        laws.append(TwinLaw(op.as_hkl().triplet(), kind, _rotation(op).tolist(), dev, int(i.size), alpha_h,
+        laws.append(TwinLaw(op.as_hkl().triplet(), kind, hkl_rotation(op).tolist(), dev, int(i.size), alpha_h,
                             britton_alpha(intensity[i], intensity[j]), mean_h))
     # reflections that a twin law maps onto themselves (for -h,k,-l in P 43: the 0kl and h0l
     # planes) keep the untwinned distribution whatever the fraction: not in L and the moments
@@ -422,7 +422,7 @@ def _verdict(s: TwinningSummary) -> tuple[bool, str]:
     return False, f"<|L|> {s.mean_abs_l:.3f} >= {L_FLAG}; {laws}"
 
 
-def _rotation(op: gemmi.Op) -> np.ndarray:
+def hkl_rotation(op: gemmi.Op) -> np.ndarray:
     """(3, 3) int64 rotation of ``op`` as it acts on Miller indices (h' = h R)."""
     rot = np.array(op.rot, dtype=np.int64)
     return rot // op.DEN
@@ -465,7 +465,7 @@ def choose_twin(mode: str, summary: TwinningSummary, cell: gemmi.UnitCell,
         if not found:
             raise InputError(f"this lattice ({spacegroup.hm}, cell {' '.join(f'{p:.2f}' for p in cell.parameters)}) "
                              "has no twin law", field="--twin")
-        return TwinChoice([op.as_hkl().triplet() for op, _, _ in found], [_rotation(op).tolist() for op, _, _ in found],
+        return TwinChoice([op.as_hkl().triplet() for op, _, _ in found], [hkl_rotation(op).tolist() for op, _, _ in found],
                           [0.05] * len(found), "--twin on: the lattice's twin laws (too few pairs for statistics)")
     return TwinChoice([t.law for t in laws], [t.rotation for t in laws],
                       [float(np.clip(t.alpha_h, 0.05, 0.45)) for t in laws], why)
