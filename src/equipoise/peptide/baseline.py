@@ -15,6 +15,7 @@ written lighter-first.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,17 +105,12 @@ class SpectrumGraph:
         p, s = p[inside], s[inside]
         order = np.argsort(p)
         p, s = p[order], s[order]
-        merged_p, merged_s = [0.0], [0.0]
-        start = 0
-        for k in range(1, p.size + 1):
-            if k == p.size or p[k] - p[k - 1] > self.config.merge_da:
-                w = s[start:k]
-                merged_p.append(float(np.average(p[start:k], weights=w + 1e-9)))
-                merged_s.append(float(w.sum()))
-                start = k
-        merged_p.append(total)
-        merged_s.append(0.0)
-        return np.array(merged_p), np.array(merged_s), total
+        # runs of readings closer than merge_da become one node at their support-weighted mean
+        starts = np.flatnonzero(np.concatenate([[True], np.diff(p) > self.config.merge_da])) if p.size else p
+        w = s + 1e-9
+        merged_p = np.add.reduceat(p * w, starts) / np.add.reduceat(w, starts) if p.size else p
+        merged_s = np.add.reduceat(s, starts) if p.size else s
+        return np.concatenate([[0.0], merged_p, [total]]), np.concatenate([[0.0], merged_s, [0.0]]), total
 
     def _match(self, diffs: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Index into ``table`` of the entry nearest each diff, -1 when none within tol."""
@@ -153,30 +149,20 @@ class SpectrumGraph:
         """The best source-to-sink path (None when the sink cannot be reached)."""
         pos, sup, _ = self._nodes(spectrum)
         n = pos.size
-        best = np.full(n, -np.inf)
-        best[0] = 0.0
-        back = np.full(n, -1)
-        kind = np.zeros(n, dtype=int)      # 1: single residue, 2: pair, 3: triple
-        which = np.zeros(n, dtype=int)
         starts, ends, kinds, whiches = self._edges(pos)
-        bounds = np.searchsorted(ends, np.arange(n + 1))
-        penalties = {1: 0.0, 2: self.config.pair_penalty, 3: self.config.triple_penalty}
-        for j in range(1, n):
-            lo, hi = bounds[j], bounds[j + 1]
-            if lo == hi:
-                continue
-            prev = starts[lo:hi]
-            base = best[prev]
-            here = -np.inf
-            for step_kind in (1, 2, 3):       # fewer residues win ties: only a strictly better score replaces
-                if step_kind == 3 and penalties[3] is None:
-                    break
-                cand = np.where(kinds[lo:hi] == step_kind, base + sup[j] - penalties[step_kind], -np.inf)
-                i = int(np.argmax(cand))
-                if np.isfinite(cand[i]) and cand[i] > here:
-                    here = cand[i]
-                    best[j], back[j], kind[j], which[j] = cand[i], prev[i], step_kind, whiches[lo + i]
-        if not np.isfinite(best[-1]):
+        penalty = {1: 0.0, 2: self.config.pair_penalty, 3: self.config.triple_penalty}
+        # longest path over the nodes in mass order; the edges arrive sorted by (end, start), so
+        # a plain loop visits each node's incoming edges after all of their start nodes are final.
+        # Ties go to fewer residues, then to the lower start node.
+        best = [-math.inf] * n
+        best[0] = 0.0
+        back, kind, which = [-1] * n, [0] * n, [0] * n
+        support = sup.tolist()
+        for i, j, k, w in zip(starts.tolist(), ends.tolist(), kinds.tolist(), whiches.tolist()):
+            value = best[i] + support[j] - penalty[k]
+            if value > best[j] or (value == best[j] and value > -math.inf and k < kind[j]):
+                best[j], back[j], kind[j], which[j] = value, i, k, w
+        if best[-1] == -math.inf:
             return None
         steps: list[tuple[str, ...]] = []
         node_support: list[float] = []

@@ -157,34 +157,37 @@ def ion_evidence(prefix: Tensor, token_masses: Tensor, precursor_mass: Tensor, c
     """Observed intensity at the ions each candidate next token would create (DeepNovo's ion
     features, Tran et al. 2017, as one Gaussian-window sum instead of an intensity profile).
 
-    ``prefix`` (R, T) residue-mass sums (Da) of R decoder rows; ``token_masses`` (V,) Da;
-    ``precursor_mass`` (R,) neutral mass (Da, water included); ``charge`` (R,); ``mz`` (R, P) Th;
-    ``intensity`` (R, P), 0 on padding (any order of peaks). With ``n = prefix + mass_v``, the b ion is
-    ``n + H+`` and the complementary y ion ``M - n + H+`` (2+: ``(ion + H+) / 2``, only for
+    ``prefix`` (R, T) residue-mass sums (Da) of R = G * S decoder rows, G rows per spectrum
+    (spectrum-major, e.g. the beams of one spectrum); ``token_masses`` (V,) Da;
+    ``precursor_mass`` (R,) neutral mass (Da, water included); ``charge`` (R,); ``mz`` (S, P) Th;
+    ``intensity`` (S, P), 0 on padding (any order of peaks). With ``n = prefix + mass_v``, the b
+    ion is ``n + H+`` and the complementary y ion ``M - n + H+`` (2+: ``(ion + H+) / 2``, only for
     charge >= 3). Returns (R, T, V, 4) float32 ``log1p(sum_j I_j exp(-d_j^2 / 2 sigma^2) / 0.05)``
     in the order of :data:`EVIDENCE_IONS`.
     """
     rows, length = prefix.shape
+    spectra, peaks = mz.shape
     new = prefix.to(torch.float64)[..., None] + token_masses.to(torch.float64)                   # (R, T, V)
     b1 = new + PROTON_MASS
     y1 = precursor_mass.to(torch.float64)[:, None, None] - new + PROTON_MASS
     ions = torch.stack([b1, y1, (b1 + PROTON_MASS) / 2, (y1 + PROTON_MASS) / 2], dim=-1)       # (R, T, V, 4)
     # only the EVIDENCE_NEIGHBOURS nearest peaks on each side of an ion can contribute: the window
     # underflows to 0 in float32 beyond ~14 sigma, so the sum equals the sum over all peaks
-    # unless more than that many peaks crowd within 14 sigma on one side (tested against it)
-    real = intensity > 0
-    key, order = torch.sort(torch.where(real, mz.to(torch.float64), math.inf), dim=1)         # (R, P)
+    # unless more than that many peaks crowd within 14 sigma on one side (tested against it).
+    # Padding peaks sort last at +inf; k more +inf peaks of weight 0 on each side keep every
+    # neighbour index in range, and their window exp(-inf) is 0.
+    k = EVIDENCE_NEIGHBOURS
+    key, order = torch.sort(torch.where(intensity > 0, mz.to(torch.float64), math.inf), dim=1)  # (S, P)
+    edge = key.new_full((spectra, k), math.inf)
+    padded_key = torch.cat([edge, key, edge], dim=1)                                              # (S, P + 2k)
     weight = intensity.to(torch.float32).gather(1, order)
-    flat = ions.reshape(rows, -1)                                                                # (R, N)
-    peaks = key.shape[1]
-    k = min(EVIDENCE_NEIGHBOURS, peaks)
-    at = torch.searchsorted(key, flat)[..., None] + torch.arange(-k, k, device=flat.device)    # (R, N, 2k)
-    valid = (at >= 0) & (at < peaks)
-    at = at.clamp(0, peaks - 1).view(rows, -1)
-    near = key.gather(1, at).view(*valid.shape)
-    diff = torch.where(valid & torch.isfinite(near), flat[..., None] - near, math.inf).to(torch.float32)
+    padded_weight = torch.cat([weight.new_zeros(spectra, k), weight, weight.new_zeros(spectra, k)], dim=1)
+    flat = ions.reshape(spectra, -1)                                                # (S, G*T*V*4) by spectrum
+    at = (torch.searchsorted(key, flat)[..., None] + torch.arange(2 * k, device=flat.device)).view(spectra, -1)
+    near = padded_key.gather(1, at).view(*flat.shape, 2 * k)
+    diff = (flat[..., None] - near).to(torch.float32)
     window = torch.exp(-0.5 * (diff / sigma) ** 2)
-    evidence = (window * weight.gather(1, at).view(*valid.shape)).sum(-1).view(*ions.shape)
+    evidence = (window * padded_weight.gather(1, at).view(*flat.shape, 2 * k)).sum(-1).view(*ions.shape)
     doubly = (charge >= 3).to(torch.float32)[:, None, None, None]
     scale = torch.tensor([1.0, 1.0, 0.0, 0.0], dtype=torch.float32, device=prefix.device)
     evidence = evidence * (scale + (1 - scale) * doubly)
@@ -365,10 +368,8 @@ class PeptideTransformer(nn.Module):
             x = x + self.prefix_projection(self.mass_encoder(prefix[:, start:]))
         evidence = None
         if self.evidence_projection is not None:
-            group = batch // memory.mz.shape[0]
             evidence = ion_evidence(prefix[:, start:], self.token_masses, memory.precursor_mass, memory.charge,
-                                    memory.mz.repeat_interleave(group, 0), memory.intensity.repeat_interleave(group, 0),
-                                    self.config.evidence_sigma)                                # (B, T', V, 4)
+                                    memory.mz, memory.intensity, self.config.evidence_sigma)  # (B, T', V, 4)
             x = x + self.evidence_projection(evidence.flatten(2))
         new_cache: Cache = []
         for i, layer in enumerate(self.decoder):

@@ -122,26 +122,38 @@ def ion_evidence(spectrum: Spectrum, candidates: Sequence[Sequence[str]], vocab:
     total = weight.sum()
     out = np.zeros((len(candidates), len(ION_FEATURES)))
     out[:, 3:] = 1.0
-    if mz.size == 0:
+    residues = [vocab.residue_masses(tokens) for tokens in candidates]
+    sites = np.array([len(r) - 1 for r in residues], dtype=np.int64)                       # (C,)
+    scored = np.flatnonzero(sites >= 1)
+    if mz.size == 0 or scored.size == 0:
         return out
-    for c, tokens in enumerate(candidates):
-        residues = torch.tensor(vocab.residue_masses(tokens), dtype=torch.float64)
-        if residues.numel() < 2:
-            continue
-        ions = fragment_mz(residues, charges=(1, 2) if spectrum.charge >= 3 else (1,))[0].numpy()  # (types, S)
-        right = np.clip(np.searchsorted(mz, ions), 1, mz.size - 1) if mz.size > 1 else np.zeros(ions.shape, int)
-        left = np.clip(right - 1, 0, None)
-        nearest = np.where(np.abs(ions - mz[left]) <= np.abs(ions - mz[right]), left, right)
-        error = np.abs(ions - mz[nearest])
-        hit = error <= tol_da                                                           # (types, S)
-        site = hit.any(axis=0)
+    sites = sites[scored]
+    masses = np.zeros((scored.size, int(sites.max()) + 1))
+    for row, c in enumerate(scored):
+        masses[row, :sites[row] + 1] = residues[c]
+    mask = np.arange(masses.shape[1]) <= sites[:, None]
+    ions, valid = fragment_mz(torch.from_numpy(masses), torch.from_numpy(mask),
+                              charges=(1, 2) if spectrum.charge >= 3 else (1,))          # (C, types, S)
+    ions, valid = ions.numpy(), valid.numpy()
+    right = np.clip(np.searchsorted(mz, ions), 1, mz.size - 1) if mz.size > 1 else np.zeros(ions.shape, int)
+    left = np.clip(right - 1, 0, None)
+    nearest = np.where(np.abs(ions - mz[left]) <= np.abs(ions - mz[right]), left, right)
+    error = np.abs(ions - mz[nearest])
+    hit = (error <= tol_da) & valid                                                        # (C, types, S)
+    site = hit.any(axis=1)                                                                 # (C, S)
+    matched = np.zeros((scored.size, mz.size), dtype=bool)
+    matched[np.nonzero(hit)[0], nearest[hit]] = True
+    hits = hit.sum(axis=(1, 2))
+    out[scored, 0] = site.sum(axis=1) / sites
+    out[scored, 1] = (hit[:, 0] & hit[:, 1]).sum(axis=1) / sites
+    out[scored, 2] = (matched * weight).sum(axis=1) / total if total > 0 else 0.0
+    out[scored, 3] = np.where(hits > 0, (error * hit).sum(axis=(1, 2)) / np.maximum(hits, 1) / tol_da, 1.0)
+    for row, c in enumerate(scored):
         run = longest = 0
-        for present in site:
+        for present in site[row, :sites[row]].tolist():
             run = 0 if present else run + 1
             longest = max(longest, run)
-        out[c] = (site.mean(), (hit[0] & hit[1]).mean(),
-                  weight[np.unique(nearest[hit])].sum() / total if total > 0 else 0.0,
-                  error[hit].mean() / tol_da if hit.any() else 1.0, longest / site.size)
+        out[c, 4] = longest / sites[row]
     return out
 
 
