@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from equipoise.cli import main
@@ -88,3 +89,15 @@ def test_cli_writes_labelled_mgf_and_record(tmp_path) -> None:
     log = (tmp_path / "t.log").read_text()
     assert "step 30/30" in log and "loss" not in log  # synthesis has no loss to show (it showed "loss nan")
     assert main(["peptide", "synth", "--n", "0", "--out", str(out)]) == 2
+
+
+def test_structured_ions_appear_only_when_configured() -> None:
+    from equipoise.peptide.spectrum_stats import family_shares
+
+    plain = [family_shares(s) for s in synthesize(60, 4)]
+    structured = SynthConfig(immonium_scale=0.06, internal_scale=0.3, internal_keep=0.2)
+    rich = [family_shares(s) for s in synthesize(60, 4, structured)]
+    for family in ("immonium", "internal"):
+        assert np.mean([r[family] for r in plain]) < 0.005
+        assert np.mean([r[family] for r in rich]) > 0.02
+    assert np.mean([r["b/y 1+"] for r in rich]) == pytest.approx(np.mean([r["b/y 1+"] for r in plain]), abs=0.05)

@@ -100,7 +100,7 @@ def _synth(args: argparse.Namespace) -> int:
 
     from equipoise.errors import InputError
     from equipoise.peptide.io import read_spectra, write_mgf
-    from equipoise.peptide.spectrum_stats import plot_comparison, spectrum_stats
+    from equipoise.peptide.spectrum_stats import ION_FAMILIES, plot_comparison, spectrum_stats
     from equipoise.peptide.synth import SynthConfig, synthesize
 
     if args.n < 1:
@@ -131,8 +131,9 @@ def _synth(args: argparse.Namespace) -> int:
                    "real": str(args.compare), "figure": str(figure)}
         if not args.quiet:
             print(f"{'statistic':34s} {'synthetic':>10s} {'real':>10s}")
+            shares = [f"share_{family}_mean" for family in ION_FAMILIES]
             for key in ("fraction_present_median", "intensity_explained_median", "fragment_error_sd_ppm",
-                        "precursor_error_ppm_min", "precursor_error_ppm_max"):
+                        "precursor_error_ppm_min", "precursor_error_ppm_max", *shares):
                 print(f"{key:34s} {record['synthetic_stats'][key]:10.3f} {record['real_stats'][key]:10.3f}")
     _write_json(out.with_suffix(".json"), record)
     if not args.quiet:

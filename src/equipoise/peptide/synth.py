@@ -29,7 +29,7 @@ import torch
 
 from equipoise.peptide.fragments import fragment_mz
 from equipoise.peptide.io import Spectrum
-from equipoise.peptide.vocab import DEFAULT_VOCABULARY, Vocabulary
+from equipoise.peptide.vocab import CO_MASS, DEFAULT_VOCABULARY, H2O_MASS, PROTON_MASS, Vocabulary
 
 #: UniProtKB/Swiss-Prot amino-acid composition (%), release statistics
 NATURAL_FREQUENCIES: dict[str, float] = {
@@ -57,6 +57,11 @@ class SynthConfig:
     acidic_boost: float = 1.5
     intensity_sigma: float = 0.9       #: log-normal scatter of ion intensities
     secondary_scale: float = 0.12      #: a ions and neutral losses relative to their parent ion
+    # structured peaks outside the b/y ladders (0: none); see :func:`_structured_ions`
+    immonium_scale: float = 0.0        #: immonium ion of each residue type, relative to the strongest b/y 1+ ion
+    internal_scale: float = 0.0        #: internal fragments, relative to the mean b/y 1+ ion
+    internal_keep: float = 0.3         #: fraction of the internal segments (2..internal_max_length residues) seen
+    internal_max_length: int = 5
     doubly_scale: float = 0.5          #: 2+ fragments of 3+ precursors relative to 1+
     # missing fragments: per-spectrum quality q ~ Beta(a, b); ion kept with
     # p = min(1, keep_scale * q ** (1 / w ** keep_intensity_power)), w its intensity / the strongest
@@ -144,6 +149,44 @@ def _ladders(token_lists: list[list[str]], vocabulary: Vocabulary) -> np.ndarray
     return fragment_mz(masses, mask, ion_types=ION_TYPES, charges=(1, 2))[0].numpy()
 
 
+def _structured_ions(rng: np.random.Generator, tokens: list[str], b: np.ndarray, y: np.ndarray,
+                     config: SynthConfig, vocabulary: Vocabulary) -> tuple[np.ndarray, np.ndarray]:
+    """(m/z, intensity) of the peaks of HCD spectra that are neither b/y ions nor their a ions and
+    losses: immonium ions (residue mass - CO + H+, one per residue type) and internal fragments
+    (b-type: residues i..j-1 away from both termini, sum + H+, and their -CO (a-type) forms),
+    which in real spectra carry about 5% of the intensity each (docs/peptide.md, "Synthetic
+    data"). Internal fragments starting at proline are stronger (the proline effect, Tabb et al.
+    2003). Papayannopoulos 1995 (Mass Spectrom Rev 14:49) describes both ion families."""
+    residues = [t for t in tokens if not t.endswith("-")]
+    masses = np.array([vocabulary.token_masses[vocabulary.index(t)] for t in residues])
+    peak = max(float(np.max(b, initial=0.0)), float(np.max(y, initial=0.0)), 1e-12)
+    mean = float(np.concatenate([b, y]).mean()) if b.size else peak
+    mz, intensity = [], []
+    if config.immonium_scale > 0:
+        kinds = np.unique(masses)
+        mz.append(kinds - CO_MASS + PROTON_MASS)
+        intensity.append(config.immonium_scale * peak * rng.lognormal(0.0, 0.8, size=kinds.size))
+    if config.internal_scale > 0 and masses.size >= 4:
+        cumulative = np.concatenate([[0.0], np.cumsum(masses)])
+        starts, stops = [], []
+        for i in range(1, masses.size - 2):
+            for j in range(i + 2, min(i + config.internal_max_length, masses.size - 1) + 1):
+                starts.append(i)
+                stops.append(j)
+        starts, stops = np.array(starts, dtype=int), np.array(stops, dtype=int)
+        seen = rng.random(starts.size) < config.internal_keep
+        starts, stops = starts[seen], stops[seen]
+        ion = cumulative[stops] - cumulative[starts] + PROTON_MASS
+        strength = config.internal_scale * mean * rng.lognormal(0.0, 0.8, size=ion.size)
+        strength *= np.where(np.array([residues[i][0] for i in starts]) == "P", 3.0, 1.0) if starts.size else 1.0
+        for shift, scale in ((0.0, 1.0), (-CO_MASS, 0.4)):
+            mz.append(ion + shift)
+            intensity.append(scale * strength)
+    if not mz:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(mz), np.concatenate(intensity)
+
+
 def synthesize_spectrum(rng: np.random.Generator, tokens: list[str], charge: int, index: int = 0,
                         config: SynthConfig = SynthConfig(), vocabulary: Vocabulary = DEFAULT_VOCABULARY,
                         ladder: np.ndarray | None = None) -> Spectrum:
@@ -173,6 +216,9 @@ def synthesize_spectrum(rng: np.random.Generator, tokens: list[str], charge: int
     neutral = vocabulary.neutral_mass(tokens)
     keep &= (mz_all > 50.0) & (mz_all < neutral + 50.0)
     ion_mz, ion_int = mz_all[keep], base[keep]
+    extra_mz, extra_int = _structured_ions(rng, tokens, b, y, config, vocabulary)
+    inside = (extra_mz > 50.0) & (extra_mz < neutral + 50.0)
+    ion_mz, ion_int = np.concatenate([ion_mz, extra_mz[inside]]), np.concatenate([ion_int, extra_int[inside]])
     offset = rng.normal(config.fragment_offset_ppm, config.fragment_offset_sd_ppm)
     ion_mz = ion_mz * (1 + 1e-6 * rng.normal(offset, config.fragment_sd_ppm, size=ion_mz.size))
     # noise peaks carrying a drawn share of the intensity outside the b/y 1+ ions
