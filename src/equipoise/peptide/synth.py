@@ -9,11 +9,13 @@ at rates typical of such data: M oxidation 25% per M, N/Q deamidation 3% per res
 acetyl 1%, carbamyl 1%, NH3 loss 1%, carbamyl + NH3 loss 0.5%.
 
 Fragments (``equipoise.peptide.fragments``): b and y 1+, 2+ as well for 3+ precursors, a ions and
-H2O/NH3 losses. Intensities depend on the sequence (mobile-proton picture of HCD, Paizs & Suhai
+H2O/NH3 losses; immonium ions and internal fragments (:func:`_structured_ions`), which real HCD
+spectra carry and a model trained on clean ladders mistakes for b/y ions. Intensities depend on the sequence (mobile-proton picture of HCD, Paizs & Suhai
 2005; Tabb et al. 2003 for the proline effect): y stronger than b, cleavage N-terminal to proline
 enhanced 4x and C-terminal to D/E 1.5x, sites near either end weaker, b1 nearly absent, with
 log-normal scatter. Noise model (calibrated so that :mod:`equipoise.peptide.spectrum_stats` of the
-synthetic spectra match the 64 real annotated spectra, see docs/peptide.md): each spectrum draws
+synthetic spectra, the intensity share of each ion family included, match the 64 real annotated
+spectra, see docs/peptide.md): each spectrum draws
 a quality; b/y ions go missing with a probability that falls with quality and with ion intensity;
 noise peaks (count and summed intensity drawn per spectrum) are spread over 50 Th ... M + 50;
 fragment m/z errors are Gaussian, a per-spectrum offset plus per-peak scatter (ppm); precursor
@@ -56,11 +58,11 @@ class SynthConfig:
     proline_boost: float = 4.0
     acidic_boost: float = 1.5
     intensity_sigma: float = 0.9       #: log-normal scatter of ion intensities
-    secondary_scale: float = 0.12      #: a ions and neutral losses relative to their parent ion
+    secondary_scale: float = 0.2       #: a ions and neutral losses relative to their parent ion
     # structured peaks outside the b/y ladders (0: none); see :func:`_structured_ions`
-    immonium_scale: float = 0.0        #: immonium ion of each residue type, relative to the strongest b/y 1+ ion
-    internal_scale: float = 0.0        #: internal fragments, relative to the mean b/y 1+ ion
-    internal_keep: float = 0.3         #: fraction of the internal segments (2..internal_max_length residues) seen
+    immonium_scale: float = 0.06       #: immonium ion of each residue type, relative to the strongest b/y 1+ ion
+    internal_scale: float = 0.3        #: internal fragments, relative to the mean b/y 1+ ion
+    internal_keep: float = 0.2         #: fraction of the internal segments (2..internal_max_length residues) seen
     internal_max_length: int = 5
     doubly_scale: float = 0.5          #: 2+ fragments of 3+ precursors relative to 1+
     # missing fragments: per-spectrum quality q ~ Beta(a, b); ion kept with
@@ -70,7 +72,7 @@ class SynthConfig:
     keep_intensity_power: float = 0.3
     keep_scale: float = 1.4
     # noise peaks
-    noise_peaks_mean: float = 32.0
+    noise_peaks_mean: float = 20.0
     noise_share_a: float = 9.0         #: Beta(a, b) of the intensity share of non-b/y-1+ peaks
     noise_share_b: float = 2.8
     noise_sigma: float = 1.0
