@@ -36,6 +36,16 @@ def test_ion_evidence_prefers_the_true_sequence() -> None:
     assert ion_evidence(spectrum, [["K"]], V)[0, 0] == 0             # no cleavage site
 
 
+def test_ion_evidence_of_many_candidates_equals_one_at_a_time() -> None:
+    """The candidates of a spectrum are scored together; no feature may leak between them."""
+    spectrum = synthesize(1, 3)[0]
+    candidates = [spectrum.tokens, ["K"], spectrum.tokens[::-1], ["G", "G", "W", "K"], spectrum.tokens[:-2] + ["R"]]
+    together = ion_evidence(spectrum, candidates, V)
+    alone = np.concatenate([ion_evidence(spectrum, [c], V) for c in candidates])
+    np.testing.assert_allclose(together, alone, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(together[1], [0, 0, 0, 1, 1])        # one residue: no site
+
+
 def test_graph_candidates_try_both_orders_of_each_pair() -> None:
     path = GraphPath([("A",), ("G", "S"), ("K",), ("D", "E")], [71.0, 215.1, 343.2], 0.5, [0.5] * 6)
     variants = graph_candidates(path)
