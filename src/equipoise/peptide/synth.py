@@ -9,14 +9,14 @@ at rates typical of such data: M oxidation 25% per M, N/Q deamidation 3% per res
 acetyl 1%, carbamyl 1%, NH3 loss 1%, carbamyl + NH3 loss 0.5%.
 
 Fragments (``equipoise.peptide.fragments``): b and y 1+, 2+ as well for 3+ precursors, a ions and
-H2O/NH3 losses; immonium ions and internal fragments (:func:`_structured_ions`), which real HCD
-spectra carry and a model trained on clean ladders mistakes for b/y ions. Intensities depend on the sequence (mobile-proton picture of HCD, Paizs & Suhai
-2005; Tabb et al. 2003 for the proline effect): y stronger than b, cleavage N-terminal to proline
-enhanced 4x and C-terminal to D/E 1.5x, sites near either end weaker, b1 nearly absent, with
-log-normal scatter. Noise model (calibrated so that :mod:`equipoise.peptide.spectrum_stats` of the
-synthetic spectra, the intensity share of each ion family included, match the 64 real annotated
-spectra, see docs/peptide.md): each spectrum draws
-a quality; b/y ions go missing with a probability that falls with quality and with ion intensity;
+H2O/NH3 losses, and the immonium ions and internal fragments that real HCD spectra carry
+(:func:`_structured_ions`). Intensities depend on the sequence (mobile-proton picture of HCD,
+Paizs & Suhai 2005; Tabb et al. 2003 for the proline effect): y stronger than b, cleavage
+N-terminal to proline enhanced 4x and C-terminal to D/E 1.5x, sites near either end weaker, b1
+nearly absent, with log-normal scatter. Noise model (calibrated so that
+:mod:`equipoise.peptide.spectrum_stats` of the synthetic spectra, the intensity share of each ion
+family included, match the 64 real annotated spectra, see docs/peptide.md): each spectrum draws a
+quality; b/y ions go missing with a probability that falls with quality and with ion intensity;
 noise peaks (count and summed intensity drawn per spectrum) are spread over 50 Th ... M + 50;
 fragment m/z errors are Gaussian, a per-spectrum offset plus per-peak scatter (ppm); precursor
 m/z errors are mostly within +-1 ppm with a tail out to -3 ... +7 ppm.
