@@ -165,8 +165,7 @@ def ion_evidence(prefix: Tensor, token_masses: Tensor, precursor_mass: Tensor, c
     charge >= 3). Returns (R, T, V, 4) float32 ``log1p(sum_j I_j exp(-d_j^2 / 2 sigma^2) / 0.05)``
     in the order of :data:`EVIDENCE_IONS`.
     """
-    rows, length = prefix.shape
-    spectra, peaks = mz.shape
+    spectra = mz.shape[0]
     new = prefix.to(torch.float64)[..., None] + token_masses.to(torch.float64)                   # (R, T, V)
     b1 = new + PROTON_MASS
     y1 = precursor_mass.to(torch.float64)[:, None, None] - new + PROTON_MASS
