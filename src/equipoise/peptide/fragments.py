@@ -16,11 +16,16 @@ y ion of ``L - 1 - j`` residues.
 Inputs may be padded: ``mask`` (..., L) is True on real residues (a prefix of each row); padding
 masses are ignored, and an output site is valid only when both neighbouring residues are real.
 Works for any float dtype and device; gradients flow to ``residue_masses`` (the model's expected
-residue masses).
+residue masses). :func:`padded_residue_masses` builds such padded inputs from lists of peptides;
+:func:`immonium_mz` and :func:`internal_fragments` give the ions off the b/y ladders (numpy, for
+synthetic spectra and annotation statistics; Papayannopoulos 1995, Mass Spectrom Rev 14:49).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 
 from equipoise.peptide.vocab import CO_MASS, H2O_MASS, NH3_MASS, PROTON_MASS
@@ -31,6 +36,38 @@ ION_TYPES: dict[str, tuple[str, float]] = {
     "b-H2O": ("b", -H2O_MASS), "b-NH3": ("b", -NH3_MASS),
     "y-H2O": ("y", 0.0), "y-NH3": ("y", H2O_MASS - NH3_MASS),
 }
+#: the ion types of :data:`ION_TYPES` other than b and y: a ions and neutral losses
+SECONDARY_IONS: tuple[str, ...] = tuple(t for t in ION_TYPES if t not in ("b", "y"))
+
+
+def padded_residue_masses(rows: Sequence[Sequence[float]], dtype: torch.dtype = torch.float64,
+                          device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L) residue masses (Da, 0 on padding) and (N, L) bool mask of N peptides' residue-mass
+    lists, L the longest: the padded inputs of :func:`fragment_mz`."""
+    width = max((len(r) for r in rows), default=0)
+    masses = torch.zeros(len(rows), width, dtype=dtype, device=device)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool, device=device)
+    for i, r in enumerate(rows):
+        masses[i, :len(r)] = torch.tensor(r, dtype=dtype, device=device)
+        mask[i, :len(r)] = True
+    return masses, mask
+
+
+def immonium_mz(residue_masses: np.ndarray) -> np.ndarray:
+    """m/z (Th, 1+) of the immonium ion of each distinct residue mass (residue - CO + H+), ascending."""
+    return np.unique(residue_masses) - CO_MASS + PROTON_MASS
+
+
+def internal_fragments(residue_masses: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """b-type internal fragments of one peptide: every run of residues ``i .. j-1`` (0-based) of
+    2..``max_length`` residues touching neither terminus (1 <= i, j <= L - 1), in order of ``i``
+    then ``j``. Returns (first residue index (n,) int64, m/z 1+ (n,) Th = residue sum + H+)."""
+    n = residue_masses.size
+    pairs = [(i, j) for i in range(1, n - 2) for j in range(i + 2, min(i + max_length, n - 1) + 1)]
+    starts = np.array([i for i, _ in pairs], dtype=np.int64)
+    stops = np.array([j for _, j in pairs], dtype=np.int64)
+    cumulative = np.concatenate([[0.0], np.cumsum(residue_masses)])
+    return starts, cumulative[stops] - cumulative[starts] + PROTON_MASS
 
 
 def prefix_suffix_masses(residue_masses: torch.Tensor, mask: torch.Tensor | None = None

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from equipoise.peptide.baseline import BaselineConfig, GraphPath, SpectrumGraph
 from equipoise.peptide.decoding import DecodingConfig, Prediction, beam_candidates
-from equipoise.peptide.fragments import fragment_mz
+from equipoise.peptide.fragments import fragment_mz, padded_residue_masses
 from equipoise.peptide.io import Spectrum
 from equipoise.peptide.model import Memory, PeptideTransformer, SpectrumBatch
 from equipoise.peptide.vocab import C13_SPACING, Vocabulary
@@ -128,12 +128,8 @@ def ion_evidence(spectrum: Spectrum, candidates: Sequence[Sequence[str]], vocab:
     if mz.size == 0 or scored.size == 0:
         return out
     sites = sites[scored]
-    masses = np.zeros((scored.size, int(sites.max()) + 1))
-    for row, c in enumerate(scored):
-        masses[row, :sites[row] + 1] = residues[c]
-    mask = np.arange(masses.shape[1]) <= sites[:, None]
-    ions, valid = fragment_mz(torch.from_numpy(masses), torch.from_numpy(mask),
-                              charges=(1, 2) if spectrum.charge >= 3 else (1,))          # (C, types, S)
+    masses, mask = padded_residue_masses([residues[c] for c in scored])
+    ions, valid = fragment_mz(masses, mask, charges=(1, 2) if spectrum.charge >= 3 else (1,))  # (C, types, S)
     ions, valid = ions.numpy(), valid.numpy()
     right = np.clip(np.searchsorted(mz, ions), 1, mz.size - 1) if mz.size > 1 else np.zeros(ions.shape, int)
     left = np.clip(right - 1, 0, None)

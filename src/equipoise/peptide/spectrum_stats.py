@@ -25,15 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from equipoise.peptide.fragments import fragment_mz
+from equipoise.peptide.fragments import SECONDARY_IONS, fragment_mz, immonium_mz, internal_fragments
 from equipoise.peptide.io import Spectrum
 from equipoise.peptide.vocab import (C13_SPACING, CO_MASS, DEFAULT_VOCABULARY, H2O_MASS, NH3_MASS, PROTON_MASS,
                                      Vocabulary, ppm_error)
 
 #: ion families of :func:`family_masses`, in the order a peak is assigned to them; "other" is the rest
 ION_FAMILIES = ("b/y 1+", "b/y 2+", "a and losses", "immonium", "internal", "precursor", "other")
-#: a-ions and neutral losses of :func:`~equipoise.peptide.fragments.fragment_mz`
-SECONDARY_IONS = ("a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
 #: longest internal fragment counted (residues)
 INTERNAL_MAX_LENGTH = 7
 
@@ -82,15 +80,13 @@ def family_masses(tokens: Sequence[str], charge: int, vocabulary: Vocabulary = D
     def ladder(ions: tuple[str, ...], charges: tuple[int, ...]) -> np.ndarray:
         return fragment_mz(residues, ion_types=ions, charges=charges)[0].reshape(-1).numpy()
 
-    cumulative = np.concatenate([[0.0], np.cumsum(masses)])
-    internal = np.array([cumulative[j] - cumulative[i] for i in range(1, masses.size - 1)
-                         for j in range(i + 2, min(i + INTERNAL_MAX_LENGTH, masses.size - 1) + 1)])
-    internal = (internal[:, None] + PROTON_MASS - np.array([0.0, CO_MASS, H2O_MASS, NH3_MASS])).reshape(-1)
+    internal = internal_fragments(masses, INTERNAL_MAX_LENGTH)[1]
+    internal = (internal[:, None] - np.array([0.0, CO_MASS, H2O_MASS, NH3_MASS])).reshape(-1)
     neutral = float(masses.sum()) + H2O_MASS
     precursor = np.array([(neutral - loss + z * PROTON_MASS) / z for z in range(1, max(charge, 1) + 1)
                           for loss in (0.0, H2O_MASS, NH3_MASS)])
     return {"b/y 1+": ladder(("b", "y"), (1,)), "b/y 2+": ladder(("b", "y"), (2,)),
-            "a and losses": ladder(SECONDARY_IONS, (1, 2)), "immonium": np.unique(masses) - CO_MASS + PROTON_MASS,
+            "a and losses": ladder(SECONDARY_IONS, (1, 2)), "immonium": immonium_mz(masses),
             "internal": internal, "precursor": precursor}
 
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from equipoise.peptide.fragments import fragment_mz
+from equipoise.peptide.fragments import (SECONDARY_IONS, fragment_mz, immonium_mz, internal_fragments,
+                                         padded_residue_masses)
 from equipoise.peptide.io import Spectrum
-from equipoise.peptide.vocab import CO_MASS, DEFAULT_VOCABULARY, H2O_MASS, PROTON_MASS, Vocabulary
+from equipoise.peptide.vocab import CO_MASS, DEFAULT_VOCABULARY, Vocabulary
 
 #: UniProtKB/Swiss-Prot amino-acid composition (%), release statistics
 NATURAL_FREQUENCIES: dict[str, float] = {
@@ -88,7 +88,7 @@ _LETTERS = np.array(list(NATURAL_FREQUENCIES))
 #: residue probabilities away from the C-terminus (no K/R: trypsin would have cut there)
 _INNER_P = np.array([0.0 if aa in "KR" else f for aa, f in NATURAL_FREQUENCIES.items()])
 _INNER_P /= _INNER_P.sum()
-ION_TYPES = ("b", "y", "a", "b-H2O", "b-NH3", "y-H2O", "y-NH3")
+ION_TYPES = ("b", "y", *SECONDARY_IONS)
 CHUNK = 512  #: peptides whose fragment ladders are computed in one batched call
 
 
@@ -141,13 +141,7 @@ def _site_intensities(rng: np.random.Generator, residues: list[str], config: Syn
 
 def _ladders(token_lists: list[list[str]], vocabulary: Vocabulary) -> np.ndarray:
     """(n, 2 * len(ION_TYPES), max_L - 1) fragment m/z at charges 1 and 2, one batched call."""
-    rows = [vocabulary.residue_masses(t) for t in token_lists]
-    width = max(len(r) for r in rows)
-    masses = torch.zeros(len(rows), width, dtype=torch.float64)
-    mask = torch.zeros(len(rows), width, dtype=torch.bool)
-    for i, r in enumerate(rows):
-        masses[i, :len(r)] = torch.tensor(r, dtype=torch.float64)
-        mask[i, :len(r)] = True
+    masses, mask = padded_residue_masses([vocabulary.residue_masses(t) for t in token_lists])
     return fragment_mz(masses, mask, ion_types=ION_TYPES, charges=(1, 2))[0].numpy()
 
 
@@ -165,20 +159,13 @@ def _structured_ions(rng: np.random.Generator, tokens: list[str], b: np.ndarray,
     mean = float(np.concatenate([b, y]).mean()) if b.size else peak
     mz, intensity = [], []
     if config.immonium_scale > 0:
-        kinds = np.unique(masses)
-        mz.append(kinds - CO_MASS + PROTON_MASS)
-        intensity.append(config.immonium_scale * peak * rng.lognormal(0.0, 0.8, size=kinds.size))
+        immonium = immonium_mz(masses)
+        mz.append(immonium)
+        intensity.append(config.immonium_scale * peak * rng.lognormal(0.0, 0.8, size=immonium.size))
     if config.internal_scale > 0 and masses.size >= 4:
-        cumulative = np.concatenate([[0.0], np.cumsum(masses)])
-        starts, stops = [], []
-        for i in range(1, masses.size - 2):
-            for j in range(i + 2, min(i + config.internal_max_length, masses.size - 1) + 1):
-                starts.append(i)
-                stops.append(j)
-        starts, stops = np.array(starts, dtype=int), np.array(stops, dtype=int)
+        starts, ion = internal_fragments(masses, config.internal_max_length)
         seen = rng.random(starts.size) < config.internal_keep
-        starts, stops = starts[seen], stops[seen]
-        ion = cumulative[stops] - cumulative[starts] + PROTON_MASS
+        starts, ion = starts[seen], ion[seen]
         strength = config.internal_scale * mean * rng.lognormal(0.0, 0.8, size=ion.size)
         strength *= np.where(np.array([residues[i][0] for i in starts]) == "P", 3.0, 1.0) if starts.size else 1.0
         for shift, scale in ((0.0, 1.0), (-CO_MASS, 0.4)):
