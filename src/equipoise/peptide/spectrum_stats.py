@@ -119,7 +119,8 @@ def spectrum_stats(spectra: Sequence[Spectrum], *, tol_ppm: float = 20.0,
     for s in spectra:
         if not s.tokens:
             continue
-        for family, share in family_shares(s, tol_ppm, vocabulary).items():
+        by_family = family_shares(s, tol_ppm, vocabulary)
+        for family, share in by_family.items():
             shares[family].append(share)
         masses = torch.tensor(vocabulary.residue_masses(s.tokens), dtype=torch.float64)
         theory, _ = fragment_mz(masses, ion_types=("b", "y"), charges=(1,))
@@ -128,15 +129,11 @@ def spectrum_stats(spectra: Sequence[Spectrum], *, tol_ppm: float = 20.0,
         lo = np.searchsorted(mz, theo * (1 - tol_ppm * 1e-6), side="left")
         hi = np.searchsorted(mz, theo * (1 + tol_ppm * 1e-6), side="right")
         hit = hi > lo
-        matched_peaks = np.zeros(mz.size, dtype=bool)
         for k in np.flatnonzero(hit):
-            window = np.arange(lo[k], hi[k])
-            best = window[np.argmax(inten[window])]
-            matched_peaks[window] = True
+            best = lo[k] + int(np.argmax(inten[lo[k]:hi[k]]))
             errors.append(ppm_error(mz[best], theo[k]))
         present.append(hit.mean() if theo.size else 0.0)
-        total = inten.sum()
-        explained.append(inten[matched_peaks].sum() / total if total > 0 else 0.0)
+        explained.append(by_family["b/y 1+"])  # the peaks within tol_ppm of a b/y 1+ ion, as a share
         calc = vocabulary.precursor_mz(s.tokens, s.charge)
         offsets = [ppm_error(s.precursor_mz - n * C13_SPACING / s.charge, calc) for n in (0, 1)]
         precursor.append(min(offsets, key=abs))
