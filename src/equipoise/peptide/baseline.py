@@ -105,12 +105,11 @@ class SpectrumGraph:
         p, s = p[inside], s[inside]
         order = np.argsort(p)
         p, s = p[order], s[order]
-        # runs of readings closer than merge_da become one node at their support-weighted mean
-        starts = np.flatnonzero(np.concatenate([[True], np.diff(p) > self.config.merge_da])) if p.size else p
-        w = s + 1e-9
-        merged_p = np.add.reduceat(p * w, starts) / np.add.reduceat(w, starts) if p.size else p
-        merged_s = np.add.reduceat(s, starts) if p.size else s
-        return np.concatenate([[0.0], merged_p, [total]]), np.concatenate([[0.0], merged_s, [0.0]]), total
+        if p.size:  # runs of readings closer than merge_da become one node at their support-weighted mean
+            starts = np.flatnonzero(np.concatenate([[True], np.diff(p) > self.config.merge_da]))
+            w = s + 1e-9
+            p, s = np.add.reduceat(p * w, starts) / np.add.reduceat(w, starts), np.add.reduceat(s, starts)
+        return np.concatenate([[0.0], p, [total]]), np.concatenate([[0.0], s, [0.0]]), total
 
     def _match(self, diffs: np.ndarray, table: np.ndarray) -> np.ndarray:
         """Index into ``table`` of the entry nearest each diff, -1 when none within tol."""
