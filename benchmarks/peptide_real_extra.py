@@ -18,6 +18,7 @@ import argparse
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -52,9 +53,9 @@ def _key(s: Spectrum) -> tuple:
     return round(s.precursor_mz, 4), s.charge, tuple(s.tokens or [])
 
 
-def extra_spectra(sample: Path, shared: Path) -> list[Spectrum]:
-    """The labelled spectra of ``sample`` that ``shared`` does not hold."""
-    known = {_key(s) for s in read_spectra(shared).spectra} if shared.is_file() else set()
+def extra_spectra(sample: Path, shared: Sequence[Spectrum]) -> list[Spectrum]:
+    """The labelled spectra of ``sample`` that are not among ``shared``."""
+    known = {_key(s) for s in shared}
     return [s for s in read_spectra(sample).spectra if s.tokens and _key(s) not in known]
 
 
@@ -71,10 +72,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    spectra = extra_spectra(fetch_sample(out), SHARED)
+    shared = read_spectra(SHARED).spectra if SHARED.is_file() else []
+    spectra = extra_spectra(fetch_sample(out), shared)
     write_mgf(out / "real_extra.mgf", spectra)
     truth = [s.tokens for s in spectra]
-    peptides = {tuple(s.tokens) for s in read_spectra(SHARED).spectra} if SHARED.is_file() else set()
+    peptides = {tuple(s.tokens) for s in shared}
     print(f"{len(spectra)} real spectra not in {SHARED.name} ({sum(tuple(t) in peptides for t in truth)} of their "
           f"peptides also occur there); written to {out / 'real_extra.mgf'}")
     psms = run_baseline(spectra)
