@@ -114,16 +114,39 @@ def test_joint_once_scheme_inflates_the_adp_weight(synthetic):
 
 
 def test_b_stage_shares_the_xyz_stage_restraint_weight(synthetic):
-    """Per-stage scheme: the ADP restraints get the restraint weight that the cycle's xyz stage
-    computed (one x-ray weight for all restraints, as REFMAC and servalcat), with that reason."""
+    """Per-stage scheme without a screen: the ADP restraints get the restraint weight that the
+    cycle's xyz stage computed (one x-ray weight for all restraints, as REFMAC and servalcat)."""
     _, shaken, xray = synthetic
     restraints = Restraints.build(shaken)
-    result = refine(shaken, restraints, xray, options=RefineOptions(cycles=2, xyz_steps=3, b_steps=2),
-                    log=lambda s: None)
+    result = refine(shaken, restraints, xray, log=lambda s: None,
+                    options=RefineOptions(cycles=2, xyz_steps=3, b_steps=2, adp_screen=(1.0,)))
     for c in result.cycles:
         assert c.weights["b"]["adp"] == pytest.approx(c.weights["xyz"]["bond"])
         assert c.weights["b"]["b_prior"] == pytest.approx(c.weights["xyz"]["bond"])
         assert "xyz stage's restraint weight" in c.reasons["b:adp"]
+
+
+def test_adp_weight_screen_keeps_the_lowest_r_free(synthetic, tmp_path):
+    """The first cycle's B stage runs once per screened factor from the same model and keeps
+    the lowest R-free; every later cycle uses that factor; a resumed run keeps it too."""
+    import re
+
+    _, shaken, xray = synthetic
+    restraints = Restraints.build(shaken)
+    options = RefineOptions(cycles=2, xyz_steps=3, b_steps=2, adp_screen=(0.2, 1.0, 5.0))
+    result = refine(shaken, restraints, xray, options=options, run_dir=tmp_path, log=lambda s: None)
+    why = result.cycles[0].reasons["b:adp_screen"]
+    tried = {float(f): float(r) for f, r in re.findall(r"x([0-9.]+) ([0-9.]+)", why.split(":", 1)[1])}
+    assert set(tried) == {0.2, 1.0, 5.0}
+    kept = min(tried, key=tried.get)
+    assert f"kept x{kept:g}" in why
+    assert sorted(p.name for p in (tmp_path / "cycle_01").iterdir()) == ["b_x0.2", "b_x1", "b_x5", "xyz"]
+    for c in result.cycles:
+        assert c.weights["b"]["adp"] == pytest.approx(kept * c.weights["xyz"]["bond"])
+    assert "b:adp_screen" not in result.cycles[1].reasons
+    options.cycles = 3
+    resumed = refine(shaken, restraints, xray, options=options, run_dir=tmp_path, log=lambda s: None)
+    assert resumed.cycles[2].weights["b"]["adp"] == pytest.approx(kept * resumed.cycles[2].weights["xyz"]["bond"])
 
 
 def test_adp_similarity_is_relative_and_scale_free():

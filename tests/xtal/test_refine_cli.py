@@ -16,7 +16,7 @@ def test_refine_command_writes_all_outputs(tmp_path, capsys):
     assert main(args) == 0
     for name in ("refined.pdb", "refined.cif", "maps.mtz", "summary.json", "refine.log",
                  "plots/r_factors.png", "plots/weights.png", "run/cycle_01/xyz/record.jsonl",
-                 "run/cycle_01/b/summary.json"):
+                 "run/cycle_01/b_x1/summary.json"):
         assert (out / name).is_file(), name
     summary = json.loads((out / "summary.json").read_text())
     assert {"start", "cycles", "r_work", "r_free", "bond_rmsd", "angle_rmsd"} <= set(summary)

@@ -2,7 +2,9 @@
 
 Each macro-cycle (as phenix.refine, REFMAC and servalcat do):
 
-1. update the scales and bulk solvent at the current model (``XrayModel.update_scales``);
+1. update the scales and bulk solvent at the current model (``XrayModel.update_scales``) and
+   move their overall isotropic fall-off into the atoms' B (``overall_b_to_atoms``, as servalcat
+   and phenix.refine do), so that B stays on the data's absolute scale and cannot drift;
 2. xyz stage: L-BFGS on the coordinates, terms ``xray`` + one term per restraint kind (bond,
    angle, torsion, plane, chiral, nonbonded), one restraint weight computed on the xyz group only
    (``weights.RestraintRatioBalancer``), its ratio moved between cycles to keep bond rmsZ in
@@ -60,7 +62,9 @@ class XrayModel(Protocol):
 
     Optional attributes, read with ``getattr``: ``refl`` and ``work`` ((m,) bool working set,
     which sizes the x-ray term), ``twin_fit`` (the last ``TwinFractionFit``, logged with the
-    scales and stored in ``CycleStats.twin``).
+    scales and stored in ``CycleStats.twin``), ``overall_b_to_atoms(xyz, b, occ, b_range)`` (moves
+    the scales' overall isotropic fall-off into the atoms and returns their new B; called after
+    every scale update).
     """
 
     def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor):
@@ -86,6 +90,9 @@ class RefineOptions:
     rmsz_range: target range of bond rmsZ for the ratio controller (servalcat: [0.5, 1]).
     adp_ratio: ratio |g_adp| / |g_xray| of the joint-once scheme's ADP weight (the per-stage B
         stage uses the xyz stage's restraint weight). refine_b: run the B stage.
+    adp_screen: factors of the B stage's restraint weight tried in the first cycle's B stage,
+        each from the same model; the one with the lowest R-free is kept for every cycle (a
+        validation screen, as phenix.refine's ADP-weight optimisation). ``(1.0,)``: no screen.
     scheme: "per-stage" (ours) or "joint-once" (the seed failure, for comparison only).
     """
 
@@ -97,6 +104,7 @@ class RefineOptions:
     adp_ratio: float = 0.5
     refine_b: bool = True
     scheme: str = "per-stage"
+    adp_screen: tuple[float, ...] = (0.5, 1.0, 2.0)
 
     def check(self) -> None:
         """``InputError`` for impossible settings."""
@@ -111,6 +119,8 @@ class RefineOptions:
         for name in ("restraint_ratio", "adp_ratio"):
             if not getattr(self, name) > 0:
                 raise InputError(f"must be > 0, got {getattr(self, name)}", field=name)
+        if not self.adp_screen or not all(f > 0 for f in self.adp_screen):
+            raise InputError(f"need one or more factors > 0, got {self.adp_screen}", field="adp_screen")
         if self.scheme not in SCHEMES:
             raise InputError(f"must be one of {SCHEMES}, got {self.scheme!r}", field="scheme")
 
@@ -195,8 +205,7 @@ def adp_similarity(b_iso: Tensor, pairs: Tensor, weight: Tensor) -> Tensor:
     The relative difference is the isotropic form of the KL-divergence ADP restraint of REFMAC
     and servalcat (Murshudov et al. 2011, Acta Cryst. D67, 355): two atoms' displacement
     distributions are compared by their ratio, so atoms with large B may differ more in B than
-    well-ordered ones, and the restraint does not depend on the overall B (which the scales'
-    anisotropic B absorbs). B_i B_j is floored at B_MIN^2 (a line-search trial below B_MIN).
+    well-ordered ones. B_i B_j is floored at B_MIN^2 (a line-search trial below B_MIN).
     """
     if pairs.shape[0] == 0:
         return b_iso.sum() * 0.0
@@ -230,6 +239,8 @@ class _Refinement:
         work = getattr(xray, "work", None if refl is None else refl.work)
         self.xray_count = float(work.sum()) if work is not None else 1.0
         self.joint_weights: dict[str, float] | None = None
+        #: factor of the B stage's restraint weight; None until the first cycle's screen chose it
+        self.adp_factor: float | None = None
         #: stage fits resume from their checkpoints (False: start every stage afresh)
         self.resume = True
 
@@ -243,6 +254,19 @@ class _Refinement:
         fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
         fns.update(adp=lambda _: adp_similarity(b, pairs, pair_weight), b_prior=lambda _: b_prior(b, b0))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
+
+    def update_scales(self) -> str:
+        """Refit the x-ray model's scales at the current model and move their overall isotropic
+        fall-off into the atoms (where the x-ray model can); the B prior's centre moves with the
+        atoms, so it keeps pulling only on changes of B relative to each other. Returns the log line."""
+        scales = self.xray.update_scales(self.xyz, self.b, self.occ)
+        moved = ""
+        if hasattr(self.xray, "overall_b_to_atoms"):
+            self.b = self.xray.overall_b_to_atoms(self.xyz, self.b, self.occ, (B_MIN, B_MAX)).clone()
+            delta = float(self.xray.overall_b_moved)
+            self.b_start = self.b_start + delta
+            moved = f"; overall B {delta:+.2f} Å^2 moved from the scales to the atoms"
+        return _scales_line(scales, getattr(self.xray, "twin_fit", None)) + moved
 
     def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
         with torch.no_grad():
@@ -259,7 +283,8 @@ class _Refinement:
     # ------------------------------------------------------------------ stages
     def _fit(self, name: str, stage: Stage, xyz: Tensor, b: Tensor, cycle_dir: Path | None,
              free: Sequence[str]) -> Fit:
-        return Fit({"xyz": xyz, "b": b}, self.terms(xyz, b, self.joint_weights), [stage], run_dir=None if cycle_dir is None else cycle_dir / name,
+        return Fit({"xyz": xyz, "b": b}, self.terms(xyz, b, self.joint_weights), [stage],
+                   run_dir=None if cycle_dir is None else cycle_dir / name,
                    progress=self.progress, grad_every=5, checkpoint_every=10,
                    summarize=lambda: {"mean B (Å^2)": float(b.detach().mean())},
                    config={"stage": name, "free": list(free), "scheme": self.options.scheme})
@@ -294,8 +319,35 @@ class _Refinement:
                  ", ".join(f"{t} {w.value:.4g}" for t, w in weights.items()))
         return {t: w.value for t, w in weights.items()}
 
-    def stage(self, name: str, cycle_dir: Path | None, restraint_weight: float | None = None) -> tuple[dict, dict]:
-        """Run the ``xyz`` or ``b`` stage; returns its weights and reasons.
+    def b_stage(self, cycle_dir: Path | None, restraint_weight: float | None) -> tuple[dict, dict]:
+        """The B stage, per-stage scheme: with the screened factor of ``restraint_weight`` once
+        the first cycle has chosen it; in that cycle, one B stage per ``adp_screen`` factor from
+        the same model, the lowest R-free kept (ties: the factor nearest 1). Returns the kept
+        stage's weights and reasons, the screen's reason added as ``adp_screen``."""
+        factors = self.options.adp_screen
+        if self.joint_weights is not None or restraint_weight is None:
+            return self.stage("b", cycle_dir, restraint_weight)
+        if self.adp_factor is not None or len(factors) == 1:
+            self.adp_factor = self.adp_factor or factors[0]
+            return self.stage("b", cycle_dir, restraint_weight, factor=self.adp_factor)
+        start, tried = self.b.clone(), []
+        for factor in sorted(factors, key=lambda f: abs(math.log(f))):
+            self.b = start.clone()
+            weights, reasons = self.stage("b", cycle_dir, restraint_weight, label=f"b_x{factor:g}", factor=factor)
+            with torch.no_grad():
+                r_free = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))["r_free"]
+            tried.append((r_free, factor, self.b.clone(), weights, reasons))
+        r_free, self.adp_factor, self.b, weights, reasons = min(tried, key=lambda t: t[0])
+        why = (f"R-free screen of the ADP weight (x the xyz stage's restraint weight {restraint_weight:.4g}): "
+               + ", ".join(f"x{f:g} {r:.4f}" for r, f, *_ in sorted(tried, key=lambda t: t[1]))
+               + f"; kept x{self.adp_factor:g} for every cycle")
+        self.log(why)
+        return weights, {**reasons, "adp_screen": why}
+
+    def stage(self, name: str, cycle_dir: Path | None, restraint_weight: float | None = None,
+              label: str | None = None, factor: float = 1.0) -> tuple[dict, dict]:
+        """Run the ``xyz`` or ``b`` stage (records in ``cycle_dir/label``, default the name);
+        returns its weights and reasons. The B stage's restraints get ``factor * restraint_weight``.
 
         The per-stage B stage gives its restraints ``restraint_weight``, the weight of the
         geometry terms in this cycle's xyz stage. REFMAC and servalcat weight the x-ray term
@@ -319,13 +371,13 @@ class _Refinement:
         else:
             if restraint_weight is None:
                 raise ValueError("the per-stage B stage needs the xyz stage's restraint weight")
-            why = (f"the xyz stage's restraint weight {restraint_weight:.4g} (one x-ray weight for "
-                   "geometry and ADP restraints, as REFMAC and servalcat)")
+            why = (f"the xyz stage's restraint weight {restraint_weight:.4g} x {factor:g} (one x-ray weight for "
+                   "geometry and ADP restraints, as REFMAC and servalcat, times the screened factor)")
             balancer = SharedWeightBalancer({"xray": Weight(1.0, "base weight"),
-                                             **{t: Weight(restraint_weight, why) for t in ADP_TERMS}})
+                                             **{t: Weight(factor * restraint_weight, why) for t in ADP_TERMS}})
         stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer,
                       optimizer_options={"max_iter": math.ceil(iterations / steps)})
-        result = self._fit(name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
+        result = self._fit(label or name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
         if name == "xyz":
             self.xyz = xyz.detach().clone()
         else:
@@ -356,20 +408,21 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
         run.b_start = saved["b_start"].to(model.xyz)
         run.controller.ratio = saved["ratio"]
         run.joint_weights = saved["joint_weights"]
+        run.adp_factor = saved.get("adp_factor")
         start = CycleStats(**saved["start"])
         cycles = [CycleStats(**c) for c in saved["cycles"]]
         log(f"resuming after cycle {len(cycles)} from {state_path}")
     #: scales fitted at the current model and not yet used by a cycle (the start's: cycle 1 reuses them)
     fresh_scales: str | None = None
     if start is None:
-        fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ), getattr(xray, "twin_fit", None))
+        fresh_scales = run.update_scales()
         start = run.stats(0, scales=fresh_scales)
         log("start: " + stats_line(start))
     for cycle in range(len(cycles) + 1, options.cycles + 1):
         t0 = time.perf_counter()
         cycle_dir = None if run.run_dir is None else run.run_dir / f"cycle_{cycle:02d}"
         if fresh_scales is None:
-            fresh_scales = _scales_line(xray.update_scales(run.xyz, run.b, run.occ), getattr(xray, "twin_fit", None))
+            fresh_scales = run.update_scales()
         scales, fresh_scales = fresh_scales, None
         log(f"cycle {cycle}: scales {scales}")
         if options.scheme == "joint-once" and run.joint_weights is None:
@@ -383,7 +436,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             reasons["xyz:next_ratio"] = why
             log(f"cycle {cycle}: {why}")
         if options.refine_b:
-            w_b, why_b = run.stage("b", cycle_dir, w_xyz.get("bond"))
+            w_b, why_b = run.b_stage(cycle_dir, w_xyz.get("bond"))
             weights["b"] = w_b
             reasons.update({f"b:{t}": why for t, why in why_b.items()})
         stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)
@@ -407,7 +460,7 @@ def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[Cy
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"xyz": run.xyz.cpu(), "b": run.b.cpu(), "b_start": run.b_start.cpu(),
-                "ratio": run.controller.ratio, "joint_weights": run.joint_weights,
+                "ratio": run.controller.ratio, "joint_weights": run.joint_weights, "adp_factor": run.adp_factor,
                 "start": asdict(start), "cycles": [asdict(c) for c in cycles]}, tmp)
     tmp.replace(path)
 

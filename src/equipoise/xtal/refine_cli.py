@@ -29,6 +29,17 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=float, metavar="DMIN", help="high-resolution limit (Å)")
 
 
+def _factors(text: str) -> tuple[float, ...]:
+    """``--adp-screen`` value: comma-separated positive numbers."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.5,1,2, got {text!r}") from None
+    if not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"factors must be > 0, got {text!r}")
+    return values
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``refine`` to the ``xtal`` sub-commands."""
     p = commands.add_parser("refine", help="refine coordinates and B-factors against X-ray data",
@@ -45,6 +56,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--xyz-steps", type=int, default=15, help="L-BFGS iterations of each xyz stage (default 15)")
     p.add_argument("--b-steps", type=int, default=10, help="L-BFGS iterations of each B stage (default 10)")
     p.add_argument("--no-b", action="store_true", help="refine coordinates only")
+    p.add_argument("--adp-screen", type=_factors, default=None, metavar="F,F,...",
+                   help="factors of the ADP restraint weight tried in the first cycle, the lowest R-free "
+                        "kept (default 0.5,1,2; 1 turns the screen off)")
     p.add_argument("--target", default="ml", choices=("ml", "ls"), help="x-ray target (default ml)")
     p.add_argument("--hydrogens", default="strip", choices=("strip", "keep"), help="hydrogens (default strip)")
     p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
@@ -74,7 +88,8 @@ def _refine(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     options = RefineOptions(cycles=args.cycles, xyz_steps=args.xyz_steps, b_steps=args.b_steps,
-                            refine_b=not args.no_b, scheme=args.scheme)
+                            refine_b=not args.no_b, scheme=args.scheme,
+                            **({} if args.adp_screen is None else {"adp_screen": args.adp_screen}))
     options.check()
     try:
         out.mkdir(parents=True, exist_ok=True)

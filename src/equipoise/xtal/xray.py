@@ -4,6 +4,7 @@ Usage (refinement code)::
 
     xm = XrayModel(model, refl)                        # checks cell/space group, plans the FFT
     xm.update_scales(xyz, b_iso, occ)                  # mask, k_sol/B_sol, aniso, bin scales, sigmaA
+    b_iso = xm.overall_b_to_atoms(xyz, b_iso, occ, (2.0, 300.0))   # refinement: the overall B into the atoms
     fc = xm.fcalc(xyz, b_iso, occ)                     # (m,) complex, differentiable in xyz, B, occ
     loss = xm.target(fc)                               # ML (default) or LS on the working set
     stats = xm.r_factors(fc)                           # {"r_work", "r_free", "cc_work", ...}
@@ -24,7 +25,7 @@ import torch
 
 from equipoise.errors import InputError
 from equipoise.xtal.reflections import Reflections
-from equipoise.xtal.scaling import Scales, model_amplitudes, symmetry_projector, update_scales
+from equipoise.xtal.scaling import Scales, bin_scale, model_amplitudes, symmetry_projector, update_scales
 from equipoise.xtal.solvent import mask_structure_factors
 from equipoise.xtal.structure_factors import (FFTStructureFactors, direct_structure_factors,
                                               fractionalization_matrix, reciprocal_vectors, symmetry_operators)
@@ -79,6 +80,8 @@ class XrayModel:
         self.twin_alphas: torch.Tensor | None = None
         self.twin_fit: TwinFractionFit | None = None
         self.n_moved_from_work = 0
+        #: the B (Å^2) that the last ``overall_b_to_atoms`` moved from the scales into the atoms
+        self.overall_b_moved: float | None = None
         self._twin_weight: torch.Tensor | None = None
 
     def set_twin(self, laws: list[str], rotations: list, alphas: list[float], *,
@@ -130,9 +133,53 @@ class XrayModel:
             self.scales = self._fit_scales(fc)
             if self.twin is not None:
                 self._fit_twin(fc)
-            self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.model_amplitudes(fc), r.centric, r.epsilon,
-                                         r.bin_index, r.n_bins, r.free)
+            self._fit_ml(fc)
         return self.scales
+
+    def overall_b_to_atoms(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor,
+                           b_range: tuple[float, float]) -> torch.Tensor:
+        """Move the overall isotropic fall-off of the scales into the atoms; returns their new B (n,) Å^2.
+
+        Refinement calls it after every ``update_scales``, as servalcat ("Applying overall B to
+        model") and phenix.refine (the back trace of the overall scale's B) do: the fall-off
+        delta = tr(B_aniso) / 3 + B_bins, where B_bins is the slope of ln k_bin against the bins'
+        mean s^2 (ln k_bin ~ c - B_bins s^2 / 4, weighted by working counts), leaves the scales
+        (B_aniso traceless, B_sol + delta, k_bin refitted in closed form at the new atoms) and every
+        atom's B rises by delta (clamped to ``b_range``). F_model is unchanged up to the bins' width
+        in s^2. Without it the atoms' mean B is not fixed by the data: the bin scales and the
+        trace of B_aniso trade it back and forth (on 1A0F they carried +17 and -11 Å^2), and it
+        drifts (on 5wkd it rose 1 Å^2 per macro-cycle). Isotropic atoms (refinement's model).
+        """
+        r, sc = self.refl, self.scales
+        work = self.work if self.twin is None else self.work & ~self.twin.missing
+        with torch.no_grad():
+            s2 = (self.s * self.s).sum(-1)
+            count = torch.bincount(r.bin_index[work], minlength=r.n_bins).to(s2.dtype)
+            x = torch.zeros_like(count).index_add_(0, r.bin_index[work], s2[work]) / count.clamp_min(1.0)
+            b_bins = 0.0
+            if int((count > 0).sum()) > 1:
+                y = torch.log(sc.k_bin.clamp_min(1e-30))
+                x0, y0 = (count * x).sum() / count.sum(), (count * y).sum() / count.sum()
+                b_bins = float(-4.0 * (count * (x - x0) * (y - y0)).sum() / (count * (x - x0) ** 2).sum())
+            b_trace = float(torch.diagonal(sc.b_aniso).sum()) / 3.0
+            delta = b_trace + b_bins
+            new_b = (b_iso.detach() + delta).clamp(*b_range)
+            sc.b_aniso = sc.b_aniso - b_trace * torch.eye(3, dtype=sc.b_aniso.dtype, device=sc.b_aniso.device)
+            sc.b_sol += delta
+            sc.k_bin = torch.ones_like(sc.k_bin)
+            fc = self.fcalc(xyz, new_b, occ)
+            sc.k_bin = bin_scale(r.f_obs, self.model_amplitudes(fc), r.bin_index, r.n_bins, work)
+            if self.twin is not None:
+                self._twin_weight = residual_weights(r.f_obs, self.model_amplitudes(fc), work, r.bin_index, r.n_bins)
+            self._fit_ml(fc)
+        self.overall_b_moved = delta
+        return new_b
+
+    def _fit_ml(self, fc: torch.Tensor) -> None:
+        """The ML target's D and S per bin at the current scales (free set, ``estimate_ml_params``)."""
+        r = self.refl
+        self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.model_amplitudes(fc), r.centric, r.epsilon,
+                                     r.bin_index, r.n_bins, r.free)
 
     def _fit_scales(self, fc: torch.Tensor) -> Scales:
         """All scales at the current mask (and twin fractions), on the working set."""
