@@ -92,10 +92,10 @@ def rfactor(model_path: str | Path, data_path: str | Path, *, labin: str | None 
         xm = XrayModel(model, refl, target=target)
         for note in xm.notes:
             prog.event(note)
-        prog.step(1, "read", 0, 1, float("nan"))
+        prog.step(1, "read", 0, 1)
         with torch.no_grad():
             fc = xm.fcalc(model.xyz, model.b_iso, model.occ, model.u_aniso)
-        prog.step(2, "structure factors", 0, 1, float("nan"))
+        prog.step(2, "structure factors", 0, 1)
         scales = xm.update_scales(fcalc=fc)
         stats = xm.r_factors(fc)
         with torch.no_grad():
