@@ -10,7 +10,11 @@ Cases (``--case``, several allowed):
   data (a model with library geometry, made by the *peer*, so any bias is in its favour; cached
   in ``--cache``); F_obs simulated from it on the real hkl set with the real free flags.
 
-Each start is the truth (or round0) shaken by ``--shake`` Å RMS (seed 1). Both programs refine
+- ``real`` (with ``--model M --data D [--ligand X.cif ...] [--labin ...]``): your own deposited
+  model and data (MTZ or SF-mmCIF, read by our reader and written as the MTZ both programs get);
+  start = the model shaken; scored by R-free (the RMSD column is to the given model).
+
+Each start is the truth (or round0, or the given model) shaken by ``--shake`` Å RMS (seed 1). Both programs refine
 the same start against the same MTZ (FP, SIGFP, FreeR_flag, 0 = free), each as a child process
 with ``OMP_NUM_THREADS=1``: equipoise as ``python -m equipoise xtal refine --plots none``, servalcat
 as ``$EQUIPOISE_SERVALCAT refine_xtal_norefmac -s xray --ncycle 10`` (its defaults otherwise,
@@ -23,6 +27,7 @@ the truth over all atoms matched by label. Printed: both rows per case and the r
 
 Usage: python benchmarks/xtal_refine.py [--case 5e5z-synth 1a0f-real 1a0f-synth] [--shake 0.3]
     [--cycles 5] [--serval-cycles 10] [--cache build/xtal_refine] [--keep DIR]
+    python benchmarks/xtal_refine.py --model MODEL --data DATA [--ligand X.cif ...] [--labin F,SIGF,FREE]
 """
 
 from __future__ import annotations
@@ -69,20 +74,22 @@ def run_child(cmd: list[str], cwd: Path, log: Path) -> tuple[int, float, float]:
     return proc.returncode, wall, peak_kib / 1024 ** 2
 
 
-def servalcat_cmd(exe: str, start: Path, mtz: Path, monlib: Path, prefix: Path, cycles: int) -> list[str]:
+def servalcat_cmd(exe: str, start: Path, mtz: Path, monlib: Path, prefix: Path, cycles: int,
+                  ligands: list[str] = ()) -> list[str]:
     """servalcat's x-ray refinement, its defaults except the free flag and cycle count."""
     return [exe, "refine_xtal_norefmac", "--model", str(start), "--hklin", str(mtz),
             "--labin", "FP,SIGFP,FreeR_flag", "--free", "0", "-s", "xray", "--ncycle", str(cycles),
-            "--monlib", str(monlib), "-o", str(prefix)]
+            "--monlib", str(monlib), "-o", str(prefix), *(["--ligand", *ligands] if ligands else [])]
 
 
-def equipoise_cmd(start: Path, mtz: Path, monlib: Path, out: Path, cycles: int) -> list[str]:
+def equipoise_cmd(start: Path, mtz: Path, monlib: Path, out: Path, cycles: int, ligands: list[str] = ()) -> list[str]:
     """equipoise's refinement command line (defaults, no figures)."""
     return [sys.executable, "-m", "equipoise", "xtal", "refine", str(start), str(mtz), "--out", str(out),
-            "--cycles", str(cycles), "--monlib", str(monlib), "--plots", "none", "--restart"]
+            "--cycles", str(cycles), "--monlib", str(monlib), "--plots", "none", "--restart",
+            *(["--ligand", *ligands] if ligands else [])]
 
 
-def score(path: Path, truth: AtomModel, mtz: Path, monlib: Path) -> dict:
+def score(path: Path, truth: AtomModel, mtz: Path, monlib: Path, ligands: list[str] = ()) -> dict:
     """R-work/R-free (ours, after scaling), bond/angle RMSD, RMSD to ``truth`` (Å) of a model file.
 
     Atoms are matched to the truth by label (chain/residue/atom/altloc); every truth atom must be
@@ -99,17 +106,17 @@ def score(path: Path, truth: AtomModel, mtz: Path, monlib: Path) -> dict:
         model.with_symmetry(refl.cell, refl.spacegroup)
     xm = XrayModel(model, refl)
     xm.update_scales()
-    stats = Restraints.build(model, monlib=monlib).statistics(model.xyz)
+    stats = Restraints.build(model, monlib=monlib, ligands=list(ligands)).statistics(model.xyz)
     r = xm.r_factors()
     rmsd = float(((model.xyz[order] - truth.xyz) ** 2).sum(1).mean().sqrt())
     return {"r_work": r["r_work"], "r_free": r["r_free"], "bond": stats["bond"]["rmsd"],
             "angle": stats["angle"]["rmsd"], "rmsd_truth": rmsd}
 
 
-def load(model_path: Path, data_path: Path) -> tuple[AtomModel, Reflections]:
+def load(model_path: Path, data_path: Path, labin: str | None = None) -> tuple[AtomModel, Reflections]:
     """Model (with the data's symmetry when it has none) and reflections."""
     model = AtomModel.from_file(model_path)
-    refl = Reflections.from_file(data_path)
+    refl = Reflections.from_file(data_path, labin=labin)
     if model.spacegroup is None:
         model.with_symmetry(refl.cell, refl.spacegroup)
     return model, refl
@@ -152,6 +159,9 @@ def prepare(case: str, tmp: Path, args, exe: str, monlib: Path) -> tuple[AtomMod
     elif case == "1a0f-real":
         truth, real = load(DATA / "1a0f" / "1a0f_round0.pdb", DATA / "1a0f" / "1a0f_data.mtz")
         mtz = write_mtz(real, tmp / "data.mtz")
+    elif case == "real":
+        truth, real = load(Path(args.model), Path(args.data), args.labin)
+        mtz = write_mtz(real, tmp / "data.mtz")
     elif case == "1a0f-synth":
         truth, real = load(servalcat_truth(exe, monlib, Path(args.cache)), DATA / "1a0f" / "1a0f_data.mtz")
         mtz = synthetic_mtz(truth, real, tmp / "data.mtz", args.noise)
@@ -165,7 +175,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="servalcat: set EQUIPOISE_SERVALCAT to its executable (default: "
                                         "'servalcat' on PATH).")
-    ap.add_argument("--case", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--case", nargs="+", choices=CASES,
+                    help=f"built-in cases (default: all of {', '.join(CASES)}, or none with --model)")
+    ap.add_argument("--model", help="case 'real': your deposited model (PDB/mmCIF), refined from a shaken copy")
+    ap.add_argument("--data", help="case 'real': its reflections (MTZ or SF-mmCIF)")
+    ap.add_argument("--labin", help="case 'real': columns F,SIGF[,FREE] when not detected")
+    ap.add_argument("--ligand", nargs="+", default=[], metavar="CIF", help="case 'real': ligand dictionaries")
     ap.add_argument("--shake", type=float, default=0.3, help="RMS shift of the start, Å (default 0.3)")
     ap.add_argument("--cycles", type=int, default=5, help="equipoise macro-cycles (default 5)")
     ap.add_argument("--serval-cycles", type=int, default=10, help="servalcat --ncycle (default 10)")
@@ -174,6 +189,10 @@ def main() -> None:
     ap.add_argument("--keep", help="copy each case's files (start, data, outputs, logs) here")
     ap.add_argument("--json", help="write all rows as JSON here")
     args = ap.parse_args()
+    if (args.model is None) != (args.data is None):
+        ap.error("--model and --data go together")
+    cases = args.case if args.case is not None else ([] if args.model else list(CASES))
+    cases = cases + (["real"] if args.model else [])
     torch.set_num_threads(1)
     monlib = find_monlib()
     exe = os.environ.get("EQUIPOISE_SERVALCAT", "servalcat")
@@ -183,39 +202,42 @@ def main() -> None:
         raise SystemExit(f"servalcat not found ({exe!r}): set EQUIPOISE_SERVALCAT to its executable")
     load_before = os.getloadavg()
     results = {}
-    for case in args.case:
+    for case in cases:
+        ligands = args.ligand if case == "real" else []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             truth, start, mtz = prepare(case, tmp, args, exe, monlib)
-            rows = {"start": score(start, truth, mtz, monlib)}
-            rc, t_ours, m_ours = run_child(equipoise_cmd(start, mtz, monlib, tmp / "ours", args.cycles), tmp,
-                                           tmp / "ours.stdout")
+            rows = {"start": score(start, truth, mtz, monlib, ligands)}
+            rc, t_ours, m_ours = run_child(equipoise_cmd(start, mtz, monlib, tmp / "ours", args.cycles, ligands),
+                                           tmp, tmp / "ours.stdout")
             if rc != 0:
                 raise SystemExit(f"equipoise failed on {case}:\n{(tmp / 'ours.stdout').read_text()[-3000:]}")
-            rows["equipoise"] = score(tmp / "ours" / "refined.pdb", truth, mtz, monlib)
-            rc, t_serv, m_serv = run_child(servalcat_cmd(exe, start, mtz, monlib, tmp / "serv", args.serval_cycles),
-                                           tmp, tmp / "serv.stdout")
+            rows["equipoise"] = score(tmp / "ours" / "refined.pdb", truth, mtz, monlib, ligands)
+            rc, t_serv, m_serv = run_child(servalcat_cmd(exe, start, mtz, monlib, tmp / "serv", args.serval_cycles,
+                                                         ligands), tmp, tmp / "serv.stdout")
             if rc != 0 or not (tmp / "serv.pdb").exists():
                 raise SystemExit(f"servalcat failed on {case}:\n{(tmp / 'serv.stdout').read_text()[-3000:]}")
-            rows["servalcat"] = score(tmp / "serv.pdb", truth, mtz, monlib)
+            rows["servalcat"] = score(tmp / "serv.pdb", truth, mtz, monlib, ligands)
             rows["equipoise"].update(wall_s=t_ours, peak_gb=m_ours)
             rows["servalcat"].update(wall_s=t_serv, peak_gb=m_serv)
             if args.keep:
                 dest = Path(args.keep) / case
                 shutil.rmtree(dest, ignore_errors=True)
                 shutil.copytree(tmp, dest)
-        results[case] = rows
-        report(case, rows, args, os.getloadavg())
+        name = f"real ({Path(args.model).name} vs {Path(args.data).name})" if case == "real" else case
+        results[name] = rows
+        report(case, name, rows, args, os.getloadavg())
     print(f"load average at start {load_before[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
           f"({os.cpu_count()} cores; both programs single-threaded)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
 
-def report(case: str, rows: dict, args, load: tuple[float, float, float]) -> None:
+def report(case: str, name: str, rows: dict, args, load: tuple[float, float, float]) -> None:
     """Both programs' rows, then ratios and differences against the bars."""
-    truth_name = "RMSD round0 Å" if case == "1a0f-real" else "RMSD truth Å"
-    print(f"\n== {case}: shake {args.shake} Å, equipoise {args.cycles} cycles, servalcat "
+    real = case in ("1a0f-real", "real")
+    truth_name = {"1a0f-real": "RMSD round0 Å", "real": "RMSD given Å"}.get(case, "RMSD truth Å")
+    print(f"\n== {name}: shake {args.shake} Å, equipoise {args.cycles} cycles, servalcat "
           f"{args.serval_cycles} cycles; load average {load[0]:.2f}")
     print(f"{'model':10} {'R-work':>7} {'R-free':>7} {'bonds Å':>8} {'angles°':>8} {truth_name:>14} "
           f"{'wall s':>7} {'peak GB':>8}")
@@ -225,7 +247,7 @@ def report(case: str, rows: dict, args, load: tuple[float, float, float]) -> Non
               f"{r['rmsd_truth']:14.3f} {extra}")
     o, s = rows["equipoise"], rows["servalcat"]
     parts = [f"R-free diff (ours - servalcat) {o['r_free'] - s['r_free']:+.4f}"]
-    if case != "1a0f-real":
+    if not real:
         parts.append(f"RMSD diff {o['rmsd_truth'] - s['rmsd_truth']:+.3f} Å")
     parts += [f"time ratio {o['wall_s'] / s['wall_s']:.2f}", f"memory ratio {o['peak_gb'] / s['peak_gb']:.2f}"]
     print("ratios: " + ", ".join(parts))
