@@ -93,3 +93,15 @@ def test_symmetry_contacts_use_the_nearest_image(peptide):
     # no bonded pair is listed as a contact, in the same unit or across a cell edge
     bonded = {tuple(sorted(p)) for p in r.sets["bond"].index.tolist()}
     assert not any(tuple(sorted(p)) in bonded and d < 2.0 for p, d in zip(s.index.tolist(), ours.tolist()))
+
+
+def test_missing_link_names_the_link_and_the_fix():
+    """gemmi's 'ignoring link' (here the DNA/RNA backbone link of 1pfe, measured with the
+    installed library) becomes an error that says which link, what it is and where to get it."""
+    from equipoise.xtal.restraints import _topology_error
+
+    lib = gemmi.MonLib()
+    message = _topology_error("Warning: ignoring link 'p' as it is not in the monomer library", lib)
+    assert "no link 'p'" in message and "DNA/RNA" in message and "--monlib" in message
+    other = _topology_error("some other failure", lib)
+    assert other == "gemmi cannot build the topology: some other failure"

@@ -22,6 +22,7 @@ as REFMAC's and servalcat's ADP restraints use (``ADP_PAIR_SIGMAS``).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -193,7 +194,7 @@ class Restraints:
             topo = gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.NoChange,
                                           reorder=False, warnings=None, ignore_unknown_links=True)
         except (RuntimeError, ValueError) as exc:
-            raise InputError(f"gemmi cannot build the topology: {exc}", path=model.path) from exc
+            raise InputError(_topology_error(str(exc), lib), path=model.path) from exc
         # prepare_topology renumbers serials 1..n in file order: map them back to model indices
         if [atom.serial for _, _, atom in _atoms(st)] != list(range(1, len(original) + 1)):
             raise InputError("gemmi changed the atoms while building the topology", path=model.path)
@@ -465,3 +466,17 @@ def _pair_hops(sets: dict[str, RestraintSet], n: int) -> dict[tuple[int, int], i
                 if j > i:
                     out[(i, j)] = hop
     return out
+
+
+def _topology_error(message: str, lib: gemmi.MonLib) -> str:
+    """What to tell the user when ``prepare_topology`` fails. A link missing from the library
+    (e.g. ``p``, the DNA/RNA backbone: the library that the install step assembles holds the
+    protein links only) would leave linked atoms unrestrained and pushed apart by the non-bonded
+    term, so it is an error with the fix, not a warning."""
+    link = re.search(r"link '([^']+)' as it is not in the monomer library", message)
+    if link is None:
+        return f"gemmi cannot build the topology: {message}"
+    what = " (the nucleic-acid backbone, DNA/RNA)" if link.group(1) == "p" else ""
+    return (f"the monomer library {lib.monomer_dir} has no link '{link.group(1)}'{what}, which this "
+            "model needs; the library that the install step assembles holds protein links only: give a "
+            "full CCP4 monomer library with --monlib DIR or $CLIBD_MON")
