@@ -93,6 +93,19 @@ def test_resume_continues_after_last_cycle(synthetic, tmp_path):
     assert second.cycles[0] == first.cycles[0] and len(second.cycles) == 2
 
 
+def test_resume_with_other_settings_is_an_error(synthetic, tmp_path):
+    """A rerun into the same directory with other settings must not mix two refinements."""
+    from equipoise.errors import InputError
+
+    _, shaken, xray = synthetic
+    restraints = Restraints.build(shaken)
+    refine(shaken, restraints, xray, options=RefineOptions(cycles=1, xyz_steps=3, b_steps=2, adp_screen=(1.0,)),
+           run_dir=tmp_path, log=lambda s: None)
+    with pytest.raises(InputError, match=r"other settings \(b_steps 2 -> 4\)"):
+        refine(shaken, restraints, xray, options=RefineOptions(cycles=2, xyz_steps=3, b_steps=4, adp_screen=(1.0,)),
+               run_dir=tmp_path, log=lambda s: None)
+
+
 def test_joint_once_scheme_inflates_the_adp_weight(synthetic):
     """The seed failure's mechanism in miniature: the ADP weight balanced with xyz and B both free
     is |g_xray| over xyz and B divided by |g_adp|, far above the same balance on B alone (the

@@ -403,6 +403,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
     start: CycleStats | None = None
     if state_path is not None and resume and state_path.is_file():
         saved = torch.load(state_path, weights_only=False)
+        _check_resumable(state_path, saved, options, model)
         run.xyz = saved["xyz"].to(model.xyz)
         run.b = saved["b"].to(model.xyz)
         run.b_start = saved["b_start"].to(model.xyz)
@@ -456,11 +457,36 @@ def _scales_line(scales, twin_fit=None) -> str:
     return line if twin_fit is None else f"{line}; {twin_fit.line()}"
 
 
+#: settings that a resumed run may change (more cycles continue a finished run)
+RESUMABLE_CHANGES = ("cycles",)
+
+
+def _settings(options: RefineOptions) -> dict:
+    """The settings that must match for a run to resume (all but ``RESUMABLE_CHANGES``)."""
+    return {k: v for k, v in asdict(options).items() if k not in RESUMABLE_CHANGES}
+
+
+def _check_resumable(path: Path, saved: dict, options: RefineOptions, model: AtomModel) -> None:
+    """``InputError`` when the saved run in ``path`` was made for other atoms or other settings."""
+    if saved["xyz"].shape[0] != model.n_atoms:
+        raise InputError(f"this run refined {saved['xyz'].shape[0]} atoms, the model has {model.n_atoms}: "
+                         "another model's run; use --restart or another --out", path=path)
+    before = saved.get("settings")
+    if before is None:
+        return
+    now = _settings(options)
+    differ = [f"{k} {before.get(k)!r} -> {now[k]!r}" for k in now if before.get(k) != now[k]]
+    if differ:
+        raise InputError("this run was made with other settings (" + "; ".join(differ) +
+                         "): rerun with the same settings to resume, or use --restart or another --out", path=path)
+
+
 def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[CycleStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"xyz": run.xyz.cpu(), "b": run.b.cpu(), "b_start": run.b_start.cpu(),
                 "ratio": run.controller.ratio, "joint_weights": run.joint_weights, "adp_factor": run.adp_factor,
+                "settings": _settings(run.options),
                 "start": asdict(start), "cycles": [asdict(c) for c in cycles]}, tmp)
     tmp.replace(path)
 
