@@ -1,6 +1,6 @@
 """R-work/R-free of deposited models: equipoise vs cctbx ``mmtbx.f_model.update_all_scales()``.
 
-For each data set in ../shared/data/xtal: our ``XrayModel.update_scales`` + ``r_factors`` and the
+For each data set in ../shared/data/xtal (or your own, ``--model M --data D``): our ``XrayModel.update_scales`` + ``r_factors`` and the
 peer (benchmarks/cctbx_rfactor.py, run by the Python named in $EQUIPOISE_CCTBX_PYTHON, a separate
 environment with ``pip install cctbx-base``; cctbx is not an equipoise dependency). Prints both,
 the differences (bar: 0.005) and the wall time ratio. cctbx's default rejects outliers; the
@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import torch
 
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.reflections import Reflections
+from equipoise.xtal.synthetic import write_mtz
 from equipoise.xtal.xray import XrayModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,15 +46,32 @@ def ours(model_path: Path, data_path: Path) -> tuple[dict, Reflections, float]:
 
 
 def peer(python: str, model_path: Path, data_path: Path, refl: Reflections) -> dict:
-    obs, sig, flag = refl.labels
-    free_value = "0" if "0 = free" in refl.free_convention else "1"
-    out = subprocess.run([python, str(ROOT / "benchmarks" / "cctbx_rfactor.py"), str(model_path), str(data_path),
-                          f"{obs},{sig}", flag, free_value], capture_output=True, text=True, check=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """cctbx's R-factors (``cctbx_rfactor.py`` reads MTZ only: other data, e.g. SF-mmCIF, go to
+    it as the MTZ of the reflections we read, FP/SIGFP/FreeR_flag with 0 = free, so both score
+    the same reflections)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        obs, sig, flag = refl.labels
+        free_value = "0" if "0 = free" in refl.free_convention else "1"
+        if ".mtz" not in data_path.name.lower():
+            data_path = write_mtz(refl, Path(tmp) / "data.mtz")
+            obs, sig, flag, free_value = "FP", "SIGFP", "FreeR_flag", "0"
+        out = subprocess.run([python, str(ROOT / "benchmarks" / "cctbx_rfactor.py"), str(model_path),
+                              str(data_path), f"{obs},{sig}", flag, free_value], capture_output=True, text=True,
+                             check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="your own deposited model (with --data): scored instead of the shared cases")
+    ap.add_argument("--data", help="its reflections (MTZ or SF-mmCIF)")
+    args = ap.parse_args()
+    if (args.model is None) != (args.data is None):
+        ap.error("--model and --data go together")
+    cases = ({Path(args.model).name: (Path(args.model).resolve(), Path(args.data).resolve())} if args.model else
+             {name: (DATA / m, DATA / d) for name, (m, d) in CASES.items()})
     torch.set_num_threads(1)
     python = os.environ.get("EQUIPOISE_CCTBX_PYTHON")
     if not python:
@@ -60,8 +79,7 @@ def main() -> None:
     print("R-work / R-free / R-free rescaled; cctbx without outlier rejection (like for like), then its default")
     print(f"{'data':6} {'ours':>24} {'cctbx (all refl.)':>24} {'ours - cctbx (all)':>26} "
           f"{'cctbx default':>24} {'time ours/cctbx':>16}")
-    for name, (model_name, data_name) in CASES.items():
-        m, d = DATA / model_name, DATA / data_name
+    for name, (m, d) in cases.items():
         if not (m.exists() and d.exists()):
             print(f"{name}: data not found under {DATA}; skipped")
             continue
