@@ -15,6 +15,7 @@ free sets (5e5z: 18 reflections).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -62,8 +63,6 @@ def peer(python: str, model_path: Path, data_path: Path, refl: Reflections) -> d
 
 
 def main() -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="your own deposited model (with --data): scored instead of the shared cases")
     ap.add_argument("--data", help="its reflections (MTZ or SF-mmCIF)")

@@ -63,8 +63,8 @@ class XrayModel(Protocol):
     Optional attributes, read with ``getattr``: ``refl`` and ``work`` ((m,) bool working set,
     which sizes the x-ray term), ``twin_fit`` (the last ``TwinFractionFit``, logged with the
     scales and stored in ``CycleStats.twin``), ``overall_b_to_atoms(xyz, b, occ, b_range)`` (moves
-    the scales' overall isotropic fall-off into the atoms and returns their new B; called after
-    every scale update).
+    the scales' overall isotropic fall-off into the atoms and returns their new B and the B moved;
+    called after every scale update).
     """
 
     def update_scales(self, xyz: Tensor, b_iso: Tensor, occ: Tensor):
@@ -262,8 +262,7 @@ class _Refinement:
         scales = self.xray.update_scales(self.xyz, self.b, self.occ)
         moved = ""
         if hasattr(self.xray, "overall_b_to_atoms"):
-            self.b = self.xray.overall_b_to_atoms(self.xyz, self.b, self.occ, (B_MIN, B_MAX)).clone()
-            delta = float(self.xray.overall_b_moved)
+            self.b, delta = self.xray.overall_b_to_atoms(self.xyz, self.b, self.occ, (B_MIN, B_MAX))
             self.b_start = self.b_start + delta
             moved = f"; overall B {delta:+.2f} Å^2 moved from the scales to the atoms"
         return _scales_line(scales, getattr(self.xray, "twin_fit", None)) + moved

@@ -4,7 +4,7 @@ Usage (refinement code)::
 
     xm = XrayModel(model, refl)                        # checks cell/space group, plans the FFT
     xm.update_scales(xyz, b_iso, occ)                  # mask, k_sol/B_sol, aniso, bin scales, sigmaA
-    b_iso = xm.overall_b_to_atoms(xyz, b_iso, occ, (2.0, 300.0))   # refinement: the overall B into the atoms
+    b_iso, delta = xm.overall_b_to_atoms(xyz, b_iso, occ, (2.0, 300.0))   # refinement: overall B into the atoms
     fc = xm.fcalc(xyz, b_iso, occ)                     # (m,) complex, differentiable in xyz, B, occ
     loss = xm.target(fc)                               # ML (default) or LS on the working set
     stats = xm.r_factors(fc)                           # {"r_work", "r_free", "cc_work", ...}
@@ -80,8 +80,6 @@ class XrayModel:
         self.twin_alphas: torch.Tensor | None = None
         self.twin_fit: TwinFractionFit | None = None
         self.n_moved_from_work = 0
-        #: the B (Å^2) that the last ``overall_b_to_atoms`` moved from the scales into the atoms
-        self.overall_b_moved: float | None = None
         self._twin_weight: torch.Tensor | None = None
 
     def set_twin(self, laws: list[str], rotations: list, alphas: list[float], *,
@@ -137,8 +135,9 @@ class XrayModel:
         return self.scales
 
     def overall_b_to_atoms(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor,
-                           b_range: tuple[float, float]) -> torch.Tensor:
-        """Move the overall isotropic fall-off of the scales into the atoms; returns their new B (n,) Å^2.
+                           b_range: tuple[float, float]) -> tuple[torch.Tensor, float]:
+        """Move the overall isotropic fall-off of the scales into the atoms; returns the atoms' new
+        B (n,) Å^2 and the fall-off delta (Å^2) that was moved.
 
         Refinement calls it after every ``update_scales``, as servalcat ("Applying overall B to
         model") and phenix.refine (the back trace of the overall scale's B) do: the fall-off
@@ -150,8 +149,7 @@ class XrayModel:
         trace of B_aniso trade it back and forth (on 1A0F they carried +17 and -11 Å^2), and it
         drifts (on 5wkd it rose 1 Å^2 per macro-cycle). Isotropic atoms (refinement's model).
         """
-        r, sc = self.refl, self.scales
-        work = self.work if self.twin is None else self.work & ~self.twin.missing
+        r, sc, work = self.refl, self.scales, self._fit_work
         with torch.no_grad():
             s2 = (self.s * self.s).sum(-1)
             count = torch.bincount(r.bin_index[work], minlength=r.n_bins).to(s2.dtype)
@@ -166,14 +164,13 @@ class XrayModel:
             new_b = (b_iso.detach() + delta).clamp(*b_range)
             sc.b_aniso = sc.b_aniso - b_trace * torch.eye(3, dtype=sc.b_aniso.dtype, device=sc.b_aniso.device)
             sc.b_sol += delta
-            sc.k_bin = torch.ones_like(sc.k_bin)
+            sc.k_bin = torch.ones_like(sc.k_bin)          # model_amplitudes below: without bin scales
             fc = self.fcalc(xyz, new_b, occ)
             sc.k_bin = bin_scale(r.f_obs, self.model_amplitudes(fc), r.bin_index, r.n_bins, work)
             if self.twin is not None:
                 self._twin_weight = residual_weights(r.f_obs, self.model_amplitudes(fc), work, r.bin_index, r.n_bins)
             self._fit_ml(fc)
-        self.overall_b_moved = delta
-        return new_b
+        return new_b, delta
 
     def _fit_ml(self, fc: torch.Tensor) -> None:
         """The ML target's D and S per bin at the current scales (free set, ``estimate_ml_params``)."""
@@ -181,19 +178,23 @@ class XrayModel:
         self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.model_amplitudes(fc), r.centric, r.epsilon,
                                      r.bin_index, r.n_bins, r.free)
 
+    @property
+    def _fit_work(self) -> torch.Tensor:
+        """(m,) bool reflections the scales are fitted on: the working set, less (with a twin
+        model) those whose twin mate is unmeasured."""
+        return self.work if self.twin is None else self.work & ~self.twin.missing
+
     def _fit_scales(self, fc: torch.Tensor) -> Scales:
         """All scales at the current mask (and twin fractions), on the working set."""
         r = self.refl
         combine = None if self.twin is None else (lambda f: self.twin.amplitudes(f, self.twin_alphas))
-        work = self.work if self.twin is None else self.work & ~self.twin.missing
-        return update_scales(r.f_obs, fc, self.f_mask, self.s, r.bin_index, r.n_bins, work, self.projector,
-                             combine=combine)
+        return update_scales(r.f_obs, fc, self.f_mask, self.s, r.bin_index, r.n_bins, self._fit_work,
+                             self.projector, combine=combine)
 
     def _fit_twin(self, fc: torch.Tensor) -> None:
         """Twin fractions by ``fit_fractions`` at the scales just fitted, then the scales again at
         the new fractions, then the target's per-bin weights."""
-        r, ops = self.refl, self.twin
-        use = self.work & ~ops.missing
+        r, ops, use = self.refl, self.twin, self._fit_work
         fit = fit_fractions(r.f_obs, self.f_model(fc).abs(), ops, use, r.bin_index, r.n_bins, self.twin_alphas)
         self.twin_alphas = torch.tensor(fit.alphas, dtype=self.dtype, device=self.device)
         self.scales = self._fit_scales(fc)
