@@ -77,6 +77,10 @@ def test_refine_recovers_truth_and_writes_outputs(synthetic, tmp_path):
     summary = json.loads(paths["summary"].read_text())
     assert summary["r_free"] == pytest.approx(final.r_free) and len(summary["cycles"]) == 3
     assert {"r_work", "r_free", "bond_rmsd", "angle_rmsd", "weights", "reasons", "time_s"} <= set(summary["cycles"][0])
+    # R-factors after the xyz stage are recorded; on this shaken model that stage lowers R-work
+    after = summary["cycles"][0]["after_xyz"]
+    assert set(after) == {"r_work", "r_free"} and after["r_work"] < start.r_work
+    assert "R-free after xyz" in result.summary()
     assert "R-free" in paths["pdb"].read_text()[:2000]
     assert (tmp_path / "run" / "cycle_01" / "xyz" / "record.jsonl").is_file()
 

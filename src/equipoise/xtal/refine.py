@@ -144,6 +144,9 @@ class CycleStats:
     #: twin refinement: this cycle's fraction fit (``TwinFractionFit.as_dict()``: laws, alphas,
     #: start, losses, reason) and R-work/R-free without the twin model; None when untwinned
     twin: dict | None = None
+    #: R-work and R-free after this cycle's xyz stage ({"r_work", "r_free"}), so that the log
+    #: shows what each stage did to R-free (the cycle's own values are after its last stage)
+    after_xyz: dict | None = None
 
 
 @dataclass
@@ -168,10 +171,12 @@ class RefineResult:
 
     def summary(self) -> str:
         """A table: one row for the start and one per cycle."""
-        head = f"{'cycle':>5} {'R-work':>7} {'R-free':>7} {'bonds Å':>8} {'angles °':>8} {'rmsZ(b)':>7} {'<B>':>6} {'time s':>7}"
+        head = (f"{'cycle':>5} {'R-work':>7} {'R-free':>7} {'R-free after xyz':>16} {'bonds Å':>8} {'angles °':>8} "
+                f"{'rmsZ(b)':>7} {'<B>':>6} {'time s':>7}")
         rows = [head]
         for s in [self.start, *self.cycles]:
-            rows.append(f"{s.cycle:>5} {s.r_work:>7.4f} {s.r_free:>7.4f} {s.bond_rmsd:>8.4f} "
+            after = "" if s.after_xyz is None else f"{s.after_xyz['r_free']:.4f}"
+            rows.append(f"{s.cycle:>5} {s.r_work:>7.4f} {s.r_free:>7.4f} {after:>16} {s.bond_rmsd:>8.4f} "
                         f"{s.angle_rmsd:>8.3f} {s.bond_rmsz:>7.3f} {s.mean_b:>6.1f} {s.time_s:>7.1f}")
         return "\n".join(rows)
 
@@ -267,9 +272,13 @@ class _Refinement:
             moved = f"; overall B {delta:+.2f} Å^2 moved from the scales to the atoms"
         return _scales_line(scales, getattr(self.xray, "twin_fit", None)) + moved
 
-    def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
+    def r_factors(self) -> dict:
+        """R-work, R-free (and what else the x-ray model reports) of the current model."""
         with torch.no_grad():
-            r = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))
+            return self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))
+
+    def stats(self, cycle: int, elapsed: float = 0.0, weights=None, reasons=None, scales: str = "") -> CycleStats:
+        r = self.r_factors()
         r_work, r_free = r["r_work"], r["r_free"]
         g = self.restraints.statistics(self.xyz)
         fit = getattr(self.xray, "twin_fit", None)
@@ -333,8 +342,7 @@ class _Refinement:
         for factor in sorted(factors, key=lambda f: abs(math.log(f))):
             self.b = start.clone()
             weights, reasons = self.stage("b", cycle_dir, restraint_weight, label=f"b_x{factor:g}", factor=factor)
-            with torch.no_grad():
-                r_free = self.xray.r_factors(self.xray.fcalc(self.xyz, self.b, self.occ))["r_free"]
+            r_free = self.r_factors()["r_free"]
             tried.append((r_free, factor, self.b.clone(), weights, reasons))
         r_free, self.adp_factor, self.b, weights, reasons = min(tried, key=lambda t: t[0])
         why = (f"R-free screen of the ADP weight (x the xyz stage's restraint weight {restraint_weight:.4g}): "
@@ -429,6 +437,8 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             run.joint_weights = run.compute_joint_weights()
         restraints.update_pairs(run.xyz)
         w_xyz, why_xyz = run.stage("xyz", cycle_dir)
+        after_xyz = {k: float(v) for k, v in run.r_factors().items() if k in ("r_work", "r_free")}
+        log(f"cycle {cycle}: after the xyz stage R-work {after_xyz['r_work']:.4f} R-free {after_xyz['r_free']:.4f}")
         g = restraints.statistics(run.xyz)
         weights, reasons = {"xyz": w_xyz}, {f"xyz:{t}": why for t, why in why_xyz.items() if t in ("bond", "xray")}
         if options.scheme == "per-stage":
@@ -440,6 +450,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             weights["b"] = w_b
             reasons.update({f"b:{t}": why for t, why in why_b.items()})
         stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)
+        stats.after_xyz = after_xyz
         cycles.append(stats)
         log(stats_line(stats) + f" ({stats.time_s:.1f} s)")
         for key, why in reasons.items():
