@@ -12,7 +12,11 @@ Each macro-cycle (as phenix.refine, REFMAC and servalcat do):
 3. B stage: L-BFGS on the B-factors, terms ``xray`` + ``adp`` (similarity of the B of
    neighbouring atoms, in the relative, KL-divergence form of REFMAC and servalcat) +
    ``b_prior`` (weak pull to the start), both with the x-ray weight of the restraints that this
-   cycle's xyz stage computed (``weights.SharedWeightBalancer``; see ``_Refinement.stage``).
+   cycle's xyz stage computed (``weights.SharedWeightBalancer``; see ``_Refinement.stage``);
+4. occupancy stage (``occupancy="auto"``, when the model has alternate conformers or partially
+   occupied residues): L-BFGS on the occupancies of ``occupancy.OccupancyGroups`` (conformers
+   of a residue keep their total, a lone group stays in [0, 1]) against the x-ray term alone,
+   as phenix.refine's default occupancy refinement.
 
 ``scheme="joint-once"`` reproduces the seed failure of DESIGN.md for comparison: the same
 gradient-norm weights computed once with xyz and B both free, then reused in every stage (the
@@ -43,6 +47,7 @@ from torch import Tensor
 from equipoise.core import Fit, FixedBalancer, Stage, Term, Weight
 from equipoise.errors import InputError
 from equipoise.xtal.model import AtomModel
+from equipoise.xtal.occupancy import OccupancyGroups
 from equipoise.xtal.restraints import KINDS, Restraints
 from equipoise.xtal.weights import RestraintRatioBalancer, RmsZController, SharedWeightBalancer
 
@@ -53,6 +58,9 @@ ADP_TERMS = ("adp", "b_prior")
 #: B-factors are kept in this range, Å^2
 B_MIN, B_MAX = 2.0, 300.0
 SCHEMES = ("per-stage", "joint-once")
+OCCUPANCY_MODES = ("auto", "off")
+#: occupancy groups named in the log line of a cycle (all are in summary.json)
+MAX_LOGGED_GROUPS = 8
 #: L-BFGS iterations per core step (one ``optimizer.step`` call; see the module docstring)
 LBFGS_ITERATIONS_PER_STEP = 5
 
@@ -90,6 +98,8 @@ class RefineOptions:
     rmsz_range: target range of bond rmsZ for the ratio controller (servalcat: [0.5, 1]).
     adp_ratio: ratio |g_adp| / |g_xray| of the joint-once scheme's ADP weight (the per-stage B
         stage uses the xyz stage's restraint weight). refine_b: run the B stage.
+    occupancy: "auto" (refine the occupancies of alternate conformers and partially occupied
+        residues, when the model has any) or "off". occ_steps: L-BFGS iterations of that stage.
     adp_screen: factors of the B stage's restraint weight tried in the first cycle's B stage,
         each from the same model; the one with the lowest R-free is kept for every cycle (a
         validation screen, as phenix.refine's ADP-weight optimisation). ``(1.0,)``: no screen.
@@ -105,12 +115,14 @@ class RefineOptions:
     refine_b: bool = True
     scheme: str = "per-stage"
     adp_screen: tuple[float, ...] = (0.5, 1.0, 2.0)
+    occupancy: str = "auto"
+    occ_steps: int = 5
 
     def check(self) -> None:
         """``InputError`` for impossible settings."""
         if self.cycles < 1:
             raise InputError(f"must be >= 1, got {self.cycles}", field="--cycles")
-        for name in ("xyz_steps", "b_steps"):
+        for name in ("xyz_steps", "b_steps", "occ_steps"):
             if getattr(self, name) < 1:
                 raise InputError(f"must be >= 1, got {getattr(self, name)}", field=name)
         lo, hi = self.rmsz_range
@@ -123,6 +135,8 @@ class RefineOptions:
             raise InputError(f"need one or more factors > 0, got {self.adp_screen}", field="adp_screen")
         if self.scheme not in SCHEMES:
             raise InputError(f"must be one of {SCHEMES}, got {self.scheme!r}", field="scheme")
+        if self.occupancy not in OCCUPANCY_MODES:
+            raise InputError(f"must be one of {OCCUPANCY_MODES}, got {self.occupancy!r}", field="--occupancy")
 
 
 @dataclass
@@ -147,6 +161,8 @@ class CycleStats:
     #: R-work and R-free after this cycle's xyz stage ({"r_work", "r_free"}), so that the log
     #: shows what each stage did to R-free (the cycle's own values are after its last stage)
     after_xyz: dict | None = None
+    #: occupancy refinement: [{"group", "occ"}] after this cycle; None without an occupancy stage
+    occupancies: list[dict] | None = None
 
 
 @dataclass
@@ -157,6 +173,8 @@ class RefineResult:
     cycles: list[CycleStats]
     xyz: Tensor
     b_iso: Tensor
+    #: (n,) refined occupancies (the model's own where no group was refined)
+    occ: Tensor
     run_dir: Path | None
     options: RefineOptions
     #: ``TwinningSummary.as_dict()`` of the data (set by the caller that measured it), or None
@@ -233,6 +251,9 @@ class _Refinement:
         self.xyz = model.xyz.detach().clone()
         self.b = model.b_iso.detach().clone().clamp(B_MIN, B_MAX)
         self.occ = model.occ.detach().clone()
+        self.occ_groups = OccupancyGroups.from_model(model) if options.occupancy == "auto" else None
+        if self.occ_groups is not None and self.occ_groups.n_groups == 0:
+            self.occ_groups = None
         self.b_start = self.b.clone()
         self.controller = RmsZController(ratio=options.restraint_ratio, low=options.rmsz_range[0],
                                          high=options.rmsz_range[1])
@@ -296,6 +317,25 @@ class _Refinement:
                    progress=self.progress, grad_every=5, checkpoint_every=10,
                    summarize=lambda: {"mean B (Å^2)": float(b.detach().mean())},
                    config={"stage": name, "free": list(free), "scheme": self.options.scheme})
+
+    def occupancy_stage(self, cycle_dir: Path | None) -> list[dict]:
+        """L-BFGS on the occupancy groups' logits against the x-ray term alone (no restraint,
+        so no weight: phenix.refine refines occupancies against the data with constraints only).
+        Returns the groups' occupancies for the record."""
+        groups, xyz, b, base = self.occ_groups, self.xyz.clone(), self.b.clone(), self.occ
+        z = groups.logits(base).requires_grad_(True)
+        n = self.xray_count
+        xray = Term("xray", lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, groups.occupancies(z, base))))
+        steps = math.ceil(self.options.occ_steps / LBFGS_ITERATIONS_PER_STEP)
+        stage = Stage("occ", free=["occ"], terms=["xray"], optimizer="lbfgs", lr=1.0, steps=steps,
+                      balancer=FixedBalancer(), optimizer_options={"max_iter": math.ceil(self.options.occ_steps / steps)})
+        Fit({"xyz": xyz, "b": b, "occ": z}, [xray], [stage],
+            run_dir=None if cycle_dir is None else cycle_dir / "occ", progress=self.progress,
+            grad_every=5, checkpoint_every=10, config={"stage": "occ", "free": ["occ"], "groups": groups.n_groups}
+            ).run(resume=self.resume)
+        with torch.no_grad():
+            self.occ = groups.occupancies(z, base).detach().clone()
+        return groups.table(self.occ)
 
     def geometry_rmsz(self) -> float:
         """rms z-score of the current model over all bonded restraints (bond, angle, torsion,
@@ -414,6 +454,7 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
         run.xyz = saved["xyz"].to(model.xyz)
         run.b = saved["b"].to(model.xyz)
         run.b_start = saved["b_start"].to(model.xyz)
+        run.occ = saved.get("occ", model.occ).to(model.xyz)
         run.controller.ratio = saved["ratio"]
         run.joint_weights = saved["joint_weights"]
         run.adp_factor = saved.get("adp_factor")
@@ -449,15 +490,21 @@ def refine(model: AtomModel, restraints: Restraints, xray: XrayModel, *, options
             w_b, why_b = run.b_stage(cycle_dir, w_xyz.get("bond"))
             weights["b"] = w_b
             reasons.update({f"b:{t}": why for t, why in why_b.items()})
+        occupancies = None
+        if run.occ_groups is not None:
+            occupancies = run.occupancy_stage(cycle_dir)
+            log(f"cycle {cycle}: occupancies of {len(occupancies)} group(s): " +
+                ", ".join(f"{g['group']} {g['occ']:.2f}" for g in occupancies[:MAX_LOGGED_GROUPS]) +
+                (" ..." if len(occupancies) > MAX_LOGGED_GROUPS else ""))
         stats = run.stats(cycle, time.perf_counter() - t0, weights, reasons, scales)
-        stats.after_xyz = after_xyz
+        stats.after_xyz, stats.occupancies = after_xyz, occupancies
         cycles.append(stats)
         log(stats_line(stats) + f" ({stats.time_s:.1f} s)")
         for key, why in reasons.items():
             log(f"  weight {key}: {why}")
         if state_path is not None:
             _save_state(state_path, run, start, cycles)
-    return RefineResult(start, cycles, run.xyz, run.b, run.run_dir, options)
+    return RefineResult(start, cycles, run.xyz, run.b, run.occ, run.run_dir, options)
 
 
 def _scales_line(scales, twin_fit=None) -> str:
@@ -494,7 +541,7 @@ def _check_resumable(path: Path, saved: dict, options: RefineOptions, model: Ato
 def _save_state(path: Path, run: _Refinement, start: CycleStats, cycles: list[CycleStats]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"xyz": run.xyz.cpu(), "b": run.b.cpu(), "b_start": run.b_start.cpu(),
+    torch.save({"xyz": run.xyz.cpu(), "b": run.b.cpu(), "b_start": run.b_start.cpu(), "occ": run.occ.cpu(),
                 "ratio": run.controller.ratio, "joint_weights": run.joint_weights, "adp_factor": run.adp_factor,
                 "settings": _settings(run.options),
                 "start": asdict(start), "cycles": [asdict(c) for c in cycles]}, tmp)
@@ -518,11 +565,11 @@ def write_outputs(result: RefineResult, model: AtomModel, xray: XrayModel, out: 
                                                        for law, a in zip(f.twin["laws"], f.twin["alphas"])) +
                        f"  (R-work/R-free without the twin model {f.twin['r_work_untwinned']:.4f} / "
                        f"{f.twin['r_free_untwinned']:.4f})")
-    paths = {"pdb": model.write(out / "refined.pdb", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso),
-             "cif": model.write(out / "refined.cif", remarks=remarks, xyz=result.xyz, b_iso=result.b_iso)}
+    written = dict(remarks=remarks, xyz=result.xyz, b_iso=result.b_iso, occ=result.occ)
+    paths = {"pdb": model.write(out / "refined.pdb", **written), "cif": model.write(out / "refined.cif", **written)}
     if write_maps is not None:
         with torch.no_grad():
-            write_maps(xray.fcalc(result.xyz, result.b_iso, model.occ), out / "maps.mtz")
+            write_maps(xray.fcalc(result.xyz, result.b_iso, result.occ), out / "maps.mtz")
         paths["maps"] = out / "maps.mtz"
     summary = out / "summary.json"
     tmp = summary.with_name("summary.json.tmp")

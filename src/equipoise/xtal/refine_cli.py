@@ -59,6 +59,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adp-screen", type=_factors, default=None, metavar="F,F,...",
                    help="factors of the ADP restraint weight tried in the first cycle, the lowest R-free "
                         "kept (default 0.5,1,2; 1 turns the screen off)")
+    p.add_argument("--occupancy", default="auto", choices=("auto", "off"),
+                   help="auto (default): refine the occupancies of alternate conformers (each residue's "
+                        "total kept) and of partially occupied residues, when the model has any; off: keep them")
     p.add_argument("--target", default="ml", choices=("ml", "ls"), help="x-ray target (default ml)")
     p.add_argument("--hydrogens", default="strip", choices=("strip", "keep"), help="hydrogens (default strip)")
     p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
@@ -88,7 +91,7 @@ def _refine(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     options = RefineOptions(cycles=args.cycles, xyz_steps=args.xyz_steps, b_steps=args.b_steps,
-                            refine_b=not args.no_b, scheme=args.scheme,
+                            refine_b=not args.no_b, scheme=args.scheme, occupancy=args.occupancy,
                             **({} if args.adp_screen is None else {"adp_screen": args.adp_screen}))
     options.check()
     try:
@@ -132,7 +135,7 @@ def _refine(args: argparse.Namespace) -> int:
         fit = None
         if choice is None:
             with torch.no_grad():
-                fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, model.occ)).abs())
+                fit = add_twin_model(twin, refl, xray.f_model(xray.fcalc(result.xyz, result.b_iso, result.occ)).abs())
         else:
             last = result.final.twin or {}
             result.twin_refinement = {"reason": choice.reason, "laws": choice.laws, "start": choice.alphas,

@@ -1,0 +1,133 @@
+"""Refinable occupancy groups, with the constraints that keep occupancies physical.
+
+As phenix.refine does by default (Afonine et al. 2012, Acta Cryst. D68, 352, "occupancy
+refinement"): the alternate conformers of a residue share one occupancy per conformer, and the
+conformers of one residue keep their total (usually 1); a residue with a partial occupancy and
+no alternate conformers (a ligand or water modelled at less than 1) gets one occupancy in [0, 1].
+Atoms at occupancy 0 (unmodelled atoms, kept in the file) and fully occupied atoms without
+conformers are not refined.
+
+The constraints hold by construction: a conformer set's occupancies are its total times a
+softmax of free logits, a lone group's is a sigmoid of its logit, so no optimiser step can leave
+[0, 1] or change a residue's total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from equipoise.xtal.model import AtomModel
+
+#: lone-group occupancies start inside [OCC_EDGE, 1 - OCC_EDGE] (the sigmoid's logit is finite there)
+OCC_EDGE = 0.01
+#: conformer occupancies start at least at this value (the softmax's log is finite there)
+OCC_FLOOR = 1e-3
+
+
+@dataclass
+class OccupancyGroups:
+    """Groups of atoms that share one refined occupancy.
+
+    labels: one per group, e.g. ``"A/ARG 11 conformer A"``, ``"A/HOH 301"``.
+    atoms: (k,) long, the atom indices of all groups; atom_group: (k,) long, each one's group.
+    group_set: (g,) long, each group's constraint set; set_total: (s,) float64, each set's fixed
+        total occupancy; set_size: (s,) long, groups per set (1: a lone group in [0, 1]).
+    """
+
+    labels: list[str]
+    atoms: Tensor
+    atom_group: Tensor
+    group_set: Tensor
+    set_total: Tensor
+    set_size: Tensor
+
+    @property
+    def n_groups(self) -> int:
+        """Number of refined occupancies."""
+        return len(self.labels)
+
+    @classmethod
+    def from_model(cls, model: AtomModel) -> "OccupancyGroups":
+        """The groups of ``model`` (atom indices in its file order; see the module docstring)."""
+        labels: list[str] = []
+        atoms: list[int] = []
+        atom_group: list[int] = []
+        group_set: list[int] = []
+        totals: list[float] = []
+        sizes: list[int] = []
+        occ = model.occ.detach().cpu().tolist()
+        i = 0
+        for chain in model.structure[0]:
+            for res in chain:
+                name = f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"
+                conformers: dict[str, list[int]] = {}
+                partial: list[int] = []
+                for atom in res:
+                    if occ[i] > 0.0:
+                        if atom.altloc != "\0":
+                            conformers.setdefault(atom.altloc, []).append(i)
+                        elif occ[i] < 1.0:
+                            partial.append(i)
+                    i += 1
+                found = [(f"{name} conformer {alt}", idx) for alt, idx in sorted(conformers.items())]
+                if len(found) == 1:          # one conformer only: a lone partial group
+                    partial, found = partial + found[0][1], []
+                if found:
+                    totals.append(sum(sum(occ[k] for k in idx) / len(idx) for _, idx in found))
+                    sizes.append(len(found))
+                    for label, idx in found:
+                        _add_group(label, idx, len(totals) - 1, labels, atoms, atom_group, group_set)
+                if partial:
+                    totals.append(1.0)
+                    sizes.append(1)
+                    _add_group(name, partial, len(totals) - 1, labels, atoms, atom_group, group_set)
+        long = dict(dtype=torch.long, device=model.xyz.device)
+        return cls(labels, torch.tensor(atoms, **long), torch.tensor(atom_group, **long),
+                   torch.tensor(group_set, **long),
+                   torch.tensor(totals, dtype=torch.float64, device=model.xyz.device),
+                   torch.tensor(sizes, **long))
+
+    def values(self, occ: Tensor) -> Tensor:
+        """(g,) each group's occupancy: the mean of its atoms' ``occ`` (n,)."""
+        count = torch.zeros(self.n_groups, dtype=occ.dtype, device=occ.device)
+        count.index_add_(0, self.atom_group, torch.ones_like(occ[self.atoms]))
+        total = torch.zeros_like(count).index_add_(0, self.atom_group, occ[self.atoms])
+        return total / count
+
+    def logits(self, occ: Tensor) -> Tensor:
+        """(g,) free parameters that reproduce the groups' occupancies in ``occ`` (n,)."""
+        v = self.values(occ.detach())
+        lone = (self.set_size[self.group_set] == 1)
+        edge = v.clamp(OCC_EDGE, 1.0 - OCC_EDGE)
+        return torch.where(lone, torch.log(edge / (1.0 - edge)), torch.log(v.clamp(min=OCC_FLOOR)))
+
+    def group_occupancies(self, z: Tensor) -> Tensor:
+        """(g,) occupancies from logits ``z`` (g,): total x softmax within each conformer set,
+        sigmoid for lone groups."""
+        s = self.group_set
+        n_sets = self.set_total.shape[0]
+        peak = torch.full((n_sets,), -torch.inf, dtype=z.dtype, device=z.device)
+        peak = peak.scatter_reduce(0, s, z.detach(), reduce="amax")
+        e = torch.exp(z - peak[s])
+        norm = torch.zeros(n_sets, dtype=z.dtype, device=z.device).index_add(0, s, e)
+        conformer = self.set_total.to(z)[s] * e / norm[s]
+        return torch.where(self.set_size[s] == 1, torch.sigmoid(z), conformer)
+
+    def occupancies(self, z: Tensor, base: Tensor) -> Tensor:
+        """(n,) ``base`` occupancies with every grouped atom set to its group's value from ``z``."""
+        return base.index_copy(0, self.atoms, self.group_occupancies(z)[self.atom_group])
+
+    def table(self, occ: Tensor) -> list[dict]:
+        """[{"group", "occ"}] of the groups' occupancies in ``occ`` (n,), for the record."""
+        return [{"group": label, "occ": round(float(v), 4)} for label, v in zip(self.labels, self.values(occ))]
+
+
+def _add_group(label: str, idx: list[int], set_index: int, labels: list[str], atoms: list[int],
+               atom_group: list[int], group_set: list[int]) -> None:
+    labels.append(label)
+    atoms.extend(idx)
+    atom_group.extend([len(labels) - 1] * len(idx))
+    group_set.append(set_index)

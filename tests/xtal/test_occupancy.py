@@ -1,0 +1,103 @@
+"""Occupancy groups (alternate conformers, partial residues) and the refinement's occupancy stage."""
+
+import math
+
+import gemmi
+import numpy as np
+import pytest
+import torch
+
+from equipoise.xtal.model import AtomModel
+from equipoise.xtal.occupancy import OccupancyGroups
+from equipoise.xtal.refine import RefineOptions, refine, write_outputs
+from equipoise.xtal.reflections import Reflections
+from equipoise.xtal.restraints import Restraints
+from equipoise.xtal.structure_factors import direct_structure_factors
+from tests.xtal.shared_data import data_file, monlib_or_skip
+from tests.xtal.test_refine import LeastSquaresXray
+
+SIDE = 2          # residue index (in chain order, HIS) that gets two side-chain conformers
+PARTIAL = 6       # residue index (the water) that gets a partial occupancy (no conformers)
+
+
+def rotate(p: gemmi.Position, origin: gemmi.Position, axis: np.ndarray, degrees: float) -> gemmi.Position:
+    """``p`` rotated about the line through ``origin`` along the unit vector ``axis`` (Rodrigues)."""
+    v = np.array([p.x - origin.x, p.y - origin.y, p.z - origin.z])
+    t = math.radians(degrees)
+    r = v * math.cos(t) + np.cross(axis, v) * math.sin(t) + axis * axis.dot(v) * (1 - math.cos(t))
+    return gemmi.Position(origin.x + r[0], origin.y + r[1], origin.z + r[2])
+
+
+def with_occupancies(occ_a: float, occ_partial: float) -> gemmi.Structure:
+    """5e5z with residue SIDE's side chain in conformers A (occ_a, as deposited) and B (1 - occ_a,
+    chi1 turned by 120°, so both have ideal geometry) and residue PARTIAL at occ_partial."""
+    st = gemmi.read_structure(str(data_file("5e5z.pdb.gz")))
+    st.setup_entities()
+    res = st[0][0][SIDE]
+    ca, cb = res["CA"][0].pos, res["CB"][0].pos
+    axis = np.array([cb.x - ca.x, cb.y - ca.y, cb.z - ca.z])
+    axis /= np.linalg.norm(axis)
+    side = [a for a in res if a.name not in ("N", "CA", "C", "O")]
+    for atom in side:
+        b = atom.clone()
+        atom.altloc, atom.occ = "A", occ_a
+        b.altloc, b.occ = "B", 1.0 - occ_a
+        b.pos = rotate(atom.pos, cb, axis, 120.0)
+        res.add_atom(b)
+    for atom in st[0][0][PARTIAL]:
+        atom.occ = occ_partial
+    return st
+
+
+def test_groups_constraints_and_round_trip():
+    model = AtomModel.from_structure(with_occupancies(0.6, 0.4))
+    groups = OccupancyGroups.from_model(model)
+    assert groups.n_groups == 3
+    assert [label.split()[-1] for label in groups.labels[:2]] == ["A", "B"]
+    # logits reproduce the start; any logits keep the conformers' total and the lone group in [0, 1]
+    z = groups.logits(model.occ)
+    assert torch.allclose(groups.occupancies(z, model.occ), model.occ, atol=1e-12)
+    for seed in range(3):
+        w = 5 * torch.randn(3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        v = groups.group_occupancies(w)
+        assert float(v[0] + v[1]) == pytest.approx(1.0) and 0 < float(v[2]) < 1
+    # fully occupied atoms without conformers, and atoms at occupancy 0, are not grouped
+    fixed = torch.ones(model.n_atoms, dtype=torch.bool)
+    fixed[groups.atoms] = False
+    assert bool((model.occ[fixed] == 1).all())
+    model.occ[groups.atoms[-1]] = 0.0
+    assert groups.atoms[-1] not in OccupancyGroups.from_model(model).atoms
+
+
+def test_no_groups_in_a_fully_occupied_model():
+    monlib_or_skip()
+    assert OccupancyGroups.from_model(AtomModel.from_file(data_file("5e5z.pdb.gz"))).n_groups == 0
+
+
+def test_occupancy_stage_recovers_the_truth(tmp_path):
+    """Data from conformers 0.75 / 0.25 and a residue at 0.5; the model starts at 0.5 / 0.5 and 1.0
+    (kept at 0.99). The occupancy stage must find the truth; the other stages see the right atoms."""
+    monlib_or_skip()
+    truth = AtomModel.from_structure(with_occupancies(0.75, 0.5))
+    refl = Reflections.from_file(data_file("5e5z.mtz.gz"))
+    f_true = direct_structure_factors(refl.hkl, truth.xyz, truth.b_iso, truth.occ, truth.elements,
+                                      truth.cell, truth.spacegroup).abs()
+    free = torch.rand(f_true.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64) < 0.1
+    start = AtomModel.from_structure(with_occupancies(0.5, 0.99))
+    xray = LeastSquaresXray(start, refl.hkl, f_true, free)
+    restraints = Restraints.build(start)
+    result = refine(start, restraints, xray, options=RefineOptions(cycles=3, xyz_steps=5, b_steps=3, occ_steps=10),
+                    run_dir=tmp_path / "run", log=lambda s: None)
+    table = {g["group"].split()[-1]: g["occ"] for g in result.final.occupancies}
+    print(result.final.occupancies)
+    assert table["A"] == pytest.approx(0.75, abs=0.05) and table["A"] + table["B"] == pytest.approx(1.0)
+    partial = [g["occ"] for g in result.final.occupancies if "conformer" not in g["group"]]
+    assert partial[0] == pytest.approx(0.5, abs=0.07)
+    assert (tmp_path / "run" / "cycle_01" / "occ" / "record.jsonl").is_file()
+    paths = write_outputs(result, start, xray, tmp_path / "out", plots=False)
+    written = AtomModel.from_file(paths["pdb"])
+    assert torch.allclose(written.occ, result.occ.to(written.occ), atol=0.01)
+    # off: the occupancies stay as given
+    off = refine(start, restraints, xray, options=RefineOptions(cycles=1, xyz_steps=2, b_steps=2, occupancy="off"),
+                 log=lambda s: None)
+    assert off.final.occupancies is None and torch.equal(off.occ, start.occ)
