@@ -21,7 +21,7 @@ from equipoise.errors import InputError
 #: 8 pi^2: B = 8 pi^2 U (Å²).
 B_PER_U = 8.0 * math.pi ** 2
 
-HYDROGEN_MODES = ("strip", "keep")
+HYDROGEN_MODES = ("strip", "keep", "riding", "add")
 
 
 @dataclass
@@ -66,7 +66,9 @@ class AtomModel:
         """Read a PDB or mmCIF model (plain or gzipped).
 
         ``hydrogens="strip"`` removes hydrogen atoms; ``"keep"`` keeps them as atoms (restrained
-        by the monomer library like any other). Unknown scattering types raise ``InputError``
+        by the monomer library like any other); ``"riding"`` keeps them for the riding model
+        (``equipoise.xtal.hydrogens``); ``"add"`` removes them, for ``hydrogens.add_hydrogens``
+        to add riding ones. Unknown scattering types raise ``InputError``
         naming the file and the atom.
         """
         path = Path(path)
@@ -94,7 +96,7 @@ class AtomModel:
         while len(st) > 1:
             del st[len(st) - 1]
         st.setup_entities()
-        if hydrogens == "strip":
+        if hydrogens in ("strip", "add"):
             st.remove_hydrogens()
         st.remove_empty_chains()
         xyz, b, occ, aniso, elements, labels = [], [], [], [], [], []

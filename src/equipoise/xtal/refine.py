@@ -46,6 +46,7 @@ from torch import Tensor
 
 from equipoise.core import Fit, FixedBalancer, Stage, Term, Weight
 from equipoise.errors import InputError
+from equipoise.xtal.hydrogens import RidingHydrogens
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.occupancy import OccupancyGroups
 from equipoise.xtal.restraints import KINDS, Restraints
@@ -254,6 +255,12 @@ class _Refinement:
         self.occ_groups = OccupancyGroups.from_model(model) if options.occupancy == "auto" else None
         if self.occ_groups is not None and self.occ_groups.n_groups == 0:
             self.occ_groups = None
+        #: riding hydrogens (model read with hydrogens "riding" or "add"), placed ideally at the start
+        self.riding = None
+        if model.hydrogens == "riding" and restraints.hydrogen is not None and bool(restraints.hydrogen.any()):
+            self.riding = RidingHydrogens.build(model, restraints)
+            self.xyz = self.riding.idealize(self.xyz)
+            self.b = self.riding.b_iso(self.b)
         self.b_start = self.b.clone()
         self.controller = RmsZController(ratio=options.restraint_ratio, low=options.rmsz_range[0],
                                          high=options.rmsz_range[1])
@@ -272,14 +279,33 @@ class _Refinement:
 
     # ------------------------------------------------------------------ terms
     def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
-        """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``."""
+        """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``.
+        With riding hydrogens the terms see them on their parents (``ride``), and the ADP terms
+        leave them out (their B is their parent's)."""
         occ, r, b0 = self.occ, self.restraints, self.b_start
         pairs, pair_weight = r.adp_pairs()
+        heavy: Tensor | slice = slice(None)
+        if self.riding is None:
+            at, b_of = (lambda: xyz), (lambda: b)
+        else:
+            offsets, riding = self.riding.offsets(self.xyz), self.riding
+            at, b_of = (lambda: riding.positions(xyz, offsets)), (lambda: riding.b_iso(b))
+            heavy = ~r.hydrogen
+            heavy_pairs = ~r.hydrogen[pairs].any(dim=1)
+            pairs, pair_weight = pairs[heavy_pairs], pair_weight[heavy_pairs]
         n = self.xray_count
-        fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, occ))}
-        fns.update({kind: (lambda k: lambda _: r.loss(k, xyz))(kind) for kind in KINDS})
-        fns.update(adp=lambda _: adp_similarity(b, pairs, pair_weight), b_prior=lambda _: b_prior(b, b0))
+        fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(at(), b_of(), occ))}
+        fns.update({kind: (lambda k: lambda _: r.loss(k, at()))(kind) for kind in KINDS})
+        fns.update(adp=lambda _: adp_similarity(b, pairs, pair_weight),
+                   b_prior=lambda _: b_prior(b[heavy], b0[heavy]))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
+
+    def ride(self, xyz: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """The coordinates (n, 3) Å and B (n,) Å^2 that the terms see: with riding hydrogens, each
+        on its parent at its offset in the current model, with its parent's B."""
+        if self.riding is None:
+            return xyz, b
+        return self.riding.positions(xyz, self.riding.offsets(self.xyz)), self.riding.b_iso(b)
 
     def update_scales(self) -> str:
         """Refit the x-ray model's scales at the current model and move their overall isotropic
@@ -425,10 +451,11 @@ class _Refinement:
         stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer,
                       optimizer_options={"max_iter": math.ceil(iterations / steps)})
         result = self._fit(label or name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
+        xyz, b = self.ride(xyz.detach(), b.detach())
         if name == "xyz":
-            self.xyz = xyz.detach().clone()
+            self.xyz = xyz.clone() if self.riding is None else self.riding.idealize(xyz)
         else:
-            self.b = b.detach().clamp(B_MIN, B_MAX).clone()
+            self.b = b.clamp(B_MIN, B_MAX).clone()
         st = result.stages[0]
         return st.weights, st.reasons
 

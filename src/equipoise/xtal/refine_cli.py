@@ -63,7 +63,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="auto (default): refine the occupancies of alternate conformers (each residue's "
                         "total kept) and of partially occupied residues, when the model has any; off: keep them")
     p.add_argument("--target", default="ml", choices=("ml", "ls"), help="x-ray target (default ml)")
-    p.add_argument("--hydrogens", default="strip", choices=("strip", "keep"), help="hydrogens (default strip)")
+    p.add_argument("--hydrogens", default="strip", choices=("strip", "keep", "riding", "add"),
+                   help="strip (default): remove hydrogens; keep: refine them as atoms; riding: keep the "
+                        "model's hydrogens riding on their heavy atoms; add: add riding hydrogens (no waters)")
     p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
                    help="weights per stage (default) or the seed failure's joint-once scheme (comparison only)")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"),
@@ -83,6 +85,7 @@ def _refine(args: argparse.Namespace) -> int:
     from equipoise.core import plot_run
     from equipoise.errors import InputError
     from equipoise.xtal.model import AtomModel
+    from equipoise.xtal.hydrogens import add_hydrogens
     from equipoise.xtal.refine import RefineOptions, refine, stats_line, write_outputs
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.restraints import Restraints
@@ -108,6 +111,8 @@ def _refine(args: argparse.Namespace) -> int:
     try:
         refl = Reflections.from_file(args.data, labin=args.labin, free=args.free, d_min=args.resolution)
         model = AtomModel.from_file(args.model, hydrogens=args.hydrogens)
+        if args.hydrogens == "add":
+            model = add_hydrogens(model, monlib=args.monlib, ligands=args.ligand)
         xray = XrayModel(model, refl, target=args.target)
         restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
                                       unrestrained=args.unrestrained)

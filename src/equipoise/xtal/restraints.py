@@ -162,6 +162,9 @@ class Restraints:
     #: times the distance factor
     adp_index: Tensor | None = None
     adp_weight: Tensor | None = None
+    #: (n,) bool, hydrogen atoms (left out of ``statistics``); the library the topology came from
+    hydrogen: Tensor | None = None
+    monlib: gemmi.MonLib | None = None
 
     @classmethod
     def build(cls, model: AtomModel, *, monlib: str | Path | None = None,
@@ -216,9 +219,10 @@ class Restraints:
             hb.append(entry.hb_type if entry is not None else "N")
         hops = _pair_hops(sets, n)
         altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
+        hydrogen = torch.tensor([gemmi.Element(el).is_hydrogen for el in model.elements], device=device)
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
                   hb_type=hb, altlocs=altlocs, structure=model.structure.clone(),
-                  unrestrained=missing, hops=hops)
+                  unrestrained=missing, hops=hops, hydrogen=hydrogen, monlib=lib)
         out.update_pairs(model.xyz)
         return out
 
@@ -341,16 +345,29 @@ class Restraints:
         s = self.sets[kind]
         return int((s.index >= 0).sum()) if kind == "plane" else len(s)
 
+    def reported(self, kind: str) -> Tensor:
+        """Which restraints of ``kind`` ``statistics`` counts: those without hydrogen atoms (as
+        phenix.refine and MolProbity report heavy-atom geometry; riding hydrogens sit at ideal
+        positions and would flatter the RMSD). (m,) bool; planes: (m, k), per atom in the plane."""
+        s = self.sets[kind]
+        is_h = self.hydrogen if self.hydrogen is not None else torch.zeros(self.n_atoms, dtype=torch.bool)
+        is_h = is_h.to(s.index.device)
+        if kind == "plane":
+            return (s.index >= 0) & ~is_h[s.index.clamp(min=0)]
+        return ~is_h[s.index].any(dim=1)
+
     def statistics(self, xyz: Tensor) -> dict[str, dict[str, float]]:
-        """Per kind: ``n``, ``rmsd`` (kind's units; non-bonded: rms of violations) and ``rmsz``."""
+        """Per kind, over the restraints without hydrogens (``reported``): ``n``, ``rmsd``
+        (kind's units; non-bonded: rms of violations) and ``rmsz``."""
         out = {}
         with torch.no_grad():
             for kind in KINDS:
-                n = self.count(kind)
+                keep = self.reported(kind) if self.count(kind) else None
+                n = 0 if keep is None else int(keep.sum())
                 if n == 0:
                     out[kind] = {"n": 0, "rmsd": 0.0, "rmsz": 0.0}
                     continue
-                dev, z = self.deviations(kind, xyz), self.z_scores(kind, xyz)
+                dev, z = self.deviations(kind, xyz)[keep], self.z_scores(kind, xyz)[keep]
                 out[kind] = {"n": n, "rmsd": float((dev ** 2).sum() / n) ** 0.5,
                              "rmsz": float((z ** 2).sum() / n) ** 0.5}
         return out
