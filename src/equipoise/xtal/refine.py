@@ -280,16 +280,13 @@ class _Refinement:
     # ------------------------------------------------------------------ terms
     def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
         """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``.
-        With riding hydrogens the terms see them on their parents (``ride``), and the ADP terms
+        With riding hydrogens the terms see them on their parents (``ride_xyz``, ``ride_b``), and the ADP terms
         leave them out (their B is their parent's)."""
         occ, r, b0 = self.occ, self.restraints, self.b_start
         pairs, pair_weight = r.adp_pairs()
+        at, b_of = (lambda: self.ride_xyz(xyz)), (lambda: self.ride_b(b))
         heavy: Tensor | slice = slice(None)
-        if self.riding is None:
-            at, b_of = (lambda: xyz), (lambda: b)
-        else:
-            offsets, riding = self.riding.offsets(self.xyz), self.riding
-            at, b_of = (lambda: riding.positions(xyz, offsets)), (lambda: riding.b_iso(b))
+        if self.riding is not None:
             heavy = ~r.hydrogen
             heavy_pairs = ~r.hydrogen[pairs].any(dim=1)
             pairs, pair_weight = pairs[heavy_pairs], pair_weight[heavy_pairs]
@@ -300,12 +297,14 @@ class _Refinement:
                    b_prior=lambda _: b_prior(b[heavy], b0[heavy]))
         return [Term(name, fn, weight=(weights or {}).get(name, 1.0)) for name, fn in fns.items()]
 
-    def ride(self, xyz: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        """The coordinates (n, 3) Å and B (n,) Å^2 that the terms see: with riding hydrogens, each
-        on its parent at its offset in the current model, with its parent's B."""
-        if self.riding is None:
-            return xyz, b
-        return self.riding.positions(xyz, self.riding.offsets(self.xyz)), self.riding.b_iso(b)
+    def ride_xyz(self, xyz: Tensor) -> Tensor:
+        """The coordinates (n, 3) Å that the terms see: with riding hydrogens, each on its parent
+        at its offset in the current model (the stage's start)."""
+        return xyz if self.riding is None else self.riding.positions(xyz, self.riding.offsets(self.xyz))
+
+    def ride_b(self, b: Tensor) -> Tensor:
+        """The B (n,) Å^2 that the terms see: with riding hydrogens, each with its parent's."""
+        return b if self.riding is None else self.riding.b_iso(b)
 
     def update_scales(self) -> str:
         """Refit the x-ray model's scales at the current model and move their overall isotropic
@@ -451,11 +450,11 @@ class _Refinement:
         stage = Stage(name, free=[name], terms=terms, optimizer="lbfgs", lr=1.0, steps=steps, balancer=balancer,
                       optimizer_options={"max_iter": math.ceil(iterations / steps)})
         result = self._fit(label or name, stage, xyz, b, cycle_dir, [name]).run(resume=self.resume)
-        xyz, b = self.ride(xyz.detach(), b.detach())
         if name == "xyz":
+            xyz = self.ride_xyz(xyz.detach())
             self.xyz = xyz.clone() if self.riding is None else self.riding.idealize(xyz)
         else:
-            self.b = b.clamp(B_MIN, B_MAX).clone()
+            self.b = self.ride_b(b.detach()).clamp(B_MIN, B_MAX).clone()
         st = result.stages[0]
         return st.weights, st.reasons
 
