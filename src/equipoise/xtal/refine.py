@@ -351,9 +351,10 @@ class _Refinement:
         z = groups.logits(base).requires_grad_(True)
         n = self.xray_count
         xray = Term("xray", lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, groups.occupancies(z, base))))
-        steps = math.ceil(self.options.occ_steps / LBFGS_ITERATIONS_PER_STEP)
+        iterations = self.options.occ_steps
+        steps = math.ceil(iterations / LBFGS_ITERATIONS_PER_STEP)
         stage = Stage("occ", free=["occ"], terms=["xray"], optimizer="lbfgs", lr=1.0, steps=steps,
-                      balancer=FixedBalancer(), optimizer_options={"max_iter": math.ceil(self.options.occ_steps / steps)})
+                      balancer=FixedBalancer(), optimizer_options={"max_iter": math.ceil(iterations / steps)})
         Fit({"xyz": xyz, "b": b, "occ": z}, [xray], [stage],
             run_dir=None if cycle_dir is None else cycle_dir / "occ", progress=self.progress,
             grad_every=5, checkpoint_every=10, config={"stage": "occ", "free": ["occ"], "groups": groups.n_groups}
