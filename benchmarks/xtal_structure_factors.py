@@ -1,7 +1,9 @@
 """Structure factors + gradient: equipoise's FFT path vs gemmi's density + FFT, same run.
 
 Cases: PDB 1L2H (1,294 atoms, P4_3, its 31,781 reflections to 1.54 Å) and the first 2,000 atoms
-of 1A0F (P2_12_12_1) on all reflections to 1.5 Å of its cell (~63k, above the issue's ~40k).
+of 1A0F (P2_12_12_1) on all reflections to 1.5 Å of its cell (~63k, above the issue's ~40k), then
+the same atoms in a monoclinic (P2_1, beta 105°) and a trigonal (P3_221, gamma 120°) cell, whose
+oblique axes take the other spreading path.
 Ours: F_calc at the hkl plus the backward pass of sum w|F|^2 (gradients in xyz, B, occupancy).
 gemmi: DensityCalculatorX + transform_map_to_f_phi + reading the hkl (forward only: gemmi has no
 gradient). Prints seconds (median of 3, wall and process CPU), their ratios, amplitude R between
@@ -118,11 +120,19 @@ def main() -> None:
         m.add_chain(c)
     keep.add_model(m)
     keep.remove_empty_chains()
-    keep.setup_cell_images()
-    sub = AtomModel.from_structure(keep)
-    hkl = np.asarray(gemmi.make_miller_array(refl.cell, refl.spacegroup, 1.5, 0, True))
-    hkl = hkl[~np.asarray(refl.spacegroup.operations().systematic_absences(hkl), dtype=bool)]
-    case("1a0f-2000@1.5A", sub, torch.as_tensor(hkl, dtype=torch.int64), refl.cell, refl.spacegroup)
+    # the same atoms in 1A0F's own cell and in oblique ones (the spreading paths of monoclinic and
+    # trigonal/hexagonal cells: one axis orthogonal to an oblique pair)
+    for name, cell, sg in [("1a0f-2000@1.5A", refl.cell, refl.spacegroup),
+                           ("1a0f-2000@1.5A in P21, beta 105", gemmi.UnitCell(90.65, 95.39, 51.21, 90, 105, 90),
+                            gemmi.SpaceGroup("P 1 21 1")),
+                           ("1a0f-2000@1.5A in P3221, gamma 120", gemmi.UnitCell(95.39, 95.39, 51.21, 90, 90, 120),
+                            gemmi.SpaceGroup("P 32 2 1"))]:
+        keep.cell, keep.spacegroup_hm = cell, sg.xhm()
+        keep.setup_cell_images()
+        sub = AtomModel.from_structure(keep)
+        hkl = np.asarray(gemmi.make_miller_array(cell, sg, 1.5, 0, True))
+        hkl = hkl[~np.asarray(sg.operations().systematic_absences(hkl), dtype=bool)]
+        case(name, sub, torch.as_tensor(hkl, dtype=torch.int64), cell, sg)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from equipoise.xtal.model import AtomModel
+from equipoise.xtal.spreading import single_axis
 from equipoise.xtal.structure_factors import FFTStructureFactors, direct_structure_factors
 from equipoise.xtal.synthetic import random_structure
 
@@ -28,9 +29,13 @@ def _r(a, b):
     return float((a.abs() - b.abs()).abs().sum() / b.abs().sum())
 
 
-@pytest.mark.parametrize("sg,cell", [("P 21 21 21", (12, 13, 14, 90, 90, 90)),
-                                     ("P 1 21 1", (9.6, 9.6, 19.0, 90, 101.2, 90)),
-                                     ("C 1 2 1", (16, 11, 12, 90, 105, 90))])
+# orthogonal axes (separable spreading), one axis orthogonal to an oblique pair (monoclinic,
+# hexagonal: blocked spreading), all oblique (triclinic: per-node spreading)
+CELLS = [("P 21 21 21", (12, 13, 14, 90, 90, 90)), ("P 1 21 1", (9.6, 9.6, 19.0, 90, 101.2, 90)),
+         ("P 32 2 1", (11, 11, 14, 90, 90, 120)), ("P 1", (9, 10, 11, 80, 95, 105))]
+
+
+@pytest.mark.parametrize("sg,cell", [*CELLS, ("C 1 2 1", (16, 11, 12, 90, 105, 90))])
 def test_direct_and_fft_match_gemmi(sg, cell):
     st = random_structure(10, cell, sg, seed=1)
     el, xyz, b, occ = _atoms(st)
@@ -72,7 +77,7 @@ def test_direct_gradcheck():
     assert torch.autograd.gradcheck(f, (xyz.requires_grad_(), b.requires_grad_(), occ.requires_grad_()))
 
 
-@pytest.mark.parametrize("sg,cell", [("P 21 21 21", (12, 13, 14, 90, 90, 90)), ("P 1 21 1", (9.6, 9.6, 19.0, 90, 101.2, 90))])
+@pytest.mark.parametrize("sg,cell", CELLS)
 def test_fft_gradients_match_direct(sg, cell):
     st = random_structure(6, cell, sg, seed=4)
     el, xyz, b, occ = _atoms(st)
@@ -84,5 +89,15 @@ def test_fft_gradients_match_direct(sg, cell):
         p = [t.clone().requires_grad_() for t in (xyz, b, occ)]
         (w * fn(*p).abs() ** 2).sum().backward()
         grads.append([t.grad for t in p])
+    # triclinic: the xyz gradient is 1e-2 off at the default tolerance 5e-3 (8e-5 at 1e-4; the
+    # amplitudes are within 1e-3 either way), the other cells within 1e-3
+    bound = 1.5e-2 if sg == "P 1" else 2e-3
     for g_fft, g_dir in zip(grads[1], grads[0]):
-        assert float((g_fft - g_dir).norm() / g_dir.norm()) < 2e-3
+        assert float((g_fft - g_dir).norm() / g_dir.norm()) < bound
+
+
+@pytest.mark.parametrize("cell,axis", [((12, 13, 14, 90, 90, 90), None), ((9.6, 9.6, 19.0, 90, 101.2, 90), 1),
+                                       ((11, 11, 14, 90, 90, 120), 2), ((9, 10, 11, 80, 95, 105), None)])
+def test_single_axis_of_the_grid(cell, axis):
+    orth = torch.tensor(gemmi.UnitCell(*cell).orth.mat.tolist(), dtype=torch.float64) / 40.0
+    assert single_axis(orth) == axis

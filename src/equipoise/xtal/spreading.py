@@ -15,7 +15,10 @@ of L nodes), so no index wraps; the padding is folded back periodically afterwar
 sorted by box position (neighbouring boxes share cache lines). The backward gathers the
 periodically padded gradient map over the same boxes and contracts it with the 1-D factors and
 their first and second moments (the adjoint of the forward, recomputed chunk by chunk so memory
-stays small). Cells with oblique axes use ``_SpreadIso`` in ``structure_factors``.
+stays small). ``spread_blocked`` is the path for grids with oblique axes (monoclinic,
+hexagonal, trigonal, triclinic): boxes on the same padded grid, each the outer product of a 1-D
+and a 2-D factor where one axis is orthogonal to the others (every node where none is), with a
+backward that recomputes each chunk under autograd.
 """
 
 from __future__ import annotations
@@ -204,3 +207,93 @@ def spread_separable(xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, 
     indices, box half-widths in nodes per axis) — boxes span nodes floor(x/h) - half .. + half + 1;
     spacing: grid spacing per axis (Å); chunk_points: box nodes per chunk (memory ~100 B each)."""
     return _SpreadSeparable.apply(xyz, b_iso, occ, a, b, groups, shape, spacing, b_add, chunk_points)
+
+
+def single_axis(orth_grid: torch.Tensor) -> int | None:
+    """The grid axis orthogonal to both others when the other two are oblique to each other
+    (monoclinic: b; hexagonal and trigonal: c), else None. orth_grid (3, 3): grid steps (Å) as
+    columns."""
+    g = orth_grid.T @ orth_grid
+    tol = 1e-9 * float(g.abs().max())
+    ortho = [all(abs(float(g[i, j])) <= tol for j in range(3) if j != i) for i in range(3)]
+    return ortho.index(True) if sum(ortho) == 1 else None
+
+
+def spread_blocked(xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, a: torch.Tensor,
+                   b: torch.Tensor, groups: list[tuple[torch.Tensor, list[int]]], shape: tuple[int, int, int],
+                   orth_grid: torch.Tensor, frac: torch.Tensor, axis: int, b_add: float,
+                   chunk_points: int) -> torch.Tensor:
+    """Density (n0, n1, n2) Å^-3 of isotropic atoms on a grid with oblique axes, differentiable
+    in xyz (n, 3) Å, b_iso (n,) Å^2 and occ (n,).
+
+    With one axis (``axis``, from ``single_axis``) orthogonal to the two oblique others
+    (monoclinic, hexagonal, trigonal) each Gaussian factorises into a 1-D factor along ``axis``
+    and a 2-D factor over the other two (|p - x|^2 = G_kk d_k^2 + the quadratic form of the
+    oblique pair, G the grid metric), so an atom's box is the outer product of L_k and L_p x L_q
+    values; with ``axis`` None (triclinic) every node of the box is evaluated. Boxes are
+    contiguous blocks of a padded grid (``_Boxes``, as in ``spread_separable``): no per-node
+    index arithmetic, and the box (wider than the spreading sphere) drops nothing inside it. The
+    backward recomputes each chunk's boxes under autograd and contracts them with the gathered
+    gradient boxes, so memory stays that of one chunk. a, b (n, 5): form-factor Gaussians;
+    groups: (atom indices, box half-widths per axis); frac (3, 3) fractionalisation;
+    chunk_points: box nodes per chunk.
+    """
+    return _SpreadBlocked.apply(xyz, b_iso, occ, a, b, groups, shape, orth_grid, frac, axis, b_add, chunk_points)
+
+
+def _blocked_boxes(xyz, b_iso, occ, a, b, half, shape, orth_grid, frac, axis, b_add):
+    """Boxes (c, L0, L1, L2) of one chunk and their first nodes (3 x (c,)) on the periodic grid
+    (``axis`` None: every node's squared distance from the full grid metric)."""
+    g = orth_grid.T @ orth_grid
+    t = b + b_iso[:, None] + b_add                                                     # (c, 5)
+    pre = occ[:, None] * a * (4.0 * math.pi / t) ** 1.5
+    u = (xyz @ frac.T) * torch.tensor(shape, dtype=xyz.dtype, device=xyz.device)      # grid units
+    fl = torch.floor(u.detach())
+    d = [torch.arange(2 * half[i] + 2, dtype=xyz.dtype, device=xyz.device)[None]
+         - (u[:, i] - fl[:, i] + half[i])[:, None] for i in range(3)]                 # node - atom, grid units
+    starts = [torch.remainder(fl[:, i].to(torch.int64) - half[i], shape[i]) for i in range(3)]
+    k = -FOUR_PI2 / t
+    if axis is None:
+        di, dj, dl = d[0][:, :, None, None], d[1][:, None, :, None], d[2][:, None, None, :]
+        r2 = (g[0, 0] * di ** 2 + g[1, 1] * dj ** 2 + g[2, 2] * dl ** 2
+              + 2.0 * (g[0, 1] * di * dj + g[0, 2] * di * dl + g[1, 2] * dj * dl))     # (c, L0, L1, L2) Å^2
+        return torch.einsum("ct,ctijl->cijl", pre, torch.exp(k[:, :, None, None, None] * r2[:, None])), starts
+    p, q = [i for i in range(3) if i != axis]
+    letters = "ijl"
+    formula = f"ct,ct{letters[p]}{letters[q]},ct{letters[axis]}->c{letters}"
+    e1 = torch.exp(k[:, :, None] * (g[axis, axis] * d[axis] ** 2)[:, None, :])
+    dp, dq = d[p][:, :, None], d[q][:, None, :]
+    r2 = g[p, p] * dp ** 2 + 2.0 * g[p, q] * dp * dq + g[q, q] * dq ** 2               # (c, L_p, L_q) Å^2
+    e2 = torch.exp(k[:, :, None, None] * r2[:, None])
+    return torch.einsum(formula, pre, e2, e1), starts
+
+
+class _SpreadBlocked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, xyz, b_iso, occ, a, b, groups, shape, orth_grid, frac, axis, b_add, chunk):  # type: ignore[override]
+        boxes = _Boxes(shape, [h for _, h in groups], xyz.device)
+        ctx.save_for_backward(xyz, b_iso, occ, a, b)
+        ctx.meta = (groups, boxes, orth_grid, frac, axis, b_add, chunk)
+        padded = torch.zeros(boxes.padded, dtype=xyz.dtype, device=xyz.device)
+        for sel, half, sl in _group_chunks(groups, chunk):
+            idx = sel[sl]
+            box, starts = _blocked_boxes(xyz[idx], b_iso[idx], occ[idx], a[idx], b[idx], half, shape,
+                                         orth_grid, frac, axis, b_add)
+            boxes.add(padded, half, starts, box)
+        return boxes.fold(padded)
+
+    @staticmethod
+    def backward(ctx, grad_grid):  # type: ignore[override]
+        xyz, b_iso, occ, a, b = ctx.saved_tensors
+        groups, boxes, orth_grid, frac, axis, b_add, chunk = ctx.meta
+        g_pad = boxes.unfold(grad_grid)
+        gx, gb, go = torch.zeros_like(xyz), torch.zeros_like(b_iso), torch.zeros_like(occ)
+        for sel, half, sl in _group_chunks(groups, chunk):
+            idx = sel[sl]
+            with torch.enable_grad():
+                leaves = [t[idx].detach().requires_grad_(True) for t in (xyz, b_iso, occ)]
+                box, starts = _blocked_boxes(*leaves, a[idx], b[idx], half, boxes.shape, orth_grid, frac,
+                                             axis, b_add)
+                grads = torch.autograd.grad(box, leaves, boxes.windows(g_pad, half)[tuple(starts)])
+            gx[idx], gb[idx], go[idx] = grads
+        return gx, gb, go, None, None, None, None, None, None, None, None, None

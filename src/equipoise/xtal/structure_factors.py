@@ -13,7 +13,7 @@ Two paths compute the same numbers:
   1977; Agarwal 1978), one real FFT (pruned to the reflections' index band), then for every
   symmetry operator the transform is read at R^T h with phase exp(2 pi i h.t) and un-blurred by
   exp(B_add s^2/4). The grid is float32 by default (``grid_dtype``; inputs and outputs keep their
-  dtype). Spreading and FFT have analytic backwards (``equipoise.xtal.spreading``). Accuracy
+  dtype). Spreading and FFT have their own backwards (``equipoise.xtal.spreading``). Accuracy
   against gemmi's StructureFactorCalculator: amplitude R ~2e-5 at the data resolution
   (``benchmarks/xtal_sf_accuracy.py``; tests/xtal).
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from equipoise.errors import InputError
-from equipoise.xtal.spreading import BandFFT, spread_separable
+from equipoise.xtal.spreading import BandFFT, single_axis, spread_blocked, spread_separable
 
 TWO_PI = 2.0 * math.pi
 FOUR_PI2 = 4.0 * math.pi ** 2
@@ -134,71 +134,6 @@ def _smooth_size(n: int) -> int:
         if m == 1 and n % 2 == 0:
             return n
         n += 1
-
-
-class _SpreadIso(torch.autograd.Function):
-    """Isotropic Gaussians on a periodic grid with an analytic, chunk-recomputed backward.
-
-    rho(p) = occ sum_k a_k (4 pi / T_k)^(3/2) exp(-4 pi^2 |p - x|^2 / T_k), T_k = b_k + B + B_add.
-    """
-
-    @staticmethod
-    def forward(ctx, xyz, b_iso, occ, a, b, offsets, shape, orth_grid, frac_mat, b_add, chunk):  # type: ignore[override]
-        ctx.save_for_backward(xyz, b_iso, occ, a, b, offsets)
-        ctx.meta = (shape, orth_grid, frac_mat, b_add, chunk)
-        grid = torch.zeros(int(np.prod(shape)), dtype=xyz.dtype, device=xyz.device)
-        for sl in _chunks(xyz.shape[0], chunk, offsets.shape[0]):
-            idx, r2, t, pre = _spread_terms(xyz[sl], b_iso[sl], a[sl], b[sl], offsets, shape, orth_grid,
-                                            frac_mat, b_add)
-            e = pre * torch.exp(-FOUR_PI2 * r2[..., None] / t[:, None, :])
-            grid.index_add_(0, idx.reshape(-1), (occ[sl, None] * e.sum(-1)).reshape(-1))
-        return grid.reshape(shape)
-
-    @staticmethod
-    def backward(ctx, grad_grid):  # type: ignore[override]
-        xyz, b_iso, occ, a, b, offsets = ctx.saved_tensors
-        shape, orth_grid, frac_mat, b_add, chunk = ctx.meta
-        g_flat = grad_grid.reshape(-1)
-        gx = torch.zeros_like(xyz)
-        gb = torch.zeros_like(b_iso)
-        go = torch.zeros_like(occ)
-        for sl in _chunks(xyz.shape[0], chunk, offsets.shape[0]):
-            idx, r2, t, pre, delta = _spread_terms(xyz[sl], b_iso[sl], a[sl], b[sl], offsets, shape, orth_grid,
-                                                   frac_mat, b_add, with_delta=True)
-            g = g_flat[idx]                                                   # (c, K)
-            e = pre * torch.exp(-FOUR_PI2 * r2[..., None] / t[:, None, :])    # (c, K, 5)
-            rho = e.sum(-1)
-            go[sl] = (g * rho).sum(-1)
-            w = occ[sl, None] * g
-            # d rho / d x = sum_k e_k 8 pi^2 (p - x) / T_k ; d rho / d B = sum_k e_k (-3/(2T) + 4pi^2 r^2/T^2)
-            ex = (e / t[:, None, :]).sum(-1)
-            gx[sl] = 2.0 * FOUR_PI2 * ((w * ex)[..., None] * delta).sum(1)
-            eb = (e * (-1.5 / t[:, None, :] + FOUR_PI2 * r2[..., None] / t[:, None, :] ** 2)).sum(-1)
-            gb[sl] = (w * eb).sum(-1)
-        return gx, gb, go, None, None, None, None, None, None, None, None
-
-
-def _chunks(n: int, chunk_points: int, k: int):
-    step = max(1, chunk_points // max(k, 1))
-    for s in range(0, n, step):
-        yield slice(s, min(n, s + step))
-
-
-def _spread_terms(xyz, b_iso, a, b, offsets, shape, orth_grid, frac_mat, b_add, with_delta=False):
-    """Grid indices (c, K), squared distances (c, K), T (c, 5), prefactors (c, 1, 5) [, deltas (c, K, 3)]."""
-    n_grid = torch.tensor(shape, dtype=xyz.dtype, device=xyz.device)
-    u = (xyz @ frac_mat.T) * n_grid                                       # grid units
-    base = torch.floor(u)
-    node = base[:, None, :] + offsets[None].to(xyz.dtype)                 # (c, K, 3) grid coordinates
-    delta = (node - u[:, None, :]) @ orth_grid.T                          # (c, K, 3) Å
-    r2 = (delta * delta).sum(-1)
-    ijk = torch.remainder(node.to(torch.int64), torch.tensor(shape, device=xyz.device))
-    idx = (ijk[..., 0] * shape[1] + ijk[..., 1]) * shape[2] + ijk[..., 2]
-    t = b + b_iso[:, None] + b_add                                         # (c, 5)
-    pre = (a * (4.0 * math.pi / t) ** 1.5)[:, None, :]
-    if with_delta:
-        return idx, r2, t, pre, delta
-    return idx, r2, t, pre
 
 
 @dataclass
@@ -308,13 +243,10 @@ class FFTStructureFactors:
             groups = [(order[radius[order] == r], self._half(r)) for r in unique]
             return spread_separable(xyz, b_iso, occ, a, b, groups, self.shape,
                                     torch.diagonal(self.orth_grid).tolist(), b_add, self.chunk_points)
-        rho = torch.zeros(self.shape, dtype=self.grid_dtype, device=self.device)
         _, _, orth_grid, frac = self._grid_tables
-        for r in unique:
-            sel = torch.nonzero(radius == r).squeeze(1)
-            rho = rho + _SpreadIso.apply(xyz[sel], b_iso[sel], occ[sel], a[sel], b[sel], self._offsets(r),
-                                         self.shape, orth_grid, frac, b_add, self.chunk_points)
-        return rho
+        groups = [(torch.nonzero(radius == r).squeeze(1), self._half(r)) for r in unique]
+        return spread_blocked(xyz, b_iso, occ, a, b, groups, self.shape, orth_grid, frac,
+                              single_axis(self.orth_grid), b_add, self.chunk_points)
 
     def __call__(self, xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor,
                  u_aniso: torch.Tensor | None = None) -> torch.Tensor:
