@@ -267,7 +267,8 @@ class FFTStructureFactors:
         else:
             iso = ~aniso
             rho = _spread_aniso(xyz[aniso], u_aniso[aniso].to(gd), occ[aniso], a[aniso], b[aniso],
-                                self._offsets(plan.radius), self.shape, orth_grid, frac, plan.b_add)
+                                self._offsets(plan.radius), self.shape, orth_grid, frac, plan.b_add,
+                                self.chunk_points)
             if bool(iso.any()):
                 rho = rho + self._spread_iso(xyz[iso], b_iso[iso], occ[iso], a[iso], b[iso], plan.b_add)
         transform = BandFFT.apply(rho, *self.band).reshape(-1)
@@ -277,8 +278,9 @@ class FFTStructureFactors:
         return f * (torch.exp(plan.b_add * self.s2 / 4.0) * (self.volume / float(np.prod(self.shape))))
 
 
-def _spread_aniso(xyz, u6, occ, a, b, offsets, shape, orth_grid, frac_mat, b_add):
-    """Anisotropic Gaussians on the grid by plain autograd (anisotropic atoms are usually few).
+def _spread_aniso(xyz, u6, occ, a, b, offsets, shape, orth_grid, frac_mat, b_add, chunk_points):
+    """Anisotropic Gaussians on the grid by plain autograd (anisotropic atoms are usually few),
+    ``chunk_points`` atom-node pairs at a time (memory ~100 bytes each).
 
     rho(p) = occ sum_k a_k (4 pi)^(3/2) det(M_k)^(-1/2) exp(-4 pi^2 r^T M_k^-1 r),
     M_k = (b_k + B_add) I + 8 pi^2 U.
@@ -286,14 +288,18 @@ def _spread_aniso(xyz, u6, occ, a, b, offsets, shape, orth_grid, frac_mat, b_add
     n_grid = torch.tensor(shape, dtype=xyz.dtype, device=xyz.device)
     grid = torch.zeros(int(np.prod(shape)), dtype=xyz.dtype, device=xyz.device)
     eye = torch.eye(3, dtype=xyz.dtype, device=xyz.device)
-    u = (xyz @ frac_mat.T) * n_grid
-    node = torch.floor(u).detach()[:, None, :] + offsets[None].to(xyz.dtype)
-    delta = (node - u[:, None, :]) @ orth_grid.T
-    ijk = torch.remainder(node.to(torch.int64), torch.tensor(shape, device=xyz.device))
-    idx = ((ijk[..., 0] * shape[1] + ijk[..., 1]) * shape[2] + ijk[..., 2]).reshape(-1)
-    m = (b[:, :, None, None] + b_add) * eye + 8 * math.pi ** 2 * _u_matrix(u6)[:, None]   # (n, 5, 3, 3)
-    minv = torch.linalg.inv(m)
-    quad = torch.einsum("nki,nsij,nkj->nks", delta, minv, delta)                         # (n, K, 5)
-    pre = a * (4 * math.pi) ** 1.5 / torch.sqrt(torch.linalg.det(m))                      # (n, 5)
-    rho = occ[:, None] * (pre[:, None, :] * torch.exp(-FOUR_PI2 * quad)).sum(-1)
-    return grid.index_add(0, idx, rho.reshape(-1)).reshape(shape)
+    step = max(1, chunk_points // max(1, offsets.shape[0]))
+    for s in range(0, xyz.shape[0], step):
+        sl = slice(s, s + step)
+        u = (xyz[sl] @ frac_mat.T) * n_grid
+        node = torch.floor(u).detach()[:, None, :] + offsets[None].to(xyz.dtype)
+        delta = (node - u[:, None, :]) @ orth_grid.T
+        ijk = torch.remainder(node.to(torch.int64), torch.tensor(shape, device=xyz.device))
+        idx = ((ijk[..., 0] * shape[1] + ijk[..., 1]) * shape[2] + ijk[..., 2]).reshape(-1)
+        m = (b[sl, :, None, None] + b_add) * eye + 8 * math.pi ** 2 * _u_matrix(u6[sl])[:, None]   # (c, 5, 3, 3)
+        minv = torch.linalg.inv(m)
+        quad = torch.einsum("nki,nsij,nkj->nks", delta, minv, delta)                              # (c, K, 5)
+        pre = a[sl] * (4 * math.pi) ** 1.5 / torch.sqrt(torch.linalg.det(m))                       # (c, 5)
+        rho = occ[sl, None] * (pre[:, None, :] * torch.exp(-FOUR_PI2 * quad)).sum(-1)
+        grid = grid.index_add(0, idx, rho.reshape(-1))
+    return grid.reshape(shape)
