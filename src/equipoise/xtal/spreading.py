@@ -221,7 +221,7 @@ def single_axis(orth_grid: torch.Tensor) -> int | None:
 
 def spread_blocked(xyz: torch.Tensor, b_iso: torch.Tensor, occ: torch.Tensor, a: torch.Tensor,
                    b: torch.Tensor, groups: list[tuple[torch.Tensor, list[int]]], shape: tuple[int, int, int],
-                   orth_grid: torch.Tensor, frac: torch.Tensor, axis: int, b_add: float,
+                   orth_grid: torch.Tensor, frac: torch.Tensor, axis: int | None, b_add: float,
                    chunk_points: int) -> torch.Tensor:
     """Density (n0, n1, n2) Å^-3 of isotropic atoms on a grid with oblique axes, differentiable
     in xyz (n, 3) Å, b_iso (n,) Å^2 and occ (n,).
