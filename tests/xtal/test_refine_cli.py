@@ -37,3 +37,22 @@ def test_refine_command_bad_inputs(tmp_path, capsys):
     assert main(["xtal", "refine", str(tmp_path / "none.pdb"), str(tmp_path / "none.mtz"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
     assert main(["xtal", "refine", "m.pdb", "d.mtz", "--out", str(tmp_path), "--cycles", "0"]) == 2
+
+
+def test_refine_command_with_riding_hydrogens(tmp_path):
+    """--hydrogens add: the refined model carries the hydrogens (ideal on their parents); a rerun of
+    that output with --hydrogens riding keeps them."""
+    monlib_or_skip()
+    out = tmp_path / "h"
+    args = ["xtal", "refine", str(data_file("5e5z.pdb.gz")), str(data_file("5e5z.mtz.gz")), "--out", str(out),
+            "--cycles", "1", "--xyz-steps", "3", "--b-steps", "2", "--plots", "none", "--hydrogens", "add"]
+    assert main(args) == 0
+    refined = gemmi.read_structure(str(out / "refined.pdb"))
+    n_h = sum(a.is_hydrogen() for r in refined[0].all() for a in [r.atom])
+    assert n_h > 40
+    again = ["xtal", "refine", str(out / "refined.pdb"), str(data_file("5e5z.mtz.gz")), "--out", str(tmp_path / "r"),
+             "--cycles", "1", "--xyz-steps", "2", "--b-steps", "2", "--plots", "none", "--hydrogens", "riding"]
+    assert main(again) == 0
+    assert "(rmsZ" in (tmp_path / "r" / "refine.log").read_text()
+    assert sum(a.is_hydrogen() for r in gemmi.read_structure(str(tmp_path / "r" / "refined.pdb"))[0].all()
+               for a in [r.atom]) == n_h
