@@ -90,3 +90,22 @@ def test_overall_b_moves_from_the_scales_to_the_atoms():
     xm.update_scales(model.xyz, new_b, model.occ)
     _, second = xm.overall_b_to_atoms(model.xyz, new_b, model.occ, (2.0, 300.0))
     assert abs(second) < 0.5
+
+
+def test_scales_of_given_atoms_are_isotropic_and_those_as_read_use_u():
+    """5e5z (46 of 47 atoms anisotropic): scales refitted at given xyz, B, occ (the refinement's
+    isotropic atoms) are those of the isotropic F_calc that its target uses; without arguments
+    (scoring the model as read) they fit the anisotropic F_calc."""
+    model = AtomModel.from_file(data_file("5e5z.pdb.gz"))
+    assert model.u_aniso is not None
+    xm = XrayModel(model, Reflections.from_file(data_file("5e5z.mtz.gz")))
+    with torch.no_grad():
+        fc_iso = xm.fcalc(model.xyz, model.b_iso, model.occ)
+        iso = xm.update_scales(model.xyz, model.b_iso, model.occ).b_aniso.clone()
+        r_iso = xm.r_factors(fc_iso)["r_work"]
+        assert torch.allclose(xm.update_scales(fcalc=fc_iso).b_aniso, iso)
+        as_read = xm.update_scales().b_aniso.clone()
+        r_mixed = xm.r_factors(fc_iso)["r_work"]      # scales of the anisotropic F_calc on the isotropic one
+    print(f"R-work of the isotropic F_calc: its own scales {r_iso:.4f}, the anisotropic one's {r_mixed:.4f}")
+    assert not torch.allclose(iso, as_read, atol=0.05)
+    assert r_iso < r_mixed

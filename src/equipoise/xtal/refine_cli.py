@@ -117,6 +117,10 @@ def _refine(args: argparse.Namespace) -> int:
         restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
                                       unrestrained=args.unrestrained)
         log(f"model {args.model}: {model.n_atoms} atoms")
+        if model.u_aniso is not None:
+            n_aniso = int((model.u_aniso.abs().sum(-1) > 0).sum())
+            log(f"note: {n_aniso} anisotropic atoms (ANISOU) are refined isotropically, with their B; "
+                "their U is rescaled by the refined B on output")
         log("data " + refl.describe())
         for note in [*refl.notes, *xray.notes]:
             log(f"note: {note}")

@@ -117,12 +117,15 @@ class XrayModel:
                       occ: torch.Tensor | None = None, u_aniso: torch.Tensor | None = None,
                       *, fcalc: torch.Tensor | None = None) -> Scales:
         """Recompute the solvent mask at the current atoms, refit all scales and the ML sigmaA
-        parameters. Arguments default to the AtomModel's tensors; returns the new ``Scales``."""
+        parameters. Without arguments: the AtomModel as read (anisotropic atoms with their U);
+        with xyz, b_iso, occ (the refinement's atoms): isotropic atoms unless ``u_aniso`` is given,
+        so the scales fit the same F_calc as ``fcalc(xyz, b_iso, occ)``. Returns the new ``Scales``."""
         m = self.model
+        as_read = xyz is None and b_iso is None and occ is None
         xyz = m.xyz if xyz is None else xyz
         b_iso = m.b_iso if b_iso is None else b_iso
         occ = m.occ if occ is None else occ
-        u_aniso = m.u_aniso if u_aniso is None else u_aniso
+        u_aniso = m.u_aniso if u_aniso is None and as_read else u_aniso
         with torch.no_grad():
             fc = self.fcalc(xyz, b_iso, occ, u_aniso) if fcalc is None else fcalc.detach()
             structure = m.to_structure(xyz=xyz, b_iso=b_iso, occ=occ)
