@@ -84,8 +84,8 @@ def _refine(args: argparse.Namespace) -> int:
 
     from equipoise.core import plot_run
     from equipoise.errors import InputError
-    from equipoise.xtal.model import AtomModel
     from equipoise.xtal.hydrogens import add_hydrogens
+    from equipoise.xtal.model import AtomModel
     from equipoise.xtal.refine import RefineOptions, refine, stats_line, write_outputs
     from equipoise.xtal.reflections import Reflections
     from equipoise.xtal.restraints import Restraints
