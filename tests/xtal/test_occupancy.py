@@ -101,3 +101,31 @@ def test_occupancy_stage_recovers_the_truth(tmp_path):
     off = refine(start, restraints, xray, options=RefineOptions(cycles=1, xyz_steps=2, b_steps=2, occupancy="off"),
                  log=lambda s: None)
     assert off.final.occupancies is None and torch.equal(off.occ, start.occ)
+
+
+def test_consecutive_conformers_are_one_set_and_waters_are_not_linked():
+    st = gemmi.read_structure(str(data_file("5e5z.pdb.gz")))
+    st.setup_entities()
+    chain = st[0][0]
+    chain[6].seqid = gemmi.SeqId(7, " ")   # the water right after ASN 6
+    for k in (1, 2, 4, 6):        # VAL 2, HIS 3 consecutive; SER 5 apart; the water after ASN 6
+        res = chain[k]
+        for atom in [a for a in res if a.name not in ("N", "CA", "C", "O") or res.is_water()]:
+            copy = atom.clone()
+            atom.altloc, atom.occ = "A", 0.6
+            copy.altloc, copy.occ = "B", 0.4
+            res.add_atom(copy)
+    for atom in [a for a in chain[5] if a.name not in ("N", "CA", "C", "O")]:   # ASN 6: A only
+        atom.altloc, atom.occ = "A", 0.5
+    groups = OccupancyGroups.from_model(AtomModel.from_structure(st))
+    assert groups.labels == ["A/VAL 2 - A/HIS 3 conformer A", "A/VAL 2 - A/HIS 3 conformer B",
+                             "A/SER 5 conformer A", "A/SER 5 conformer B", "A/ASN 6",
+                             "A/HOH 7 conformer A", "A/HOH 7 conformer B"]
+    assert groups.set_size.tolist() == [2, 2, 1, 2]
+    # with ASN 6 in conformers A and B too, SER 5 and ASN 6 are one set, the water stays apart
+    for atom in [a for a in chain[5] if a.altloc == "A"]:
+        copy = atom.clone()
+        copy.altloc = "B"
+        chain[5].add_atom(copy)
+    groups = OccupancyGroups.from_model(AtomModel.from_structure(st))
+    assert "A/SER 5 - A/ASN 6 conformer A" in groups.labels and "A/HOH 7 conformer A" in groups.labels

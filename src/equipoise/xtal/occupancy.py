@@ -2,7 +2,8 @@
 
 As phenix.refine does by default (Afonine et al. 2012, Acta Cryst. D68, 352, "occupancy
 refinement"): the alternate conformers of a residue share one occupancy per conformer, and the
-conformers of one residue keep their total (usually 1); a residue with a partial occupancy and
+conformers of one residue keep their total (usually 1); consecutive polymer residues with the
+same conformer letters form one set (conformer A of a loop is one state); a residue with a partial occupancy and
 no alternate conformers (a ligand or water modelled at less than 1) gets one occupancy in [0, 1].
 Atoms at occupancy 0 (unmodelled atoms, kept in the file) and fully occupied atoms without
 conformers are not refined.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import gemmi
 import torch
 from torch import Tensor
 
@@ -59,31 +61,17 @@ class OccupancyGroups:
         totals: list[float] = []
         sizes: list[int] = []
         occ = model.occ.detach().cpu().tolist()
-        i = 0
-        for chain in model.structure[0]:
-            for res in chain:
-                name = f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"
-                conformers: dict[str, list[int]] = {}
-                partial: list[int] = []
-                for atom in res:
-                    if occ[i] > 0.0:
-                        if atom.altloc != "\0":
-                            conformers.setdefault(atom.altloc, []).append(i)
-                        elif occ[i] < 1.0:
-                            partial.append(i)
-                    i += 1
-                found = [(f"{name} conformer {alt}", idx) for alt, idx in sorted(conformers.items())]
-                if len(found) == 1:          # one conformer only: a lone partial group
-                    partial, found = partial + found[0][1], []
-                if found:
-                    totals.append(sum(sum(occ[k] for k in idx) / len(idx) for _, idx in found))
-                    sizes.append(len(found))
-                    for label, idx in found:
-                        _add_group(label, idx, len(totals) - 1, labels, atoms, atom_group, group_set)
-                if partial:
-                    totals.append(1.0)
-                    sizes.append(1)
-                    _add_group(name, partial, len(totals) - 1, labels, atoms, atom_group, group_set)
+        for first, last, conformers, partial in _residue_sets(model.structure, occ):
+            name = first if first == last else f"{first} - {last}"
+            if conformers:
+                totals.append(sum(sum(occ[k] for k in idx) / len(idx) for idx in conformers.values()))
+                sizes.append(len(conformers))
+                for alt, idx in sorted(conformers.items()):
+                    _add_group(f"{name} conformer {alt}", idx, len(totals) - 1, labels, atoms, atom_group, group_set)
+            if partial:
+                totals.append(1.0)
+                sizes.append(1)
+                _add_group(name, partial, len(totals) - 1, labels, atoms, atom_group, group_set)
         long = dict(dtype=torch.long, device=model.xyz.device)
         return cls(labels, torch.tensor(atoms, **long), torch.tensor(atom_group, **long),
                    torch.tensor(group_set, **long),
@@ -123,6 +111,41 @@ class OccupancyGroups:
     def table(self, occ: Tensor) -> list[dict]:
         """[{"group", "occ"}] of the groups' occupancies in ``occ`` (n,), for the record."""
         return [{"group": label, "occ": round(float(v), 4)} for label, v in zip(self.labels, self.values(occ))]
+
+
+def _residue_sets(structure: gemmi.Structure, occ: list[float]) -> list[tuple[str, str, dict[str, list[int]], list[int]]]:
+    """Per residue (first, last label; conformer letter -> atom indices; partial atom indices),
+    in model order. A residue with a single conformer has it moved to its partial atoms. Runs of
+    consecutive residues of a chain with the same conformer letters are merged into one entry,
+    as phenix.refine links the conformers of a segment: conformer A of a loop is one state."""
+    out: list[tuple[str, str, dict[str, list[int]], list[int]]] = []
+    i = 0
+    for chain in structure[0]:
+        previous = None
+        for res in chain:
+            label = f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"
+            conformers: dict[str, list[int]] = {}
+            partial: list[int] = []
+            for atom in res:
+                if occ[i] > 0.0:
+                    if atom.altloc != "\0":
+                        conformers.setdefault(atom.altloc, []).append(i)
+                    elif occ[i] < 1.0:
+                        partial.append(i)
+                i += 1
+            if len(conformers) == 1:
+                partial, conformers = partial + next(iter(conformers.values())), {}
+            polymer = res.entity_type == gemmi.EntityType.Polymer
+            follows = polymer and previous is not None and res.seqid.num - previous <= 1
+            if conformers and follows and out and set(out[-1][2]) == set(conformers) and not out[-1][3]:
+                first, _, merged, _ = out[-1]
+                for alt, idx in conformers.items():
+                    merged[alt].extend(idx)
+                out[-1] = (first, label, merged, partial)
+            else:
+                out.append((label, label, conformers, partial))
+            previous = res.seqid.num if polymer else None
+    return out
 
 
 def _add_group(label: str, idx: list[int], set_index: int, labels: list[str], atoms: list[int],
