@@ -39,9 +39,10 @@ def test_refine_command_bad_inputs(tmp_path, capsys):
     assert main(["xtal", "refine", "m.pdb", "d.mtz", "--out", str(tmp_path), "--cycles", "0"]) == 2
 
 
-def test_refine_command_with_riding_hydrogens(tmp_path):
+def test_refine_command_with_riding_hydrogens(tmp_path, capsys):
     """--hydrogens add: the refined model carries the hydrogens (ideal on their parents); a rerun of
-    that output with --hydrogens riding keeps them."""
+    that output with the default (auto) keeps them riding; a hydrogen the library does not know
+    makes auto remove them all with a note, and --hydrogens riding an error."""
     monlib_or_skip()
     out = tmp_path / "h"
     args = ["xtal", "refine", str(data_file("5e5z.pdb.gz")), str(data_file("5e5z.mtz.gz")), "--out", str(out),
@@ -51,8 +52,23 @@ def test_refine_command_with_riding_hydrogens(tmp_path):
     n_h = sum(a.is_hydrogen() for r in refined[0].all() for a in [r.atom])
     assert n_h > 40
     again = ["xtal", "refine", str(out / "refined.pdb"), str(data_file("5e5z.mtz.gz")), "--out", str(tmp_path / "r"),
-             "--cycles", "1", "--xyz-steps", "2", "--b-steps", "2", "--plots", "none", "--hydrogens", "riding"]
+             "--cycles", "1", "--xyz-steps", "2", "--b-steps", "2", "--plots", "none"]
     assert main(again) == 0
-    assert "(rmsZ" in (tmp_path / "r" / "refine.log").read_text()
+    assert f"{n_h} hydrogens ride on their heavy atoms (--hydrogens auto)" in (tmp_path / "r" / "refine.log").read_text()
     assert sum(a.is_hydrogen() for r in gemmi.read_structure(str(tmp_path / "r" / "refined.pdb"))[0].all()
                for a in [r.atom]) == n_h
+    res = refined[0][0][1]
+    odd = gemmi.Atom()
+    odd.name, odd.element, odd.pos, odd.occ, odd.b_iso = "HXX", gemmi.Element("H"), res[0].pos, 1.0, 10.0
+    res.add_atom(odd)
+    refined.write_pdb(str(tmp_path / "odd.pdb"))
+    odd_args = ["xtal", "refine", str(tmp_path / "odd.pdb"), str(data_file("5e5z.mtz.gz")), "--cycles", "1",
+                "--xyz-steps", "2", "--b-steps", "2", "--plots", "none"]
+    assert main([*odd_args, "--out", str(tmp_path / "o")]) == 0
+    log = (tmp_path / "o" / "refine.log").read_text()
+    assert "HXX" in log and "all hydrogens removed" in log
+    assert not any(a.is_hydrogen() for r in gemmi.read_structure(str(tmp_path / "o" / "refined.pdb"))[0].all()
+                   for a in [r.atom])
+    capsys.readouterr()
+    assert main([*odd_args, "--out", str(tmp_path / "o2"), "--hydrogens", "riding"]) == 2
+    assert "HXX" in capsys.readouterr().err

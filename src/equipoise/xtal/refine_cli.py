@@ -63,9 +63,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                    help="auto (default): refine the occupancies of alternate conformers (each residue's "
                         "total kept) and of partially occupied residues, when the model has any; off: keep them")
     p.add_argument("--target", default="ml", choices=("ml", "ls"), help="x-ray target (default ml)")
-    p.add_argument("--hydrogens", default="strip", choices=("strip", "keep", "riding", "add"),
-                   help="strip (default): remove hydrogens; keep: refine them as atoms; riding: keep the "
-                        "model's hydrogens riding on their heavy atoms; add: add riding hydrogens (no waters)")
+    p.add_argument("--hydrogens", default="auto", choices=("auto", "strip", "keep", "riding", "add"),
+                   help="auto (default): the model's hydrogens ride on their heavy atoms (removed, with a "
+                        "note, when some cannot); strip: remove them; keep: refine them as atoms; riding: "
+                        "as auto, but an error when some cannot ride; add: add riding hydrogens (no waters)")
     p.add_argument("--scheme", default="per-stage", choices=("per-stage", "joint-once"),
                    help="weights per stage (default) or the seed failure's joint-once scheme (comparison only)")
     p.add_argument("--twin", default="auto", choices=("auto", "on", "off"),
@@ -84,13 +85,9 @@ def _refine(args: argparse.Namespace) -> int:
 
     from equipoise.core import plot_run
     from equipoise.errors import InputError
-    from equipoise.xtal.hydrogens import add_hydrogens
-    from equipoise.xtal.model import AtomModel
     from equipoise.xtal.refine import RefineOptions, refine, stats_line, write_outputs
     from equipoise.xtal.reflections import Reflections
-    from equipoise.xtal.restraints import Restraints
     from equipoise.xtal.twinning import add_twin_model, choose_twin, twin_statistics
-    from equipoise.xtal.xray import XrayModel
 
     out = Path(args.out)
     options = RefineOptions(cycles=args.cycles, xyz_steps=args.xyz_steps, b_steps=args.b_steps,
@@ -110,12 +107,7 @@ def _refine(args: argparse.Namespace) -> int:
 
     try:
         refl = Reflections.from_file(args.data, labin=args.labin, free=args.free, d_min=args.resolution)
-        model = AtomModel.from_file(args.model, hydrogens=args.hydrogens)
-        if args.hydrogens == "add":
-            model = add_hydrogens(model, monlib=args.monlib, ligands=args.ligand)
-        xray = XrayModel(model, refl, target=args.target)
-        restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
-                                      unrestrained=args.unrestrained)
+        model, xray, restraints = _model_xray_restraints(args, refl, log)
         log(f"model {args.model}: {model.n_atoms} atoms")
         if model.u_aniso is not None:
             n_aniso = int((model.u_aniso.abs().sum(-1) > 0).sum())
@@ -172,3 +164,48 @@ def _refine(args: argparse.Namespace) -> int:
     finally:
         log_file.close()
     return 0
+
+
+def _model_xray_restraints(args: argparse.Namespace, refl, log):
+    """The model with its hydrogens as ``--hydrogens`` asks, its x-ray model and its restraints.
+
+    ``auto`` (the default, as phenix.refine and REFMAC use the hydrogens a model has): the model's
+    hydrogens ride on their parents; when some cannot (no bond to a heavy atom in the library,
+    e.g. other names), all are removed and the log says why. ``riding``: the same, but an error.
+    """
+    import gemmi
+
+    from equipoise.errors import InputError
+    from equipoise.xtal.hydrogens import RidingHydrogens, add_hydrogens
+    from equipoise.xtal.model import AtomModel
+    from equipoise.xtal.restraints import Restraints
+    from equipoise.xtal.xray import XrayModel
+
+    def build(mode: str):
+        model = AtomModel.from_file(args.model, hydrogens=mode)
+        if mode == "add":
+            model = add_hydrogens(model, monlib=args.monlib, ligands=args.ligand)
+        xray = XrayModel(model, refl, target=args.target)
+        restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
+                                      unrestrained=args.unrestrained)
+        return model, xray, restraints
+
+    if args.hydrogens != "auto":
+        model, xray, restraints = build(args.hydrogens)
+        if model.hydrogens == "riding" and bool(restraints.hydrogen.any()):
+            RidingHydrogens.build(model, restraints)           # an error when some cannot ride
+    else:
+        try:
+            model, xray, restraints = build("riding")
+            if bool(restraints.hydrogen.any()):
+                RidingHydrogens.build(model, restraints)
+        except InputError as exc:
+            if not any(a.is_hydrogen() for r in gemmi.read_structure(str(args.model))[0].all() for a in [r.atom]):
+                raise
+            log(f"note: {exc}; all hydrogens removed (--hydrogens auto; with the monomer library's "
+                "names they would ride)")
+            model, xray, restraints = build("strip")
+    n_h = int(restraints.hydrogen.sum())
+    if n_h and model.hydrogens == "riding":
+        log(f"{n_h} hydrogens ride on their heavy atoms (--hydrogens {args.hydrogens})")
+    return model, xray, restraints
