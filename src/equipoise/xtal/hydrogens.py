@@ -24,7 +24,7 @@ from torch import Tensor
 from equipoise.errors import InputError
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.monlib import read_monlib
-from equipoise.xtal.restraints import Restraints
+from equipoise.xtal.restraints import Restraints, drop_residues
 
 
 def _key(ch: gemmi.Chain, res: gemmi.Residue, atom: gemmi.Atom) -> tuple:
@@ -37,14 +37,14 @@ class RidingHydrogens:
 
     h: (k,) long, hydrogen atom indices; parent: (k,) long, the bonded heavy atom of each.
     keys: (chain, seq, icode, residue, atom, altloc) of each hydrogen, to find it in gemmi's
-    re-placed structure. structure, monlib, skipped: the model's structure, the library and the
-    residue names without a dictionary (left out of the placement).
+    re-placed structure. model, monlib, skipped: the model, the library and the residue names
+    without a dictionary (left out of the placement).
     """
 
     h: Tensor
     parent: Tensor
     keys: list[tuple]
-    structure: gemmi.Structure
+    model: AtomModel
     monlib: gemmi.MonLib
     skipped: list[str]
 
@@ -68,7 +68,7 @@ class RidingHydrogens:
         atoms = [(ch, res, a) for ch in model.structure[0] for res in ch for a in res]
         long = dict(dtype=torch.long, device=model.xyz.device)
         return cls(torch.tensor(hs, **long), torch.tensor([parent[i] for i in hs], **long),
-                   [_key(*atoms[i]) for i in hs], model.structure.clone(), restraints.monlib,
+                   [_key(*atoms[i]) for i in hs], model, restraints.monlib,
                    list(restraints.unrestrained))
 
     def offsets(self, xyz: Tensor) -> Tensor:
@@ -88,15 +88,8 @@ class RidingHydrogens:
         """(n, 3) ``xyz`` with the hydrogens at the library's ideal positions for the heavy atoms of
         ``xyz`` (a hydrogen that gemmi does not place, e.g. one the library names differently,
         keeps its position)."""
-        st = self.structure.clone()
-        pos = xyz.detach().cpu().double().tolist()
-        i = 0
-        for ch in st[0]:
-            for res in ch:
-                for atom in res:
-                    atom.pos = gemmi.Position(*pos[i])
-                    i += 1
-        _drop_residues(st, self.skipped)
+        st = self.model.to_structure(xyz=xyz)
+        drop_residues(st, self.skipped)
         try:
             gemmi.prepare_topology(st, self.monlib, h_change=gemmi.HydrogenChange.ReAdd, reorder=False,
                                    warnings=None, ignore_unknown_links=True)
@@ -125,27 +118,14 @@ def add_hydrogens(model: AtomModel, *, monlib: str | Path | None = None,
     resnames = sorted({res.name for ch in st[0] for res in ch})
     lib = read_monlib(resnames, monlib, ligands)
     skipped = [r for r in resnames if r not in lib.monomers]
-    kept = {}
-    if skipped:   # keep those residues aside: prepare_topology needs a dictionary for each residue
-        for ch in st[0]:
-            for k in range(len(ch) - 1, -1, -1):
-                if ch[k].name in skipped:
-                    kept.setdefault(ch.name, []).append((k, ch[k].clone()))
-                    del ch[k]
+    kept = drop_residues(st, skipped)   # set aside: prepare_topology needs a dictionary for each residue
     try:
         gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.ReAddButWater, reorder=False,
                                warnings=None, ignore_unknown_links=True)
     except (RuntimeError, ValueError) as exc:
         raise InputError(f"gemmi cannot add hydrogens: {exc}", path=model.path, field="--hydrogens") from exc
     for ch in st[0]:
-        for k, res in sorted(kept.get(ch.name, [])):
+        for k, res in kept.get(ch.name, []):
             ch.add_residue(res, k)
     return AtomModel.from_structure(st, hydrogens="riding", dtype=model.xyz.dtype, device=model.xyz.device,
                                     path=model.path)
-
-
-def _drop_residues(st: gemmi.Structure, names: Sequence[str]) -> None:
-    for ch in st[0]:
-        for k in range(len(ch) - 1, -1, -1):
-            if ch[k].name in names:
-                del ch[k]

@@ -205,7 +205,12 @@ class AtomModel:
         return path
 
 
+def residue_label(chain: gemmi.Chain, res: gemmi.Residue) -> str:
+    """``A/LEU 12`` (with the insertion code, ``A/LEU 12A``)."""
+    return f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"
+
+
 def atom_label(chain: gemmi.Chain, res: gemmi.Residue, atom: gemmi.Atom) -> str:
     """``A/LEU 12/CA`` (with ``.B`` for alternate conformer B)."""
     alt = f".{atom.altloc}" if atom.altloc != "\0" else ""
-    return f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}/{atom.name}{alt}"
+    return f"{residue_label(chain, res)}/{atom.name}{alt}"

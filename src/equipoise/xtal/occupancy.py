@@ -3,8 +3,9 @@
 As phenix.refine does by default (Afonine et al. 2012, Acta Cryst. D68, 352, "occupancy
 refinement"): the alternate conformers of a residue share one occupancy per conformer, and the
 conformers of one residue keep their total (usually 1); consecutive polymer residues with the
-same conformer letters form one set (conformer A of a loop is one state); a residue with a partial occupancy and
-no alternate conformers (a ligand or water modelled at less than 1) gets one occupancy in [0, 1].
+same conformer letters form one set (conformer A of a loop is one state); a residue with a
+partial occupancy and no alternate conformers (a ligand or water modelled at less than 1) gets
+one occupancy in [0, 1].
 Atoms at occupancy 0 (unmodelled atoms, kept in the file) and fully occupied atoms without
 conformers are not refined.
 
@@ -21,7 +22,7 @@ import gemmi
 import torch
 from torch import Tensor
 
-from equipoise.xtal.model import AtomModel
+from equipoise.xtal.model import AtomModel, residue_label
 
 #: lone-group occupancies start inside [OCC_EDGE, 1 - OCC_EDGE] (the sigmoid's logit is finite there)
 OCC_EDGE = 0.01
@@ -113,7 +114,8 @@ class OccupancyGroups:
         return [{"group": label, "occ": round(float(v), 4)} for label, v in zip(self.labels, self.values(occ))]
 
 
-def _residue_sets(structure: gemmi.Structure, occ: list[float]) -> list[tuple[str, str, dict[str, list[int]], list[int]]]:
+def _residue_sets(structure: gemmi.Structure,
+                  occ: list[float]) -> list[tuple[str, str, dict[str, list[int]], list[int]]]:
     """Per residue (first, last label; conformer letter -> atom indices; partial atom indices),
     in model order. A residue with a single conformer has it moved to its partial atoms. Runs of
     consecutive residues of a chain with the same conformer letters are merged into one entry,
@@ -123,7 +125,7 @@ def _residue_sets(structure: gemmi.Structure, occ: list[float]) -> list[tuple[st
     for chain in structure[0]:
         previous = None
         for res in chain:
-            label = f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"
+            label = residue_label(chain, res)
             conformers: dict[str, list[int]] = {}
             partial: list[int] = []
             for atom in res:

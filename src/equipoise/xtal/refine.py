@@ -278,11 +278,13 @@ class _Refinement:
         self.resume = True
 
     # ------------------------------------------------------------------ terms
-    def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None) -> list[Term]:
-        """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``.
-        With riding hydrogens the terms see them on their parents (``ride_xyz``, ``ride_b``), and the ADP terms
+    def terms(self, xyz: Tensor, b: Tensor, weights: dict[str, float] | None = None,
+              occ: Callable[[], Tensor] | None = None) -> list[Term]:
+        """All terms as functions of the group tensors ``xyz`` and ``b``; base weights 1 or ``weights``;
+        ``occ()`` the (n,) occupancies the x-ray term sees (default: the current ones). With riding
+        hydrogens the terms see them on their parents (``ride_xyz``, ``ride_b``), and the ADP terms
         leave them out (their B is their parent's)."""
-        occ, r, b0 = self.occ, self.restraints, self.b_start
+        occ_of, r, b0 = occ or (lambda: self.occ), self.restraints, self.b_start
         pairs, pair_weight = r.adp_pairs()
         at, b_of = (lambda: self.ride_xyz(xyz)), (lambda: self.ride_b(b))
         heavy: Tensor | slice = slice(None)
@@ -291,7 +293,7 @@ class _Refinement:
             heavy_pairs = ~r.hydrogen[pairs].any(dim=1)
             pairs, pair_weight = pairs[heavy_pairs], pair_weight[heavy_pairs]
         n = self.xray_count
-        fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(at(), b_of(), occ))}
+        fns = {"xray": lambda _: n * self.xray.target(self.xray.fcalc(at(), b_of(), occ_of()))}
         fns.update({kind: (lambda k: lambda _: r.loss(k, at()))(kind) for kind in KINDS})
         fns.update(adp=lambda _: adp_similarity(b, pairs, pair_weight),
                    b_prior=lambda _: b_prior(b[heavy], b0[heavy]))
@@ -349,13 +351,12 @@ class _Refinement:
         Returns the groups' occupancies for the record."""
         groups, xyz, b, base = self.occ_groups, self.xyz.clone(), self.b.clone(), self.occ
         z = groups.logits(base).requires_grad_(True)
-        n = self.xray_count
-        xray = Term("xray", lambda _: n * self.xray.target(self.xray.fcalc(xyz, b, groups.occupancies(z, base))))
+        xray = [t for t in self.terms(xyz, b, occ=lambda: groups.occupancies(z, base)) if t.name == "xray"]
         iterations = self.options.occ_steps
         steps = math.ceil(iterations / LBFGS_ITERATIONS_PER_STEP)
         stage = Stage("occ", free=["occ"], terms=["xray"], optimizer="lbfgs", lr=1.0, steps=steps,
                       balancer=FixedBalancer(), optimizer_options={"max_iter": math.ceil(iterations / steps)})
-        Fit({"xyz": xyz, "b": b, "occ": z}, [xray], [stage],
+        Fit({"xyz": xyz, "b": b, "occ": z}, xray, [stage],
             run_dir=None if cycle_dir is None else cycle_dir / "occ", progress=self.progress,
             grad_every=5, checkpoint_every=10, config={"stage": "occ", "free": ["occ"], "groups": groups.n_groups}
             ).run(resume=self.resume)

@@ -181,30 +181,29 @@ def _model_xray_restraints(args: argparse.Namespace, refl, log):
     from equipoise.xtal.restraints import Restraints
     from equipoise.xtal.xray import XrayModel
 
-    def build(mode: str):
-        model = AtomModel.from_file(args.model, hydrogens=mode)
-        if mode == "add":
-            model = add_hydrogens(model, monlib=args.monlib, ligands=args.ligand)
+    def build(model: AtomModel):
         xray = XrayModel(model, refl, target=args.target)
         restraints = Restraints.build(model, monlib=args.monlib, ligands=args.ligand,
                                       unrestrained=args.unrestrained)
+        if model.hydrogens == "riding" and bool(restraints.hydrogen.any()):
+            RidingHydrogens.build(model, restraints)           # an error when some cannot ride
         return model, xray, restraints
 
     if args.hydrogens != "auto":
-        model, xray, restraints = build(args.hydrogens)
-        if model.hydrogens == "riding" and bool(restraints.hydrogen.any()):
-            RidingHydrogens.build(model, restraints)           # an error when some cannot ride
+        model = AtomModel.from_file(args.model, hydrogens=args.hydrogens)
+        if args.hydrogens == "add":
+            model = add_hydrogens(model, monlib=args.monlib, ligands=args.ligand)
+        model, xray, restraints = build(model)
     else:
+        model = AtomModel.from_file(args.model, hydrogens="riding")
         try:
-            model, xray, restraints = build("riding")
-            if bool(restraints.hydrogen.any()):
-                RidingHydrogens.build(model, restraints)
+            model, xray, restraints = build(model)
         except InputError as exc:
-            if not any(a.is_hydrogen() for r in gemmi.read_structure(str(args.model))[0].all() for a in [r.atom]):
+            if not any(gemmi.Element(el).is_hydrogen for el in model.elements):
                 raise
             log(f"note: {exc}; all hydrogens removed (--hydrogens auto; with the monomer library's "
                 "names they would ride)")
-            model, xray, restraints = build("strip")
+            model, xray, restraints = build(AtomModel.from_file(args.model, hydrogens="strip"))
     n_h = int(restraints.hydrogen.sum())
     if n_h and model.hydrogens == "riding":
         log(f"{n_h} hydrogens ride on their heavy atoms (--hydrogens {args.hydrogens})")

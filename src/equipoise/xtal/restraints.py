@@ -185,13 +185,9 @@ class Restraints:
                              "them with --ligand FILE.cif, or refine them without restraints with "
                              "--unrestrained", path=model.path, field="--ligand")
         dtype, device = model.xyz.dtype, model.xyz.device
-        if missing:
-            # drop residues without a dictionary from the topology copy; their atoms stay in the
-            # model (indices by serial) and only get non-bonded repulsion
-            for ch in st[0]:
-                for k in range(len(ch) - 1, -1, -1):
-                    if ch[k].name in missing:
-                        del ch[k]
+        # drop residues without a dictionary from the topology copy; their atoms stay in the
+        # model (indices by serial) and only get non-bonded repulsion
+        drop_residues(st, missing)
         original = [atom.serial for _, _, atom in _atoms(st)]
         try:
             topo = gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.NoChange,
@@ -399,6 +395,19 @@ class Restraints:
         ``1 / (sigma^2 max(1, d^2 / 4))`` (d the pair's distance in Å, sigma from
         ``ADP_PAIR_SIGMAS`` by the pair's relation; the distance factor is servalcat's)."""
         return self.adp_index, self.adp_weight
+
+
+def drop_residues(st: gemmi.Structure, names: Sequence[str]) -> dict[str, list[tuple[int, gemmi.Residue]]]:
+    """Remove the residues named ``names`` from ``st`` (first model; e.g. those without a
+    dictionary, before ``gemmi.prepare_topology``). Returns, per chain name, (position, copy) of
+    each removed residue in ascending position, for putting them back with ``Chain.add_residue``."""
+    removed: dict[str, list[tuple[int, gemmi.Residue]]] = {}
+    for ch in st[0]:
+        for k in range(len(ch) - 1, -1, -1):
+            if ch[k].name in names:
+                removed.setdefault(ch.name, []).insert(0, (k, ch[k].clone()))
+                del ch[k]
+    return removed
 
 
 def _atoms(st: gemmi.Structure):
