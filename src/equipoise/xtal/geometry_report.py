@@ -20,13 +20,15 @@ UNITS = {"bond": "Å", "angle": "deg", "torsion": "deg", "plane": "Å", "chiral"
 @dataclass
 class GeometryReport:
     """Per kind ``{"n", "rmsd", "rmsz"}`` (``statistics``), the worst restraints (``outliers``:
-    kind, atoms, deviation in the kind's units, z) and residues refined without restraints."""
+    kind, atoms, deviation in the kind's units, z), residues refined without restraints and notes
+    on links and metal sites (``Restraints.notes``)."""
 
     path: str
     n_atoms: int
     statistics: dict[str, dict[str, float]]
     outliers: list[dict]
     unrestrained: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """A readable table: one line per kind, then the outliers."""
@@ -37,6 +39,7 @@ class GeometryReport:
             lines.append(f"{kind:<10} {s['n']:>7d} {s['rmsd']:>8.3f} {UNITS[kind]:<3} {s['rmsz']:>6.2f}")
         if self.unrestrained:
             lines.append("without restraints: " + ", ".join(self.unrestrained))
+        lines += [f"note: {n}" for n in self.notes]
         if self.outliers:
             lines.append(f"outliers (|z| >= {OUTLIER_Z:g}), worst first:")
             lines += [f"  {o['kind']:<9} {o['atoms']:<48} {o['deviation']:>9.3f} z={o['z']:>7.2f}"
@@ -48,7 +51,7 @@ class GeometryReport:
     def to_json(self) -> dict:
         """JSON-ready dict."""
         return {"model": self.path, "n_atoms": self.n_atoms, "statistics": self.statistics,
-                "outliers": self.outliers, "unrestrained": self.unrestrained}
+                "outliers": self.outliers, "unrestrained": self.unrestrained, "notes": self.notes}
 
 
 #: |z| at or above which a restraint is listed as an outlier (MolProbity/REFMAC use 4)
@@ -63,4 +66,4 @@ def geometry_report(model_path: str | Path, *, ligands: Sequence[str | Path] = (
     restraints = Restraints.build(model, monlib=monlib, ligands=ligands, unrestrained=unrestrained)
     return GeometryReport(str(model_path), model.n_atoms, restraints.statistics(model.xyz),
                           restraints.outliers(model.xyz, z_min=OUTLIER_Z, limit=max_outliers),
-                          restraints.unrestrained)
+                          restraints.unrestrained, restraints.notes)

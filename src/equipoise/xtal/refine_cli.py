@@ -129,6 +129,8 @@ def _refine(args: argparse.Namespace) -> int:
             log(f"no twin refinement (--twin {args.twin})")
         if restraints.unrestrained:
             log("refined without restraints (--unrestrained): " + ", ".join(restraints.unrestrained))
+        for note in restraints.notes:
+            log(f"note: {note}")
         counts = ", ".join(f"{k} {restraints.count(k)}" for k in restraints.sets)
         log(f"restraints: {counts}")
         result = refine(model, restraints, xray, options=options, run_dir=out / "run", log=log,

@@ -9,8 +9,8 @@ Murshudov et al. 2011, Acta Cryst. D67, 355; Yamashita et al. 2023, Acta Cryst. 
 
 Non-bonded repulsion (``nonbonded`` kind) acts on pairs closer than ``d_min`` that are neither
 1-2, 1-3 nor 1-4 related, including contacts with symmetry mates. ``d_min`` is the sum of the
-library's ``ener_lib.cif`` van der Waals radii, or ``HBOND_DMIN`` for a donor-acceptor pair, as in
-REFMAC's VDW restraints; the penalty is ``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The
+library's ``ener_lib.cif`` van der Waals radii, ``HBOND_DMIN`` for a donor-acceptor pair, or the sum
+of the two ion radii for a pair with a metal, as in REFMAC's VDW restraints; the penalty is ``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The
 pair list is rebuilt by ``update_pairs(xyz)`` (once per macro-cycle).
 
 The same contact search lists the pairs of the B-factor (ADP) similarity restraints,
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from equipoise.errors import InputError
+from equipoise.xtal.links import inferred_bonds, link_report, metal_dmin, take_unknown_metal_connections
 from equipoise.xtal.model import AtomModel, atom_label
 from equipoise.xtal.monlib import read_monlib
 
@@ -44,7 +45,7 @@ CHIRAL_SIGMA = 0.2
 NONBONDED_SIGMA = 0.2
 #: minimum distance of a hydrogen-bonded donor-acceptor pair, Å (REFMAC: vdw_radius of H-bond pairs)
 HBOND_DMIN = 2.6
-#: minimum distance for a metal to anything, Å, when the library gives no ion radius
+#: a metal's radius for d_min, Å, when the library gives it no ion radius
 METAL_DMIN = 2.0
 #: pairs within d_min + this margin (Å) are listed, so that atoms moving closer during a cycle count
 PAIR_MARGIN = 0.5
@@ -165,6 +166,13 @@ class Restraints:
     #: (n,) bool, hydrogen atoms (left out of ``statistics``); the library the topology came from
     hydrogen: Tensor | None = None
     monlib: gemmi.MonLib | None = None
+    #: per atom: the library's ion radius (Å, nan when unknown) and whether it is a metal
+    ion_radius: list[float] = field(default_factory=list)
+    metal: list[bool] = field(default_factory=list)
+    #: (i, j), i < j: atoms of links to a symmetry mate (no repulsion between them across symmetry)
+    symmetry_pairs: set[tuple[int, int]] = field(default_factory=set)
+    #: what the log should say about links and metal sites (``equipoise.xtal.links``)
+    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def build(cls, model: AtomModel, *, monlib: str | Path | None = None,
@@ -172,7 +180,9 @@ class Restraints:
         """Restraints of ``model`` from the monomer library and ``ligands`` CIF files.
 
         Residues that neither covers raise ``InputError`` listing them, unless
-        ``unrestrained=True`` (then they only get non-bonded repulsion).
+        ``unrestrained=True`` (then they only get non-bonded repulsion, with their bonds inferred
+        from distances excluded). LINK records and metal sites follow ``equipoise.xtal.links``;
+        what they did is in ``notes``.
         """
         st = model.structure.clone()
         for i, (_, _, atom) in enumerate(_atoms(st)):
@@ -186,12 +196,14 @@ class Restraints:
                              "--unrestrained", path=model.path, field="--ligand")
         dtype, device = model.xyz.dtype, model.xyz.device
         # drop residues without a dictionary from the topology copy; their atoms stay in the
-        # model (indices by serial) and only get non-bonded repulsion
+        # model (indices by serial) and only get non-bonded repulsion (bonds inferred first)
+        inferred = inferred_bonds(st, set(missing)) if missing else []
         drop_residues(st, missing)
+        notes = take_unknown_metal_connections(st, lib)
         original = [atom.serial for _, _, atom in _atoms(st)]
         try:
             topo = gemmi.prepare_topology(st, lib, h_change=gemmi.HydrogenChange.NoChange,
-                                          reorder=False, warnings=None, ignore_unknown_links=True)
+                                          reorder=False, warnings=None, ignore_unknown_links=False)
         except (RuntimeError, ValueError) as exc:
             raise InputError(_topology_error(str(exc), lib), path=model.path) from exc
         # prepare_topology renumbers serials 1..n in file order: map them back to model indices
@@ -201,24 +213,29 @@ class Restraints:
         def index(atom: gemmi.Atom) -> int:
             return original[atom.serial - 1]
 
-        sets = _topology_sets(topo, index, model.labels, dtype, device)
+        links = link_report(topo, lib, index, model.labels)
+        sets = _topology_sets(topo, index, model.labels, dtype, device, skip=links.skipped)
         n = model.n_atoms
         types = _energy_types(topo, index, n)
-        radius, hb = [], []
+        radius, hb, ion, metal = [], [], [], []
         for i, el in enumerate(model.elements):
             entry = lib.ener_lib.atoms.get(types[i]) if types[i] else None
             r = float(entry.vdw_radius) if entry is not None else float(gemmi.Element(el).vdw_r)
-            if gemmi.Element(el).is_metal:
-                r = float(entry.ion_radius) if entry is not None and math.isfinite(entry.ion_radius) \
-                    else METAL_DMIN / 2
+            # an atom without an energy type (unrestrained residue): the element's generic type
+            generic = entry if entry is not None else lib.ener_lib.atoms.get(el.upper())
+            ion.append(float(generic.ion_radius) if generic is not None else math.nan)
+            metal.append(gemmi.Element(el).is_metal)
+            if metal[-1]:
+                r = ion[-1] if math.isfinite(ion[-1]) else METAL_DMIN / 2
             radius.append(r)
             hb.append(entry.hb_type if entry is not None else "N")
-        hops = _pair_hops(sets, n)
+        hops = _pair_hops(sets, n, inferred)
         altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
         hydrogen = torch.tensor([gemmi.Element(el).is_hydrogen for el in model.elements], device=device)
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
                   hb_type=hb, altlocs=altlocs, structure=model.structure.clone(),
-                  unrestrained=missing, hops=hops, hydrogen=hydrogen, monlib=lib)
+                  unrestrained=missing, hops=hops, hydrogen=hydrogen, monlib=lib, ion_radius=ion,
+                  metal=metal, symmetry_pairs=links.symmetry_pairs, notes=notes + links.notes)
         out.update_pairs(model.xyz)
         return out
 
@@ -256,6 +273,8 @@ class Restraints:
                 adp_idx.append((i, j))
                 adp_w.append(1.0 / (ADP_PAIR_SIGMAS[hop] ** 2 * max(1.0, r.dist ** 2 / 4.0)))
             if same_unit and (i == j or hop):
+                continue
+            if not same_unit and (min(i, j), max(i, j)) in self.symmetry_pairs:
                 continue
             d0 = self._dmin(i, j)
             if r.dist >= d0 + PAIR_MARGIN:
@@ -299,6 +318,10 @@ class Restraints:
         donor_acceptor = (hi in "DB" and hj in "AB") or (hi in "AB" and hj in "DB")
         if donor_acceptor and hi != "N" and hj != "N":
             return HBOND_DMIN
+        if self.metal and (self.metal[i] or self.metal[j]):
+            d = metal_dmin(self.ion_radius[i], self.ion_radius[j])
+            if d is not None:
+                return d
         return float(self.vdw_radius[i] + self.vdw_radius[j])
 
     # ------------------------------------------------------------------------- evaluation
@@ -418,9 +441,10 @@ def _atoms(st: gemmi.Structure):
 
 
 def _topology_sets(topo: gemmi.Topo, index, names: list[str], dtype: torch.dtype,
-                   device: torch.device) -> dict[str, RestraintSet]:
+                   device: torch.device, skip: set[tuple[str, int]] = frozenset()) -> dict[str, RestraintSet]:
     """Index/ideal/sigma tensors per kind from a gemmi topology; ``index(atom)`` is the model
-    index, ``names`` the model's atom labels."""
+    index, ``names`` the model's atom labels; ``skip`` (kind, index into the topology's list)
+    restraints to leave out (``links.link_report``)."""
 
     def tensors(rows, k, with_period=False):
         if not rows:
@@ -438,22 +462,25 @@ def _topology_sets(topo: gemmi.Topo, index, names: list[str], dtype: torch.dtype
     def label(atoms):
         return " - ".join(names[index(a)] for a in atoms)
 
+    def kept(kind, items):
+        return (x for k, x in enumerate(items) if (kind, k) not in skip)
+
     bonds = [([index(b.atoms[0]), index(b.atoms[1])], b.restr.value, b.restr.esd, label(b.atoms))
-             for b in topo.bonds if b.restr.esd > 0]
+             for b in kept("bond", topo.bonds) if b.restr.esd > 0]
     angles = [([index(a.atoms[0]), index(a.atoms[1]), index(a.atoms[2])], a.restr.value, a.restr.esd,
-               label(a.atoms)) for a in topo.angles if a.restr.esd > 0]
+               label(a.atoms)) for a in kept("angle", topo.angles) if a.restr.esd > 0]
     torsions = [([index(t.atoms[k]) for k in range(4)], t.restr.value, t.restr.esd, label(t.atoms),
                  max(int(t.restr.period), 1))
-                for t in topo.torsions if t.restr.esd > 0 and t.restr.label not in SKIPPED_TORSIONS]
+                for t in kept("torsion", topo.torsions) if t.restr.esd > 0 and t.restr.label not in SKIPPED_TORSIONS]
     chirs = []
-    for c in topo.chirs:
+    for c in kept("chiral", topo.chirs):
         if c.restr.sign == gemmi.ChiralityType.Both:
             sign = 0
         else:
             sign = 1 if c.restr.sign == gemmi.ChiralityType.Positive else -1
         ideal = topo.ideal_chiral_abs_volume(c) * (sign if sign else 1)
         chirs.append(([index(c.atoms[k]) for k in range(4)], ideal, CHIRAL_SIGMA, label(c.atoms), sign))
-    planes = [p for p in topo.planes if p.restr.esd > 0 and len(p.atoms) >= 4]
+    planes = [p for p in kept("plane", topo.planes) if p.restr.esd > 0 and len(p.atoms) >= 4]
     width = max((len(p.atoms) for p in planes), default=4)
     plane_rows = [([index(a) for a in p.atoms] + [-1] * (width - len(p.atoms)), 0.0, p.restr.esd,
                    label(p.atoms)) for p in planes]
@@ -475,11 +502,13 @@ def _energy_types(topo: gemmi.Topo, index, n: int) -> list[str]:
     return types
 
 
-def _pair_hops(sets: dict[str, RestraintSet], n: int) -> dict[tuple[int, int], int]:
+def _pair_hops(sets: dict[str, RestraintSet], n: int,
+               inferred: Sequence[tuple[int, int]] = ()) -> dict[tuple[int, int], int]:
     """1-2, 1-3 and 1-4 pairs of the bond graph (excluded from non-bonded repulsion), each with
-    its number of bonds between the two atoms (the shortest path)."""
+    its number of bonds between the two atoms (the shortest path). The graph has the restrained
+    bonds and the ``inferred`` bonds of unrestrained residues (``links.inferred_bonds``)."""
     neighbours: list[set[int]] = [set() for _ in range(n)]
-    for i, j in sets["bond"].index.tolist():
+    for i, j in sets["bond"].index.tolist() + list(inferred):
         neighbours[i].add(j)
         neighbours[j].add(i)
     out: dict[tuple[int, int], int] = {}
