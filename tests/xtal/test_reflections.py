@@ -154,3 +154,64 @@ def test_real_data_files():
     assert refl.n == 25970 and int(refl.free.sum()) == 500 and "0 = free" in refl.free_convention
     twinned = Reflections.from_file(data_file("1l2h.mtz.gz"))
     assert twinned.from_intensities and torch.isfinite(twinned.f_obs).all()
+
+
+def test_anomalous_pairs_only_are_merged(tmp_path):
+    """A file with only F(+)/F(-) (MTZ types G/L) is read as their inverse-variance weighted
+    mean; a missing mate leaves the other alone; centric rows take F(+) alone."""
+    hkl = _hkl()
+    n = len(hkl)
+    rng = np.random.default_rng(3)
+    fp, fm = 10 + 5 * rng.random(n), 10 + 5 * rng.random(n)
+    sp, sm = 0.5 + rng.random(n), 0.5 + rng.random(n)
+    fm[::7] = np.nan                                    # (-) not measured
+    path = _write(tmp_path / "anom.mtz", [("FREE", "I", _flags(n, 0, 1)), ("F(+)", "G", fp), ("SIGF(+)", "L", sp),
+                                          ("F(-)", "G", fm), ("SIGF(-)", "L", sm)], hkl)
+    refl = Reflections.from_file(path)
+    assert refl.labels[:2] == ["F(+/-)", "SIGF(+/-)"] and refl.n == n
+    assert any("anomalous pairs" in note for note in refl.notes)
+    fp32, fm32 = fp.astype(np.float32), fm.astype(np.float32)
+    sp32, sm32 = sp.astype(np.float32), sm.astype(np.float32)
+    centric = np.asarray(SG.operations().centric_flag_array(hkl), dtype=bool)
+    both = ~np.isnan(fm32) & ~centric
+    w1, w2 = 1 / sp32.astype(np.float64) ** 2, 1 / sm32.astype(np.float64) ** 2
+    want = np.where(both, (w1 * fp32 + w2 * np.nan_to_num(fm32)) / (w1 + np.where(both, w2, 0)), fp32)
+    want_sigma = np.where(both, 1 / np.sqrt(w1 + w2), sp32)
+    order = {tuple(h): i for i, h in enumerate(hkl.tolist())}
+    got = np.empty(n)
+    got_sigma = np.empty(n)
+    for k, h in enumerate(refl.hkl.tolist()):
+        got[order[tuple(h)]], got_sigma[order[tuple(h)]] = refl.f_obs[k].item(), refl.sigma_f[k].item()
+    assert centric.any() and both.any()
+    assert np.allclose(got, want, rtol=1e-6) and np.allclose(got_sigma, want_sigma, rtol=1e-6)
+
+
+def test_anomalous_intensities_in_sf_mmcif_go_through_french_wilson(tmp_path):
+    hkl = _hkl()[:60]
+    rows = "\n".join(f"{h} {k} {l} {100 + i}.0 5.0 {'?' if i % 5 == 0 else f'{104 + i}.0'} "
+                     f"{'?' if i % 5 == 0 else '5.0'} {'f' if i % 10 == 0 else 'o'}"
+                     for i, (h, k, l) in enumerate(hkl))
+    text = f"""data_r
+_cell.length_a 20.0
+_cell.length_b 22.0
+_cell.length_c 24.0
+_cell.angle_alpha 90
+_cell.angle_beta 90
+_cell.angle_gamma 90
+_symmetry.space_group_name_H-M 'P 21 21 21'
+loop_
+_refln.index_h
+_refln.index_k
+_refln.index_l
+_refln.pdbx_I_plus
+_refln.pdbx_I_plus_sigma
+_refln.pdbx_I_minus
+_refln.pdbx_I_minus_sigma
+_refln.status
+{rows}
+"""
+    path = tmp_path / "anom-sf.cif"
+    path.write_text(text)
+    refl = Reflections.from_file(path)
+    assert refl.labels[:2] == ["I(+/-)", "SIGI(+/-)"] and refl.from_intensities and refl.n == 60
+    assert torch.all(refl.f_obs > 0)

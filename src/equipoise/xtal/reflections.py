@@ -36,7 +36,12 @@ _CALC_PATTERN = re.compile(r"^(F-?model|FC|FCALC|FWT|DELFWT|2FOFCWT|FOFCWT|F-?ca
 _CIF_TYPES = {
     "F_meas_au": "F", "F_meas_sigma_au": "Q", "intensity_meas": "J", "intensity_sigma": "Q",
     "pdbx_F_meas": "F", "pdbx_r_free_flag": "I", "status": "I",
+    "pdbx_F_plus": "G", "pdbx_F_plus_sigma": "L", "pdbx_F_minus": "G", "pdbx_F_minus_sigma": "L",
+    "pdbx_I_plus": "K", "pdbx_I_plus_sigma": "M", "pdbx_I_minus": "K", "pdbx_I_minus_sigma": "M",
 }
+#: MTZ types of anomalous observations (F(+)/F(-), I(+)/I(-)) -> (their sigma type, the merged
+#: column's type)
+_ANOMALOUS_TYPES = {"G": ("L", "F"), "K": ("M", "J")}
 
 
 @dataclass
@@ -306,8 +311,11 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
     else:
         obs = _pick(columns, "F", AMPLITUDE_LABELS) or _pick(columns, "J", INTENSITY_LABELS)
         if obs is None:
-            raise InputError(f"no amplitude (type F) or intensity (type J) column among "
-                             f"{', '.join(columns)}; use --labin", path=path, field="--labin")
+            obs = _merge_friedel_pairs(columns, spacegroup, notes)
+        if obs is None:
+            raise InputError(f"no amplitude (type F), intensity (type J) or anomalous pair (F(+)/F(-), "
+                             f"I(+)/I(-)) column among {', '.join(columns)}; use --labin", path=path,
+                             field="--labin")
         sig = _sigma_for(columns, obs)
         if sig is None:
             raise InputError(f"no sigma column for {obs!r}; use --labin", path=path, field="--labin")
@@ -373,6 +381,59 @@ def _from_columns(path: Path, columns: dict[str, tuple[str, np.ndarray]], cell: 
                        cell=cell, spacegroup=spacegroup, path=str(path), labels=[obs, sig, flag],
                        free_convention=convention, notes=notes, from_intensities=intensities,
                        i_obs=None if i_obs is None else t(i_obs), sigma_i=None if sigma_i is None else t(sigma_i))
+
+
+def _friedel_partner(label: str) -> str:
+    """The (-) label of a (+) one: ``F(+)`` -> ``F(-)``, ``pdbx_I_plus`` -> ``pdbx_I_minus``."""
+    return label.replace("(+)", "(-)").replace("plus", "minus").replace("PLUS", "MINUS")
+
+
+def _anomalous_sigma(columns: dict[str, tuple[str, np.ndarray]], label: str, kind: str) -> str | None:
+    """The sigma column (of MTZ type ``kind``) of an anomalous column: SIG<label>, the cif
+    ``<label>_sigma``, or the next column of that type."""
+    for c in (f"SIG{label}", f"{label}_sigma"):
+        if c in columns and columns[c][0] == kind:
+            return c
+    labels = list(columns)
+    for later in labels[labels.index(label) + 1:]:
+        if columns[later][0] == kind:
+            return later
+    return None
+
+
+def _merge_friedel_pairs(columns: dict[str, tuple[str, np.ndarray]], spacegroup: gemmi.SpaceGroup,
+                         notes: list[str]) -> str | None:
+    """For data with only anomalous pairs: add the inverse-variance weighted mean of each row's
+    (+) and (-) observation as a column ``F(+/-)`` or ``I(+/-)`` with its sigma ``SIG...``
+    (one of the two where only one is measured; the (+) one for centric reflections, where the
+    two are the same measurement). Amplitudes first, as for mean columns. Returns the new label,
+    or None when the file has no complete pair."""
+    hkl = np.stack([columns["H"][1], columns["K"][1], columns["L"][1]], axis=1).astype(np.int32)
+    centric = np.asarray(spacegroup.operations().centric_flag_array(hkl), dtype=bool)
+    for kind, (sig_kind, merged_kind) in _ANOMALOUS_TYPES.items():
+        for plus, (ctype, _) in list(columns.items()):
+            minus = _friedel_partner(plus)
+            if ctype != kind or minus == plus or columns.get(minus, ("",))[0] != kind:
+                continue
+            sp, sm = _anomalous_sigma(columns, plus, sig_kind), _anomalous_sigma(columns, minus, sig_kind)
+            if sp is None or sm is None or sp == sm:
+                continue
+            v = np.stack([columns[plus][1], columns[minus][1]])
+            sig = np.stack([columns[sp][1], columns[sm][1]])
+            ok = np.isfinite(v) & np.isfinite(sig) & (sig > 0)
+            ok[1] &= ~(centric & ok[0])
+            w = np.where(ok, 1.0 / np.where(ok, sig, 1.0) ** 2, 0.0)
+            total = w.sum(axis=0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = np.where(total > 0, (w * np.where(ok, v, 0.0)).sum(axis=0) / total, np.nan)
+                sigma = np.where(total > 0, 1.0 / np.sqrt(total), np.nan)
+            label = "F(+/-)" if merged_kind == "F" else "I(+/-)"
+            columns[label], columns["SIG" + label] = (merged_kind, mean), ("Q", sigma)
+            notes.append(f"only anomalous pairs in the file: {label} = inverse-variance weighted mean of "
+                         f"{plus} and {minus} ({int(ok.all(axis=0).sum())} rows with both, "
+                         f"{int((ok.sum(axis=0) == 1).sum())} with one; centric rows take {plus})")
+            return label
+    return None
 
 
 def _intensities_beside(columns: dict[str, tuple[str, np.ndarray]],
