@@ -5,13 +5,14 @@ The x-ray side here is a small test double (overall scale + LS amplitude target)
 """
 
 import json
+import math
 
 import pytest
 import torch
 
 from equipoise.xtal.model import AtomModel
 from equipoise.xtal.reflections import Reflections
-from equipoise.xtal.refine import RefineOptions, refine, write_outputs
+from equipoise.xtal.refine import ADP_SCREEN_EXTENSIONS, ADP_SCREEN_MARGIN, RefineOptions, refine, write_outputs
 from equipoise.xtal.restraints import Restraints
 from equipoise.xtal.structure_factors import direct_structure_factors
 from tests.xtal.shared_data import data_file, monlib_or_skip
@@ -40,7 +41,7 @@ class LeastSquaresXray:
     def r_factors(self, fcalc):
         fc = self.k * fcalc.abs()
         r = [float((self.f_obs[s] - fc[s]).abs().sum() / self.f_obs[s].sum()) for s in (~self.free, self.free)]
-        return {"r_work": r[0], "r_free": r[1]}
+        return {"r_work": r[0], "r_free": r[1], "n_free": int(self.free.sum())}
 
 
 @pytest.fixture(scope="module")
@@ -143,21 +144,47 @@ def test_b_stage_shares_the_xyz_stage_restraint_weight(synthetic):
         assert "xyz stage's restraint weight" in c.reasons["b:adp"]
 
 
-def test_adp_weight_screen_keeps_the_lowest_r_free(synthetic, tmp_path):
-    """The first cycle's B stage runs once per screened factor from the same model and keeps
-    the lowest R-free; every later cycle uses that factor; a resumed run keeps it too."""
+def test_adp_weight_screen_keeps_the_lowest_r_free(synthetic, tmp_path, monkeypatch):
+    """The first cycle's B stage runs once per screened factor from the same model, goes past an
+    end of the grid that wins (with enough free reflections), and keeps the lowest R-free (the
+    factor nearest 1 within the margin); every later cycle uses that factor; a resumed run keeps
+    it too."""
     import re
+
+    import equipoise.xtal.refine as refine_module
 
     _, shaken, xray = synthetic
     restraints = Restraints.build(shaken)
-    options = RefineOptions(cycles=2, xyz_steps=3, b_steps=2, adp_screen=(0.2, 1.0, 5.0))
+    options = RefineOptions(cycles=1, xyz_steps=3, b_steps=2, adp_screen=(0.2, 1.0, 5.0))
+    # this set has fewer free reflections than ADP_SCREEN_EXTEND_MIN_FREE: the grid only
+    assert int(xray.free.sum()) < refine_module.ADP_SCREEN_EXTEND_MIN_FREE
+    refine(shaken, restraints, xray, options=options, run_dir=tmp_path / "small", log=lambda s: None)
+    assert sorted(p.name for p in (tmp_path / "small" / "cycle_01").iterdir()) == ["b_x0.2", "b_x1", "b_x5", "xyz"]
+    monkeypatch.setattr(refine_module, "ADP_SCREEN_EXTEND_MIN_FREE", 0)
+    options.cycles = 2
     result = refine(shaken, restraints, xray, options=options, run_dir=tmp_path, log=lambda s: None)
     why = result.cycles[0].reasons["b:adp_screen"]
     tried = {float(f): float(r) for f, r in re.findall(r"x([0-9.]+) ([0-9.]+)", why.split(":", 1)[1])}
-    assert set(tried) == {0.2, 1.0, 5.0}
-    kept = min(tried, key=tried.get)
-    assert f"kept x{kept:g}" in why
-    assert sorted(p.name for p in (tmp_path / "cycle_01").iterdir()) == ["b_x0.2", "b_x1", "b_x5", "xyz"]
+    # replay the rule: past an end of the grid while it beats its neighbour by the margin, in the
+    # grid's steps, twice at most; kept: nearest 1 within the margin of the lowest R-free
+    margin = ADP_SCREEN_MARGIN + 1e-4                  # the log rounds R-free to 4 decimals
+    seen = {f: tried[f] for f in (0.2, 1.0, 5.0)}
+    for _ in range(ADP_SCREEN_EXTENSIONS):
+        grid = sorted(seen)
+        if seen[grid[0]] < seen[grid[1]] - margin:
+            nxt = grid[0] ** 2 / grid[1]
+        elif seen[grid[-1]] < seen[grid[-2]] - margin:
+            nxt = grid[-1] ** 2 / grid[-2]
+        else:
+            break
+        seen[nxt] = tried[float(f"{nxt:.3g}")]
+    assert len(seen) == len(tried)
+    kept = float(re.search(r"kept x([0-9.]+)", why).group(1))
+    lowest = min(tried.values())
+    assert tried[kept] <= lowest + margin
+    assert all(abs(math.log(f)) >= abs(math.log(kept)) for f, r in tried.items() if r < lowest + ADP_SCREEN_MARGIN - 1e-4)
+    assert sorted(p.name for p in (tmp_path / "cycle_01").iterdir()) == sorted(
+        ["xyz"] + [f"b_x{f:.3g}" for f in seen])
     for c in result.cycles:
         assert c.weights["b"]["adp"] == pytest.approx(kept * c.weights["xyz"]["bond"])
     assert "b:adp_screen" not in result.cycles[1].reasons

@@ -64,6 +64,15 @@ OCCUPANCY_MODES = ("auto", "off")
 MAX_LOGGED_GROUPS = 8
 #: L-BFGS iterations per core step (one ``optimizer.step`` call; see the module docstring)
 LBFGS_ITERATIONS_PER_STEP = 5
+#: extra factors the first cycle's ADP-weight screen may try past an end of ``adp_screen``
+ADP_SCREEN_EXTENSIONS = 2
+#: R-free differences below this are ties in the ADP-weight screen (the factor nearest 1 wins):
+#: on 1A0F two factors' first-cycle R-free came out 0.2017 and 0.2017, and which one "won"
+#: changed with 1e-7 changes of the solvent mask, and with it the whole refinement
+ADP_SCREEN_MARGIN = 0.0002
+#: the screen goes past the grid only with this many free reflections: on fewer, its R-free
+#: differences are noise (5e5z's 44 free reflections sent it to x0.125)
+ADP_SCREEN_EXTEND_MIN_FREE = 500
 
 
 class XrayModel(Protocol):
@@ -86,7 +95,8 @@ class XrayModel(Protocol):
         """The x-ray target on the working set (scalar)."""
 
     def r_factors(self, fcalc: Tensor) -> dict:
-        """At least {"r_work", "r_free"} with the current scales."""
+        """At least {"r_work", "r_free"} with the current scales; "n_free" (the free-set size)
+        lets the ADP-weight screen go past its grid (``ADP_SCREEN_EXTEND_MIN_FREE``)."""
 
 
 @dataclass
@@ -397,24 +407,46 @@ class _Refinement:
     def b_stage(self, cycle_dir: Path | None, restraint_weight: float | None) -> tuple[dict, dict]:
         """The B stage, per-stage scheme: with the screened factor of ``restraint_weight`` once
         the first cycle has chosen it; in that cycle, one B stage per ``adp_screen`` factor from
-        the same model, the lowest R-free kept (ties: the factor nearest 1). Returns the kept
-        stage's weights and reasons, the screen's reason added as ``adp_screen``."""
+        the same model, then (with ``ADP_SCREEN_EXTEND_MIN_FREE`` free reflections) up to
+        ``ADP_SCREEN_EXTENSIONS`` more past an end of the grid while the end beats its neighbour
+        by ``ADP_SCREEN_MARGIN``; kept: the factor nearest 1 among
+        those within ``ADP_SCREEN_MARGIN`` of the lowest R-free. Returns the kept stage's weights
+        and reasons, the screen's reason added as ``adp_screen``."""
         factors = self.options.adp_screen
         if self.joint_weights is not None or restraint_weight is None:
             return self.stage("b", cycle_dir, restraint_weight)
         if self.adp_factor is not None or len(factors) == 1:
             self.adp_factor = self.adp_factor or factors[0]
             return self.stage("b", cycle_dir, restraint_weight, factor=self.adp_factor)
-        start, tried = self.b.clone(), []
-        for factor in sorted(factors, key=lambda f: abs(math.log(f))):
+        start, tried = self.b.clone(), {}
+
+        def trial(factor: float) -> None:
+            """One B stage from the screen's start; tried[factor] = (R-free, B, weights, reasons)."""
             self.b = start.clone()
-            weights, reasons = self.stage("b", cycle_dir, restraint_weight, label=f"b_x{factor:g}", factor=factor)
-            r_free = self.r_factors()["r_free"]
-            tried.append((r_free, factor, self.b.clone(), weights, reasons))
-        r_free, self.adp_factor, self.b, weights, reasons = min(tried, key=lambda t: t[0])
+            weights, reasons = self.stage("b", cycle_dir, restraint_weight, label=f"b_x{factor:.3g}", factor=factor)
+            tried[factor] = (self.r_factors()["r_free"], self.b.clone(), weights, reasons)
+
+        for factor in sorted(factors, key=lambda f: abs(math.log(f))):
+            trial(factor)
+        # an end of the grid that beats its neighbour by more than the margin: go on past it in the
+        # grid's steps (the best weight can lie outside a fixed grid: 5wkd, mean B 9 A^2, wants x0.3)
+        n_free = self.r_factors().get("n_free", 0)
+        for _ in range(ADP_SCREEN_EXTENSIONS if len(factors) > 1 and n_free >= ADP_SCREEN_EXTEND_MIN_FREE else 0):
+            grid = sorted(tried)
+            if tried[grid[0]][0] < tried[grid[1]][0] - ADP_SCREEN_MARGIN:
+                trial(grid[0] ** 2 / grid[1])
+            elif tried[grid[-1]][0] < tried[grid[-2]][0] - ADP_SCREEN_MARGIN:
+                trial(grid[-1] ** 2 / grid[-2])
+            else:
+                break
+        # the factor nearest 1 among those within the margin of the lowest R-free
+        lowest = min(t[0] for t in tried.values())
+        self.adp_factor = min((f for f, t in tried.items() if t[0] <= lowest + ADP_SCREEN_MARGIN),
+                              key=lambda f: abs(math.log(f)))
+        _, self.b, weights, reasons = tried[self.adp_factor]
         why = (f"R-free screen of the ADP weight (x the xyz stage's restraint weight {restraint_weight:.4g}): "
-               + ", ".join(f"x{f:g} {r:.4f}" for r, f, *_ in sorted(tried, key=lambda t: t[1]))
-               + f"; kept x{self.adp_factor:g} for every cycle")
+               + ", ".join(f"x{f:.3g} {tried[f][0]:.4f}" for f in sorted(tried))
+               + f"; kept x{self.adp_factor:.3g} for every cycle")
         self.log(why)
         return weights, {**reasons, "adp_screen": why}
 
