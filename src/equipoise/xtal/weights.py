@@ -112,31 +112,26 @@ class RmsZController:
     """Keep bond rmsZ in ``[low, high]`` by moving the restraint weight between cycles.
 
     The next cycle's ratio is relative to the balance at that cycle's start, where a converged
-    stage has |w g_restraints| ~ |g_xray|: ``update(rmsz)`` returns ``(rmsz / high) ** gain``
-    (clamped to ``[min_step, max_step]``) when the geometry is looser than ``high``, the inverse
-    of ``(low / rmsz) ** gain`` (clamped likewise) when it is tighter than ``low``, and 1 (keep
-    the balance) inside the range. ``gain`` 2: bond rmsZ moved about as the weight to the power
-    -0.5 (1A0F at 1.5 A, synthetic: x1.5 took it from 1.00 to 0.81), so the square aims at the
-    range's edge. The step is proportional, so a bond rmsZ just past the edge moves the weight
-    just a little: a fixed minimum step of 1.5 took that synthetic case from rmsZ 1.0035 to 0.81 in
-    one cycle, and its R-free rose by 0.009 (0.012 in another run), beyond the issue's 0.005.
+    stage has |w g_restraints| ~ |g_xray|: ``update(rmsz)`` returns ``rmsz / high`` (clamped to
+    ``[min_step, max_step]``) when the geometry is looser than ``high``, the inverse of
+    ``low / rmsz`` (clamped likewise) when it is tighter than ``low``, and 1 (keep the balance)
+    inside the range.
     """
 
     ratio: float = 1.0
     low: float = 0.5
     high: float = 1.0
-    min_step: float = 1.0
-    gain: float = 2.0
+    min_step: float = 1.5
     max_step: float = 4.0
 
     def update(self, bond_rmsz: float) -> tuple[float, str]:
         """The ratio of the next cycle and the reason."""
         if bond_rmsz > self.high:
-            self.ratio = min(max((bond_rmsz / self.high) ** self.gain, self.min_step), self.max_step)
+            self.ratio = min(max(bond_rmsz / self.high, self.min_step), self.max_step)
             why = (f"bond rmsZ {bond_rmsz:.2f} > {self.high:g}: next cycle's restraint weight "
                    f"x{self.ratio:.3g} of its gradient-norm balance")
         elif bond_rmsz < self.low:
-            self.ratio = 1.0 / min(max((self.low / max(bond_rmsz, 1e-6)) ** self.gain, self.min_step), self.max_step)
+            self.ratio = 1.0 / min(max(self.low / max(bond_rmsz, 1e-6), self.min_step), self.max_step)
             why = (f"bond rmsZ {bond_rmsz:.2f} < {self.low:g}: next cycle's restraint weight "
                    f"x{self.ratio:.3g} of its gradient-norm balance")
         else:
