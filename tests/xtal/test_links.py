@@ -112,10 +112,10 @@ def test_link_missing_from_the_library_becomes_a_bond_or_is_refused():
     assert any("A/LEU 1/CD1 - A/ASN 6/ND2" in n and "not applied" in n for n in r.notes)
 
 
-def test_link_to_a_symmetry_mate_is_not_restrained_within_the_unit():
-    """A link across symmetry would be evaluated between the two atoms of the asymmetric unit
-    (far apart) and drag them together: it is left out, and the pair is not repelled across
-    symmetry either."""
+def test_link_to_a_symmetry_mate_is_a_bond_to_the_mate():
+    """A link across symmetry is restrained between atom 1 and the nearest image of atom 2 (not
+    the two atoms of the asymmetric unit, far apart), differentiably; its angles are left out and
+    the pair is not repelled across symmetry."""
     st = _peptide()
     model0 = AtomModel.from_structure(st)
     r0 = Restraints.build(model0)
@@ -133,11 +133,21 @@ def test_link_to_a_symmetry_mate_is_not_restrained_within_the_unit():
     model = AtomModel.from_structure(st)
     r = Restraints.build(model)
     pair = tuple(sorted((i, j)))
-    assert pair not in _pairs(r, "bond") and pair not in _pairs(r, "nonbonded")
-    assert pair in r.symmetry_pairs
+    assert pair not in _pairs(r, "nonbonded") and pair in r.symmetry_pairs
     assert any("symmetry mate" in n and a in n for n in r.notes)
-    # every other restraint is as without the link
-    for kind in ("bond", "angle", "torsion", "plane", "chiral"):
+    bonds = r.sets["bond"]
+    assert r.count("bond") == r0.count("bond") + 1 and bonds.labels[-1].endswith("(symmetry)")
+    assert sorted(bonds.index[-1].tolist()) == sorted((i, j))
+    pos = [at.pos for ch in model.structure[0] for res in ch for at in res]
+    mate = model.cell.find_nearest_image(pos[i], pos[j], gemmi.Asu.Different).dist()
+    assert mate < 4.0 < pos[i].dist(pos[j])
+    dev = r.deviations("bond", model.xyz)
+    assert dev[-1].item() == pytest.approx(mate - bonds.ideal[-1].item(), abs=1e-9)
+    # the ordinary bonds are unchanged by the rotation/translation columns
+    assert torch.allclose(dev[:-1], r0.deviations("bond", model0.xyz), atol=1e-12)
+    x = model.xyz.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda y: r.loss("bond", y), (x,))
+    for kind in ("angle", "torsion", "plane", "chiral"):
         assert r.count(kind) == r0.count(kind)
 
 

@@ -12,9 +12,11 @@ Three rules, each as servalcat applies them around ``gemmi.prepare_topology`` (s
   at gemmi's ideal distance for the two atom types (``MonLib.find_ideal_distance``: the library's
   ``ener_lib`` bond table, else covalent radii; esd 0.02 Å), which also excludes the pair from
   non-bonded repulsion. ``link_report`` names each one.
-- **Links to a symmetry mate** (``asu`` different): equipoise's bonded restraints act within the
-  asymmetric unit, where the two atoms are far apart, so the link's restraints are left out and
-  its bonded atom pair is excluded from the non-bonded repulsion across symmetry (``link_report``).
+- **Links to a symmetry mate** (``asu`` different): gemmi's restraints of such a link would be
+  evaluated between the two atoms of the asymmetric unit, far apart. Its bonds become
+  ``symmetry_bonds``, measured to the mate's nearest image (``Restraints`` gives them a rotation
+  and translation, as the non-bonded pairs); its angles, torsions, planes and chiralities are left
+  out; its bonded pair is not repelled across symmetry (``link_report``).
 
 Residues refined without restraints (``--unrestrained``) get bonds inferred from distances
 (``inferred_bonds``: covalent radii plus ``BOND_TOLERANCE``), used only to exclude their bonded,
@@ -44,10 +46,12 @@ _KINDS = {gemmi.RKind.Bond: "bond", gemmi.RKind.Angle: "angle", gemmi.RKind.Tors
 class LinkReport:
     """What ``link_report`` found: ``skipped`` (kind, index into ``topo.bonds``/``angles``/...)
     restraints not to use; ``symmetry_pairs`` (i, j), i < j, model indices of symmetry-linked
-    atoms (excluded from non-bonded repulsion across symmetry); ``notes`` for the log."""
+    atoms (excluded from non-bonded repulsion across symmetry); ``symmetry_bonds`` (i, j, ideal Å,
+    esd Å, label) of those links, to be measured to the mate; ``notes`` for the log."""
 
     skipped: set[tuple[str, int]] = field(default_factory=set)
     symmetry_pairs: set[tuple[int, int]] = field(default_factory=set)
+    symmetry_bonds: list[tuple[int, int, float, float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -95,9 +99,10 @@ def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom
         if link.asu == gemmi.Asu.Different:
             drop = True
             out.symmetry_pairs.update((min(i, j), max(i, j)) for i, j in pairs)
-            out.notes.append(f"link {link.link_id} to a symmetry mate ({names}): its restraints are not "
-                             "applied (restraints act within the asymmetric unit); the pair is excluded "
-                             "from non-bonded repulsion")
+            out.symmetry_bonds += [(i, j, b.restr.value, b.restr.esd, f"{labels[i]} - {labels[j]} (symmetry)")
+                                   for (i, j), b in zip(pairs, bonds) if b.restr.esd > 0]
+            out.notes.append(f"link {link.link_id} to a symmetry mate ({names}): its bond is restrained to the "
+                             "mate's nearest image; its angles, torsions and planes are not applied")
         elif chem is not None and chem.name.startswith("auto-"):
             for b in bonds:
                 d, ideal = b.calculate(), b.restr.value

@@ -229,7 +229,9 @@ class Restraints:
                 r = ion[-1] if math.isfinite(ion[-1]) else METAL_DMIN / 2
             radius.append(r)
             hb.append(entry.hb_type if entry is not None else "N")
-        hops = _pair_hops(sets, n, inferred)
+        hops = _pair_hops(sets, n, inferred)           # within the asymmetric unit: before these
+        if links.symmetry_bonds:
+            sets["bond"] = _with_symmetry_bonds(sets["bond"], links.symmetry_bonds, model)
         altlocs = [atom.altloc for _, _, atom in _atoms(model.structure)]
         hydrogen = torch.tensor([gemmi.Element(el).is_hydrogen for el in model.elements], device=device)
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
@@ -255,11 +257,6 @@ class Restraints:
         cs.ignore = gemmi.ContactSearch.Ignore.Nothing
         idx, dmin, rots, shifts, labels = [], [], [], [], []
         adp_idx, adp_w = [], []
-        orth = torch.tensor(cell.orth.mat.tolist(), dtype=torch.float64)
-        frac = torch.tensor(cell.frac.mat.tolist(), dtype=torch.float64)
-        images = [(torch.tensor(im.mat.tolist(), dtype=torch.float64), torch.tensor(im.vec.tolist(),
-                   dtype=torch.float64)) for im in cell.images] if cell.is_crystal() else []
-        eye, zero = torch.eye(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
         for r in cs.find_contacts(ns):
             i, j = r.partner1.atom.serial, r.partner2.atom.serial
             # the nearest image of atom 2 (what ContactSearch measured): same ASU or a mate
@@ -279,12 +276,7 @@ class Restraints:
             d0 = self._dmin(i, j)
             if r.dist >= d0 + PAIR_MARGIN:
                 continue
-            if same_unit:
-                rot, sh = eye, zero
-            else:
-                rf, tf = (eye, zero) if im.sym_idx == 0 else images[im.sym_idx - 1]
-                rot = orth @ rf @ frac
-                sh = orth @ (tf + torch.tensor(list(im.pbc_shift), dtype=torch.float64))
+            rot, sh = image_transform(cell, im)
             idx.append((i, j))
             dmin.append(d0)
             rots.append(rot)
@@ -331,7 +323,7 @@ class Restraints:
         s = self.sets[kind]
         if len(s) == 0:
             return xyz.new_zeros((0,))
-        if kind == "bond":
+        if kind == "bond" and s.rot is None:
             return bond_lengths(xyz, s.index) - s.ideal
         if kind == "angle":
             return angles_deg(xyz, s.index) - s.ideal
@@ -343,10 +335,11 @@ class Restraints:
             return torch.where(both, v.abs() - s.ideal.abs(), v - s.ideal)
         if kind == "plane":
             return plane_deviations(xyz, s.index)
-        if kind == "nonbonded":
+        if kind in ("bond", "nonbonded"):
+            # atom 2 moved to its image (bonds: identity except for links to a symmetry mate)
             x2 = (s.rot @ xyz[s.index[:, 1]].unsqueeze(-1)).squeeze(-1) + s.shift
-            d = (xyz[s.index[:, 0]] - x2).norm(dim=-1)
-            return (d - s.ideal).clamp(max=0.0)
+            d = (xyz[s.index[:, 0]] - x2).norm(dim=-1) - s.ideal
+            return d if kind == "bond" else d.clamp(max=0.0)
         raise InputError(f"unknown restraint kind {kind!r}; kinds are {KINDS}", field="kind")
 
     def z_scores(self, kind: str, xyz: Tensor) -> Tensor:
@@ -418,6 +411,22 @@ class Restraints:
         ``1 / (sigma^2 max(1, d^2 / 4))`` (d the pair's distance in Å, sigma from
         ``ADP_PAIR_SIGMAS`` by the pair's relation; the distance factor is servalcat's)."""
         return self.adp_index, self.adp_weight
+
+
+def image_transform(cell: gemmi.UnitCell, image: gemmi.NearestImage) -> tuple[Tensor, Tensor]:
+    """Cartesian (3, 3) rotation and (3,) translation, float64, Å, that move atom 2 to the image
+    ``image`` (``UnitCell.find_nearest_image``) measured from atom 1: x2' = R x2 + t."""
+    eye = torch.eye(3, dtype=torch.float64)
+    if image.same_asu():
+        return eye, torch.zeros(3, dtype=torch.float64)
+    orth = torch.tensor(cell.orth.mat.tolist(), dtype=torch.float64)
+    frac = torch.tensor(cell.frac.mat.tolist(), dtype=torch.float64)
+    if image.sym_idx == 0:
+        rf, tf = eye, torch.zeros(3, dtype=torch.float64)
+    else:
+        op = cell.images[image.sym_idx - 1]
+        rf, tf = torch.tensor(op.mat.tolist(), dtype=torch.float64), torch.tensor(op.vec.tolist(), dtype=torch.float64)
+    return orth @ rf @ frac, orth @ (tf + torch.tensor(list(image.pbc_shift), dtype=torch.float64))
 
 
 def drop_residues(st: gemmi.Structure, names: Sequence[str]) -> dict[str, list[tuple[int, gemmi.Residue]]]:
@@ -500,6 +509,27 @@ def _energy_types(topo: gemmi.Topo, index, n: int) -> list[str]:
                 if k is not None:
                     types[index(atom)] = k.chem_type
     return types
+
+
+def _with_symmetry_bonds(bonds: RestraintSet, extra: list[tuple[int, int, float, float, str]],
+                         model: AtomModel) -> RestraintSet:
+    """``bonds`` plus the bonds of links to a symmetry mate (i, j, ideal Å, esd Å, label), each
+    measured to the nearest image of atom j at the model's coordinates, as a set with per-row
+    ``rot``/``shift`` (identity for the ordinary bonds)."""
+    dtype, device = bonds.ideal.dtype, bonds.ideal.device
+    pos = model.xyz.detach().cpu().double().tolist()
+    m = len(bonds)
+    rot = torch.eye(3, dtype=torch.float64).repeat(m + len(extra), 1, 1)
+    shift = torch.zeros(m + len(extra), 3, dtype=torch.float64)
+    for k, (i, j, _, _, _) in enumerate(extra):
+        im = model.cell.find_nearest_image(gemmi.Position(*pos[i]), gemmi.Position(*pos[j]), gemmi.Asu.Different)
+        rot[m + k], shift[m + k] = image_transform(model.cell, im)
+    new = lambda col: torch.tensor([e[col] for e in extra], dtype=dtype, device=device)  # noqa: E731
+    return RestraintSet(torch.cat([bonds.index, torch.tensor([[e[0], e[1]] for e in extra], dtype=torch.long,
+                                                             device=device)]),
+                        torch.cat([bonds.ideal, new(2)]), torch.cat([bonds.sigma, new(3)]),
+                        bonds.labels + [e[4] for e in extra],
+                        rot=rot.to(dtype=dtype, device=device), shift=shift.to(dtype=dtype, device=device))
 
 
 def _pair_hops(sets: dict[str, RestraintSet], n: int,
