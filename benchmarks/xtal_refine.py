@@ -13,6 +13,9 @@ Cases (``--case``, several allowed):
 - ``real`` (with ``--model M --data D [--ligand X.cif ...] [--labin ...]``): your own deposited
   model and data (MTZ or SF-mmCIF, read by our reader and written as the MTZ both programs get);
   start = the model shaken; scored by R-free (the RMSD column is to the given model).
+- ``model-synth`` (with ``--model M --synth DMIN [--ligand ...]``): truth = your model; F_obs
+  simulated from it to DMIN Å (bulk solvent, noise, every 20th reflection free), for models
+  without data (ligands, metals, other space groups); scored as the synthetic cases.
 
 Each start is the truth (or round0, or the given model) shaken by ``--shake`` Å RMS (seed 1). Both programs refine
 the same start against the same MTZ (FP, SIGFP, FreeR_flag, 0 = free), each as a child process
@@ -28,6 +31,7 @@ the truth over all atoms matched by label. Printed: both rows per case and the r
 Usage: python benchmarks/xtal_refine.py [--case 5e5z-synth 1a0f-real 1a0f-synth] [--shake 0.3]
     [--cycles 5] [--serval-cycles 10] [--cache build/xtal_refine] [--keep DIR]
     python benchmarks/xtal_refine.py --model MODEL --data DATA [--ligand X.cif ...] [--labin F,SIGF,FREE]
+    python benchmarks/xtal_refine.py --model MODEL --synth DMIN [--ligand X.cif ...]
 """
 
 from __future__ import annotations
@@ -162,6 +166,13 @@ def prepare(case: str, tmp: Path, args, exe: str, monlib: Path) -> tuple[AtomMod
     elif case == "real":
         truth, real = load(Path(args.model), Path(args.data), args.labin)
         mtz = write_mtz(real, tmp / "data.mtz")
+    elif case == "model-synth":
+        truth = AtomModel.from_file(args.model)
+        if truth.spacegroup is None:
+            raise SystemExit(f"{args.model}: no space group (CRYST1), needed to simulate its data")
+        st = truth.to_structure()
+        st.setup_cell_images()
+        mtz = write_mtz(simulated_reflections(st, d_min=args.synth, noise=args.noise), tmp / "data.mtz")
     elif case == "1a0f-synth":
         truth, real = load(servalcat_truth(exe, monlib, Path(args.cache)), DATA / "1a0f" / "1a0f_data.mtz")
         mtz = synthetic_mtz(truth, real, tmp / "data.mtz", args.noise)
@@ -179,6 +190,8 @@ def main() -> None:
                     help=f"built-in cases (default: all of {', '.join(CASES)}, or none with --model)")
     ap.add_argument("--model", help="case 'real': your deposited model (PDB/mmCIF), refined from a shaken copy")
     ap.add_argument("--data", help="case 'real': its reflections (MTZ or SF-mmCIF)")
+    ap.add_argument("--synth", type=float, metavar="DMIN",
+                    help="case 'model-synth': simulate the model's data to DMIN Å instead of --data")
     ap.add_argument("--labin", help="case 'real': columns F,SIGF[,FREE] when not detected")
     ap.add_argument("--ligand", nargs="+", default=[], metavar="CIF", help="case 'real': ligand dictionaries")
     ap.add_argument("--shake", type=float, default=0.3, help="RMS shift of the start, Å (default 0.3)")
@@ -189,10 +202,10 @@ def main() -> None:
     ap.add_argument("--keep", help="copy each case's files (start, data, outputs, logs) here")
     ap.add_argument("--json", help="write all rows as JSON here")
     args = ap.parse_args()
-    if (args.model is None) != (args.data is None):
-        ap.error("--model and --data go together")
+    if (args.model is None) != (args.data is None and args.synth is None) or (args.data and args.synth):
+        ap.error("--model goes with one of --data or --synth")
     cases = args.case if args.case is not None else ([] if args.model else list(CASES))
-    cases = cases + (["real"] if args.model else [])
+    cases = cases + ([] if not args.model else ["real"] if args.data else ["model-synth"])
     torch.set_num_threads(1)
     monlib = find_monlib()
     exe = os.environ.get("EQUIPOISE_SERVALCAT", "servalcat")
@@ -203,7 +216,7 @@ def main() -> None:
     load_before = os.getloadavg()
     results = {}
     for case in cases:
-        ligands = args.ligand if case == "real" else []
+        ligands = args.ligand if case in ("real", "model-synth") else []
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             truth, start, mtz = prepare(case, tmp, args, exe, monlib)
@@ -224,7 +237,8 @@ def main() -> None:
                 dest = Path(args.keep) / case
                 shutil.rmtree(dest, ignore_errors=True)
                 shutil.copytree(tmp, dest)
-        name = f"real ({Path(args.model).name} vs {Path(args.data).name})" if case == "real" else case
+        name = (f"real ({Path(args.model).name} vs {Path(args.data).name})" if case == "real" else
+                f"model-synth ({Path(args.model).name}, {args.synth} Å)" if case == "model-synth" else case)
         results[name] = rows
         report(case, name, rows, args, os.getloadavg())
     print(f"load average at start {load_before[0]:.2f}, at end {os.getloadavg()[0]:.2f} "
