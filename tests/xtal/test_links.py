@@ -167,3 +167,12 @@ def test_unrestrained_residue_keeps_its_bonded_atoms_together():
     c, n = _index(model, "A/XQX 2/C"), _index(model, "A/HIS 3/N")
     assert r.hops[(min(c, n), max(c, n))] == 1
     assert torch.isfinite(r.loss("nonbonded", model.xyz))
+
+
+def test_many_notes_of_a_kind_are_counted():
+    from equipoise.xtal.links import MAX_NOTES_PER_KIND, _capped
+
+    notes = [f"n{k}" for k in range(MAX_NOTES_PER_KIND + 5)]
+    out = _capped(notes, "things")
+    assert out[:-1] == notes[:MAX_NOTES_PER_KIND] and out[-1] == "... and 5 more things"
+    assert _capped(notes[:3], "things") == notes[:3]

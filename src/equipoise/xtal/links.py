@@ -37,6 +37,9 @@ BOND_TOLERANCE = 0.4
 #: an auto-made link (not in the library) whose atoms are further apart than its ideal distance
 #: plus this, Å, is not applied: the LINK record does not describe the model
 LINK_STRETCH_MAX = 0.5
+#: notes of one kind listed one by one; the rest are counted (a model may have hundreds of
+#: metal-water LINK records)
+MAX_NOTES_PER_KIND = 10
 
 _KINDS = {gemmi.RKind.Bond: "bond", gemmi.RKind.Angle: "angle", gemmi.RKind.Torsion: "torsion",
           gemmi.RKind.Chirality: "chiral", gemmi.RKind.Plane: "plane"}
@@ -53,6 +56,13 @@ class LinkReport:
     symmetry_pairs: set[tuple[int, int]] = field(default_factory=set)
     symmetry_bonds: list[tuple[int, int, float, float, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+
+def _capped(notes: list[str], what: str) -> list[str]:
+    """The first ``MAX_NOTES_PER_KIND`` notes and a count of the others."""
+    if len(notes) <= MAX_NOTES_PER_KIND:
+        return notes
+    return notes[:MAX_NOTES_PER_KIND] + [f"... and {len(notes) - MAX_NOTES_PER_KIND} more {what}"]
 
 
 def _address_label(a: gemmi.AtomAddress) -> str:
@@ -82,7 +92,7 @@ def take_unknown_metal_connections(st: gemmi.Structure, lib: gemmi.MonLib) -> li
     st.connections.clear()
     for con in keep:
         st.connections.append(con)
-    return notes
+    return _capped(notes, "metal coordinations without a library link")
 
 
 def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom], int],
@@ -90,6 +100,7 @@ def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom
     """Symmetry links and auto-made links (not in the library) of ``topo`` (see the module
     docstring); ``index(atom)`` is the model index, ``labels`` the model's atom labels."""
     out = LinkReport()
+    auto: list[str] = []
     for link in topo.extras:
         chem = lib.get_link(link.link_id) if link.link_id else None
         bonds = [topo.bonds[r.index] for r in link.link_rules if r.rkind == gemmi.RKind.Bond]
@@ -112,12 +123,13 @@ def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom
                                      f"{d:.2f} Å long, more than {LINK_STRETCH_MAX} Å over its ideal "
                                      f"{ideal:.2f} Å: not applied (check the LINK record)")
                 else:
-                    out.notes.append(f"LINK {labels[index(b.atoms[0])]} - {labels[index(b.atoms[1])]} is not "
+                    auto.append(f"LINK {labels[index(b.atoms[0])]} - {labels[index(b.atoms[1])]} is not "
                                      f"in the monomer library: restrained as a bond of {ideal:.2f} Å "
                                      f"(esd {b.restr.esd:.2f}; gemmi's ideal distance for the atom types; "
                                      f"now {d:.2f} Å)")
         if drop:
             out.skipped.update((_KINDS[r.rkind], r.index) for r in link.link_rules)
+    out.notes += _capped(auto, "links restrained at gemmi's ideal distance")
     return out
 
 
