@@ -33,6 +33,14 @@ def _write(path, columns: list[tuple[str, str, np.ndarray]], hkl: np.ndarray) ->
     return str(path)
 
 
+def _sf_cif(tags: list[str], rows: str) -> str:
+    """SF-mmCIF text in CELL/SG with a _refln loop of h, k, l and ``tags``."""
+    head = "\n".join(["data_r"] + [f"_cell.{k} {v}" for k, v in zip(
+        ("length_a", "length_b", "length_c", "angle_alpha", "angle_beta", "angle_gamma"), CELL.parameters)])
+    loop = "\n".join(["loop_"] + [f"_refln.{t}" for t in ["index_h", "index_k", "index_l", *tags]])
+    return f"{head}\n_symmetry.space_group_name_H-M '{SG.hm}'\n{loop}\n{rows}\n"
+
+
 def _flags(n: int, free_value: int, work_value: int, every: int = 10) -> np.ndarray:
     flags = np.full(n, float(work_value))
     flags[::every] = free_value
@@ -124,25 +132,8 @@ def test_check_model_space_group_and_cell(tmp_path):
 def test_sf_mmcif(tmp_path):
     hkl = _hkl()[:50]
     rows = "\n".join(f"{h} {k} {l} {10 + i % 7}.0 1.0 {'f' if i % 10 == 0 else 'o'}" for i, (h, k, l) in enumerate(hkl))
-    text = f"""data_r
-_cell.length_a 20.0
-_cell.length_b 22.0
-_cell.length_c 24.0
-_cell.angle_alpha 90
-_cell.angle_beta 90
-_cell.angle_gamma 90
-_symmetry.space_group_name_H-M 'P 21 21 21'
-loop_
-_refln.index_h
-_refln.index_k
-_refln.index_l
-_refln.F_meas_au
-_refln.F_meas_sigma_au
-_refln.status
-{rows}
-"""
     path = tmp_path / "r-sf.cif"
-    path.write_text(text)
+    path.write_text(_sf_cif(["F_meas_au", "F_meas_sigma_au", "status"], rows))
     refl = Reflections.from_file(path)
     assert refl.n == 50 and int(refl.free.sum()) == 5
     assert refl.labels[:2] == ["F_meas_au", "F_meas_sigma_au"]
@@ -191,27 +182,9 @@ def test_anomalous_intensities_in_sf_mmcif_go_through_french_wilson(tmp_path):
     rows = "\n".join(f"{h} {k} {l} {100 + i}.0 5.0 {'?' if i % 5 == 0 else f'{104 + i}.0'} "
                      f"{'?' if i % 5 == 0 else '5.0'} {'f' if i % 10 == 0 else 'o'}"
                      for i, (h, k, l) in enumerate(hkl))
-    text = f"""data_r
-_cell.length_a 20.0
-_cell.length_b 22.0
-_cell.length_c 24.0
-_cell.angle_alpha 90
-_cell.angle_beta 90
-_cell.angle_gamma 90
-_symmetry.space_group_name_H-M 'P 21 21 21'
-loop_
-_refln.index_h
-_refln.index_k
-_refln.index_l
-_refln.pdbx_I_plus
-_refln.pdbx_I_plus_sigma
-_refln.pdbx_I_minus
-_refln.pdbx_I_minus_sigma
-_refln.status
-{rows}
-"""
     path = tmp_path / "anom-sf.cif"
-    path.write_text(text)
+    path.write_text(_sf_cif(["pdbx_I_plus", "pdbx_I_plus_sigma", "pdbx_I_minus", "pdbx_I_minus_sigma", "status"],
+                            rows))
     refl = Reflections.from_file(path)
     assert refl.labels[:2] == ["I(+/-)", "SIGI(+/-)"] and refl.from_intensities and refl.n == 60
     assert torch.all(refl.f_obs > 0)
