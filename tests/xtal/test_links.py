@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from equipoise.xtal.model import AtomModel
-from equipoise.xtal.restraints import Restraints
+from equipoise.xtal.restraints import Restraints, bond_lengths
 from tests.xtal.shared_data import data_file, monlib_or_skip
 
 
@@ -129,9 +129,23 @@ def test_link_to_a_symmetry_mate_is_a_bond_to_the_mate():
         _, res, name = label.split("/")
         return _find(st, int(res.split()[1]), name)
 
+    # put atom 1 at 1.45 Å from the mate of atom 2, then link them
+    _, atom_a = address(a)
+    _, atom_b = address(b)
+    im = model0.cell.find_nearest_image(atom_a.pos, atom_b.pos, gemmi.Asu.Different)
+    mate_b = model0.cell.find_nearest_pbc_position(atom_a.pos, atom_b.pos, im.sym_idx)
+    atom_a.pos = mate_b + (atom_a.pos - mate_b) * (1.45 / atom_a.pos.dist(mate_b))
     _connect(st, gemmi.ConnectionType.Covale, address(a), address(b), asu=gemmi.Asu.Different)
+    # and a symmetry LINK whose atoms are nowhere near each other's mates: refused
+    pos0 = [at.pos for ch in model0.structure[0] for res in ch for at in res]
+    far = next((p, q) for p in range(model0.n_atoms) for q in range(p + 1, model0.n_atoms)
+               if "HOH" not in model0.labels[p] + model0.labels[q]
+               and model0.cell.find_nearest_image(pos0[p], pos0[q], gemmi.Asu.Different).dist() > 5.0)
+    _connect(st, gemmi.ConnectionType.Covale, address(model0.labels[far[0]]), address(model0.labels[far[1]]),
+             asu=gemmi.Asu.Different)
     model = AtomModel.from_structure(st)
     r = Restraints.build(model)
+    assert any("nearest mate" in n and "not applied" in n and model0.labels[far[0]] in n for n in r.notes)
     pair = tuple(sorted((i, j)))
     assert pair not in _pairs(r, "nonbonded") and pair in r.symmetry_pairs
     assert any("symmetry mate" in n and a in n for n in r.notes)
@@ -140,11 +154,11 @@ def test_link_to_a_symmetry_mate_is_a_bond_to_the_mate():
     assert sorted(bonds.index[-1].tolist()) == sorted((i, j))
     pos = [at.pos for ch in model.structure[0] for res in ch for at in res]
     mate = model.cell.find_nearest_image(pos[i], pos[j], gemmi.Asu.Different).dist()
-    assert mate < 4.0 < pos[i].dist(pos[j])
+    assert mate == pytest.approx(1.45, abs=1e-3) and pos[i].dist(pos[j]) > 4.0
     dev = r.deviations("bond", model.xyz)
     assert dev[-1].item() == pytest.approx(mate - bonds.ideal[-1].item(), abs=1e-9)
     # the ordinary bonds are unchanged by the rotation/translation columns
-    assert torch.allclose(dev[:-1], r0.deviations("bond", model0.xyz), atol=1e-12)
+    assert torch.allclose(dev[:-1], bond_lengths(model.xyz, bonds.index[:-1]) - bonds.ideal[:-1], atol=1e-12)
     x = model.xyz.clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda y: r.loss("bond", y), (x,))
     for kind in ("angle", "torsion", "plane", "chiral"):

@@ -16,7 +16,8 @@ Three rules, each as servalcat applies them around ``gemmi.prepare_topology`` (s
   evaluated between the two atoms of the asymmetric unit, far apart. Its bonds become
   ``symmetry_bonds``, measured to the mate's nearest image (``Restraints`` gives them a rotation
   and translation, as the non-bonded pairs); its angles, torsions, planes and chiralities are left
-  out; its bonded pair is not repelled across symmetry (``link_report``).
+  out; its bonded pair is not repelled across symmetry; a bond more than ``LINK_STRETCH_MAX``
+  longer than its ideal, to the nearest mate, is not applied (``link_report``).
 
 Residues refined without restraints (``--unrestrained``) get bonds inferred from distances
 (``inferred_bonds``: covalent radii plus ``BOND_TOLERANCE``), used only to exclude their bonded,
@@ -96,24 +97,31 @@ def take_unknown_metal_connections(st: gemmi.Structure, lib: gemmi.MonLib) -> li
 
 
 def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom], int],
-                labels: list[str]) -> LinkReport:
+                labels: list[str], cell: gemmi.UnitCell) -> LinkReport:
     """Symmetry links and auto-made links (not in the library) of ``topo`` (see the module
-    docstring); ``index(atom)`` is the model index, ``labels`` the model's atom labels."""
+    docstring); ``index(atom)`` is the model index, ``labels`` the model's atom labels, ``cell``
+    the model's (for the mates of symmetry links)."""
     out = LinkReport()
     auto: list[str] = []
     for link in topo.extras:
         chem = lib.get_link(link.link_id) if link.link_id else None
         bonds = [topo.bonds[r.index] for r in link.link_rules if r.rkind == gemmi.RKind.Bond]
         pairs = [(index(b.atoms[0]), index(b.atoms[1])) for b in bonds]
-        names = ", ".join(f"{labels[i]} - {labels[j]}" for i, j in pairs) or link.link_id
         drop = False
         if link.asu == gemmi.Asu.Different:
             drop = True
             out.symmetry_pairs.update((min(i, j), max(i, j)) for i, j in pairs)
-            out.symmetry_bonds += [(i, j, b.restr.value, b.restr.esd, f"{labels[i]} - {labels[j]} (symmetry)")
-                                   for (i, j), b in zip(pairs, bonds) if b.restr.esd > 0]
-            out.notes.append(f"link {link.link_id} to a symmetry mate ({names}): its bond is restrained to the "
-                             "mate's nearest image; its angles, torsions and planes are not applied")
+            for (i, j), b in zip(pairs, bonds):
+                d = cell.find_nearest_image(b.atoms[0].pos, b.atoms[1].pos, gemmi.Asu.Different).dist()
+                if not d <= b.restr.value + LINK_STRETCH_MAX:
+                    out.notes.append(f"link {link.link_id} to a symmetry mate: {labels[i]} - {labels[j]} is "
+                                     f"{d:.2f} Å from the nearest mate, more than {LINK_STRETCH_MAX} Å over its "
+                                     f"ideal {b.restr.value:.2f} Å: not applied (check the LINK record)")
+                elif b.restr.esd > 0:
+                    out.symmetry_bonds.append((i, j, b.restr.value, b.restr.esd, f"{labels[i]} - {labels[j]} (symmetry)"))
+                    out.notes.append(f"link {link.link_id} to a symmetry mate ({labels[i]} - {labels[j]}, {d:.2f} Å): "
+                                     "its bond is restrained to the mate's nearest image; its angles, torsions "
+                                     "and planes are not applied")
         elif chem is not None and chem.name.startswith("auto-"):
             for b in bonds:
                 d, ideal = b.calculate(), b.restr.value

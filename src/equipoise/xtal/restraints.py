@@ -213,7 +213,7 @@ class Restraints:
         def index(atom: gemmi.Atom) -> int:
             return original[atom.serial - 1]
 
-        links = link_report(topo, lib, index, model.labels)
+        links = link_report(topo, lib, index, model.labels, model.cell)
         sets = _topology_sets(topo, index, model.labels, dtype, device, skip=links.skipped)
         n = model.n_atoms
         types = _energy_types(topo, index, n)
