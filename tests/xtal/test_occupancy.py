@@ -129,3 +129,21 @@ def test_consecutive_conformers_are_one_set_and_waters_are_not_linked():
         chain[5].add_atom(copy)
     groups = OccupancyGroups.from_model(AtomModel.from_structure(st))
     assert "A/SER 5 - A/ASN 6 conformer A" in groups.labels and "A/HOH 7 conformer A" in groups.labels
+
+
+def test_lone_group_on_a_special_position_is_capped_by_its_multiplicity():
+    """The peptide in P 1 2 1 (5e5z's cell) with its partial water moved onto the two-fold axis
+    (x = 0, z = 0): the water's occupancy is refined in [0, 1/2], and its start (0.4) is kept."""
+    st = with_occupancies(0.6, 0.4)
+    st.spacegroup_hm = "P 1 2 1"
+    st.setup_cell_images()
+    water = st[0][0][PARTIAL][0]
+    frac = st.cell.fractionalize(water.pos)
+    water.pos = st.cell.orthogonalize(gemmi.Fractional(0.0, frac.y, 0.0))
+    model = AtomModel.from_structure(st)
+    assert model.cell.is_special_position(water.pos) == 1
+    groups = OccupancyGroups.from_model(model)
+    assert groups.group_max.tolist() == [1.0, 1.0, 0.5]
+    z = groups.logits(model.occ)
+    assert torch.allclose(groups.occupancies(z, model.occ), model.occ, atol=1e-12)
+    assert 0.0 < float(groups.group_occupancies(torch.tensor([0.0, 0.0, 30.0], dtype=torch.float64))[2]) <= 0.5

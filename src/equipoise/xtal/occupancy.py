@@ -5,7 +5,9 @@ refinement"): the alternate conformers of a residue share one occupancy per conf
 conformers of one residue keep their total (usually 1); consecutive polymer residues with the
 same conformer letters form one set (conformer A of a loop is one state); a residue with a
 partial occupancy and no alternate conformers (a ligand or water modelled at less than 1) gets
-one occupancy in [0, 1].
+one occupancy in [0, 1], or in [0, 1/m] when one of its atoms sits on a special position of
+multiplicity m (an ion on a two-fold axis: at most 0.5, the PDB convention; gemmi's
+``UnitCell.is_special_position``, symmetry mates within ``SPECIAL_POSITION_DIST``).
 Atoms at occupancy 0 (unmodelled atoms, kept in the file) and fully occupied atoms without
 conformers are not refined.
 
@@ -28,6 +30,8 @@ from equipoise.xtal.model import AtomModel, residue_label
 OCC_EDGE = 0.01
 #: conformer occupancies start at least at this value (the softmax's log is finite there)
 OCC_FLOOR = 1e-3
+#: an atom with a symmetry mate closer than this (Å) is on a special position (gemmi's default)
+SPECIAL_POSITION_DIST = 0.8
 
 
 @dataclass
@@ -38,6 +42,8 @@ class OccupancyGroups:
     atoms: (k,) long, the atom indices of all groups; atom_group: (k,) long, each one's group.
     group_set: (g,) long, each group's constraint set; set_total: (s,) float64, each set's fixed
         total occupancy; set_size: (s,) long, groups per set (1: a lone group in [0, 1]).
+    group_max: (g,) float64, a lone group's upper bound (1, or 1/m on a special position of
+        multiplicity m); 1 for conformer groups.
     """
 
     labels: list[str]
@@ -46,6 +52,7 @@ class OccupancyGroups:
     group_set: Tensor
     set_total: Tensor
     set_size: Tensor
+    group_max: Tensor
 
     @property
     def n_groups(self) -> int:
@@ -61,7 +68,9 @@ class OccupancyGroups:
         group_set: list[int] = []
         totals: list[float] = []
         sizes: list[int] = []
+        bounds: list[float] = []
         occ = model.occ.detach().cpu().tolist()
+        pos = [atom.pos for ch in model.structure[0] for res in ch for atom in res]
         for first, last, conformers, partial in _residue_sets(model.structure, occ):
             name = first if first == last else f"{first} - {last}"
             if conformers:
@@ -69,15 +78,18 @@ class OccupancyGroups:
                 sizes.append(len(conformers))
                 for alt, idx in sorted(conformers.items()):
                     _add_group(f"{name} conformer {alt}", idx, len(totals) - 1, labels, atoms, atom_group, group_set)
+                    bounds.append(1.0)
             if partial:
                 totals.append(1.0)
                 sizes.append(1)
                 _add_group(name, partial, len(totals) - 1, labels, atoms, atom_group, group_set)
+                mates = max(model.cell.is_special_position(pos[k], SPECIAL_POSITION_DIST) for k in partial)
+                bounds.append(1.0 / (1 + mates))
         long = dict(dtype=torch.long, device=model.xyz.device)
         return cls(labels, torch.tensor(atoms, **long), torch.tensor(atom_group, **long),
                    torch.tensor(group_set, **long),
                    torch.tensor(totals, dtype=torch.float64, device=model.xyz.device),
-                   torch.tensor(sizes, **long))
+                   torch.tensor(sizes, **long), torch.tensor(bounds, dtype=torch.float64, device=model.xyz.device))
 
     def values(self, occ: Tensor) -> Tensor:
         """(g,) each group's occupancy: the mean of its atoms' ``occ`` (n,)."""
@@ -90,12 +102,12 @@ class OccupancyGroups:
         """(g,) free parameters that reproduce the groups' occupancies in ``occ`` (n,)."""
         v = self.values(occ.detach())
         lone = (self.set_size[self.group_set] == 1)
-        edge = v.clamp(OCC_EDGE, 1.0 - OCC_EDGE)
+        edge = (v / self.group_max.to(v)).clamp(OCC_EDGE, 1.0 - OCC_EDGE)
         return torch.where(lone, torch.log(edge / (1.0 - edge)), torch.log(v.clamp(min=OCC_FLOOR)))
 
     def group_occupancies(self, z: Tensor) -> Tensor:
         """(g,) occupancies from logits ``z`` (g,): total x softmax within each conformer set,
-        sigmoid for lone groups."""
+        bound x sigmoid for lone groups."""
         s = self.group_set
         n_sets = self.set_total.shape[0]
         peak = torch.full((n_sets,), -torch.inf, dtype=z.dtype, device=z.device)
@@ -103,7 +115,7 @@ class OccupancyGroups:
         e = torch.exp(z - peak[s])
         norm = torch.zeros(n_sets, dtype=z.dtype, device=z.device).index_add(0, s, e)
         conformer = self.set_total.to(z)[s] * e / norm[s]
-        return torch.where(self.set_size[s] == 1, torch.sigmoid(z), conformer)
+        return torch.where(self.set_size[s] == 1, self.group_max.to(z) * torch.sigmoid(z), conformer)
 
     def occupancies(self, z: Tensor, base: Tensor) -> Tensor:
         """(n,) ``base`` occupancies with every grouped atom set to its group's value from ``z``."""
