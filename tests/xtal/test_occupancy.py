@@ -147,3 +147,18 @@ def test_lone_group_on_a_special_position_is_capped_by_its_multiplicity():
     z = groups.logits(model.occ)
     assert torch.allclose(groups.occupancies(z, model.occ), model.occ, atol=1e-12)
     assert 0.0 < float(groups.group_occupancies(torch.tensor([0.0, 0.0, 30.0], dtype=torch.float64))[2]) <= 0.5
+
+
+def test_full_occupancy_on_a_special_position_is_noted():
+    from equipoise.xtal.xray import special_position_notes
+
+    st = with_occupancies(0.6, 1.0)
+    st.spacegroup_hm = "P 1 2 1"
+    st.setup_cell_images()
+    water = st[0][0][PARTIAL][0]
+    frac = st.cell.fractionalize(water.pos)
+    water.pos = st.cell.orthogonalize(gemmi.Fractional(0.0, frac.y, 0.0))
+    notes = special_position_notes(AtomModel.from_structure(st))
+    assert len(notes) == 1 and "A/HOH 101/O (occupancy 1.00, multiplicity 2)" in notes[0]
+    water.occ = 0.5      # (the peptide, which is not made for this space group, has atoms near the axis too)
+    assert not any("HOH" in n for n in special_position_notes(AtomModel.from_structure(st)))

@@ -37,6 +37,23 @@ TARGETS = ("ml", "ls")
 METHODS = ("auto", "fft", "direct")
 
 
+def special_position_notes(model) -> list[str]:
+    """Notes on atoms on a special position of multiplicity m (a symmetry mate within 0.8 Å,
+    gemmi's ``is_special_position``) whose occupancy exceeds 1/m: the PDB convention divides it
+    by m, and structure factors count the atom m times."""
+    over = []
+    for label, atom, occ in zip(model.labels, (a for ch in model.structure[0] for r in ch for a in r),
+                                model.occ.tolist()):
+        m = 1 + model.cell.is_special_position(atom.pos, 0.8)
+        if m > 1 and occ > 1.0 / m + 0.01:
+            over.append(f"{label} (occupancy {occ:.2f}, multiplicity {m})")
+    if not over:
+        return []
+    return [f"{len(over)} atom(s) on a special position have an occupancy above 1/multiplicity, so "
+            f"they are counted more than once in F: {', '.join(over[:5])}{' ...' if len(over) > 5 else ''} "
+            "(the PDB convention is occupancy / multiplicity)"]
+
+
 class XrayModel:
     """Structure factors, scales, target and statistics for one model against one data set.
 
@@ -57,6 +74,7 @@ class XrayModel:
                               f"{' '.join(f'{p:.2f}' for p in refl.cell.parameters)})")
         else:
             refl.check_model(model.cell, model.spacegroup, model.path)
+        self.notes += special_position_notes(model)
         self.model, self.refl, self.target_kind = model, refl, target
         self.dtype, self.device = refl.f_obs.dtype, refl.f_obs.device
         frac = fractionalization_matrix(refl.cell, dtype=self.dtype, device=self.device)
