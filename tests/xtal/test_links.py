@@ -190,3 +190,28 @@ def test_many_notes_of_a_kind_are_counted():
     out = _capped(notes, "things")
     assert out[:-1] == notes[:MAX_NOTES_PER_KIND] and out[-1] == "... and 5 more things"
     assert _capped(notes[:3], "things") == notes[:3]
+
+
+def test_half_occupied_residue_is_not_repelled_by_its_own_image():
+    """The peptide in P 1 2 1 moved so that ASN 6's side chain crosses the two-fold axis: at
+    occupancy 1 the residue clashes with its own image (listed), at occupancy 0.5 the two copies
+    are alternatives and are not repelled from each other; other contacts stay."""
+    st = _peptide()
+    st.spacegroup_hm = "P 1 2 1"
+    st.setup_cell_images()
+    _, nd2 = _find(st, 6, "ND2")
+    frac = st.cell.fractionalize(nd2.pos)
+    shift = st.cell.orthogonalize(gemmi.Fractional(0.0, frac.y, 0.0)) + gemmi.Position(0.6, 0, 0) - nd2.pos
+    for res in st[0]["A"]:
+        for atom in res:
+            atom.pos = atom.pos + shift
+    asn = [r for r in st[0]["A"] if r.seqid.num == 6][0]
+    found = {}
+    for occ in (1.0, 0.5):
+        for atom in asn:
+            atom.occ = occ
+        model = AtomModel.from_structure(st)
+        r = Restraints.build(model)
+        s = r.sets["nonbonded"]
+        found[occ] = [lab for lab in s.labels if lab.endswith("(symmetry)") and lab.count("ASN 6") == 2]
+    assert found[1.0] and not found[0.5]

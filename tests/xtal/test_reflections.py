@@ -189,21 +189,3 @@ def test_anomalous_intensities_in_sf_mmcif_go_through_french_wilson(tmp_path):
     assert refl.labels[:2] == ["I(+/-)", "SIGI(+/-)"] and refl.from_intensities and refl.n == 60
     assert torch.all(refl.f_obs > 0)
 
-
-def test_small_data_sets_keep_several_bins():
-    """367 reflections with 22 free (5wkd's counts): 3 bins of >= 100, not one bin for all of
-    resolution; a large set keeps >= 40 free per bin."""
-    from equipoise.xtal.reflections import resolution_bins
-
-    d = torch.linspace(1.8, 10.0, 367, dtype=torch.float64)
-    free = torch.zeros(367, dtype=torch.bool)
-    free[::17] = True
-    bins, n = resolution_bins(d, free, None)
-    assert int(free.sum()) == 22 and n == 3 and torch.bincount(bins).min() >= 100
-    d = torch.linspace(1.5, 10.0, 40000, dtype=torch.float64)
-    free = torch.zeros(40000, dtype=torch.bool)
-    free[::20] = True
-    assert resolution_bins(d, free, None)[1] == 20
-    free[::] = False
-    free[:200] = True
-    assert resolution_bins(d, free, None)[1] == 6

@@ -109,3 +109,23 @@ def test_scales_of_given_atoms_are_isotropic_and_those_as_read_use_u():
     print(f"R-work of the isotropic F_calc: its own scales {r_iso:.4f}, the anisotropic one's {r_mixed:.4f}")
     assert not torch.allclose(iso, as_read, atol=0.05)
     assert r_iso < r_mixed
+
+
+def test_small_data_set_gets_several_ml_bins():
+    """5e5z (403 reflections, 18 free: one scale bin): the ML target's D and S get 4 bins of
+    >= 100 reflections (from the working set), noted; the scales keep their one bin, and the
+    per-bin table still has one row with D averaged over it. 1a0f keeps its own bins."""
+    from equipoise.xtal.xray import ml_bins
+
+    refl = Reflections.from_file(data_file("5e5z.mtz.gz"))
+    assert refl.n_bins == 1
+    index, n = ml_bins(refl)
+    assert n == 4 and torch.bincount(index).min() >= 100
+    xm = XrayModel(AtomModel.from_file(data_file("5e5z.pdb.gz")), refl)
+    assert any("4 resolution bins" in note for note in xm.notes)
+    xm.update_scales()
+    assert xm.ml.d.shape == (4,) and len(xm.scales.k_bin) == 1
+    rows = xm.shells(xm.fcalc(xm.model.xyz, xm.model.b_iso, xm.model.occ))
+    assert len(rows) == 1 and 0 < rows[0]["D"] < 1.5
+    big = Reflections.from_file(data_file("1a0f/1a0f_data.mtz"))
+    assert ml_bins(big)[1] == big.n_bins

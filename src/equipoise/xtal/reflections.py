@@ -27,8 +27,6 @@ from equipoise.errors import InputError
 AMPLITUDE_LABELS = ("FP", "F-obs", "FOBS", "F_obs", "FMEAN", "F", "F-obs-filtered", "F_meas_au")
 #: Preferred intensity labels, in order; then any column of type J.
 INTENSITY_LABELS = ("IMEAN", "I", "I-obs", "IOBS", "I_obs", "intensity_meas")
-#: bins that a small data set gets even when its free set is too small for them (see ``resolution_bins``)
-MIN_ML_BINS = 6
 #: Free-flag labels, in order; then any integer column whose name contains "free".
 FREE_LABELS = ("FreeR_flag", "FREE", "R-free-flags", "FreeRflag", "FREER", "pdbx_r_free_flag", "status")
 #: Calculated / map columns that are never observations even though they are of type F.
@@ -190,15 +188,11 @@ def resolution_bins(d: torch.Tensor, free: torch.Tensor, n_bins: int | None) -> 
     of bins).
 
     The default number keeps >= 40 free reflections per bin (sigmaA is estimated from the free
-    set), >= 100 reflections per bin, and at most 20 bins; a data set with too few free
-    reflections for ``MIN_ML_BINS`` bins still gets up to that many (>= 100 reflections each),
-    whose sigmaA then comes from the working set (``targets.estimate_ml_params``): with one bin
-    over the whole range (5wkd: 367 reflections, 22 free) D and S could not fall with resolution,
-    and the ML target and the scales traded ~1.4 A^2 of overall B every cycle.
+    set), >= 100 reflections per bin, and at most 20 bins.
     """
     m = int(d.shape[0])
     if n_bins is None:
-        n_bins = max(1, min(20, max(int(free.sum()) // 40, min(m // 100, MIN_ML_BINS))))
+        n_bins = max(1, min(20, int(free.sum()) // 40, m // 100))
     index, n = equal_count_shells(d.detach().cpu().numpy(), n_bins)
     return torch.from_numpy(index).to(d.device), n
 

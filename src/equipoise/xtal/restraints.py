@@ -173,6 +173,10 @@ class Restraints:
     symmetry_pairs: set[tuple[int, int]] = field(default_factory=set)
     #: what the log should say about links and metal sites (``equipoise.xtal.links``)
     notes: list[str] = field(default_factory=list)
+    #: per atom: its residue's index in the model and its occupancy in the file (for the
+    #: self-image rule of ``update_pairs``)
+    residue_index: list[int] = field(default_factory=list)
+    occupancy: list[float] = field(default_factory=list)
 
     @classmethod
     def build(cls, model: AtomModel, *, monlib: str | Path | None = None,
@@ -237,7 +241,8 @@ class Restraints:
         out = cls(sets=sets, n_atoms=n, vdw_radius=torch.tensor(radius, dtype=dtype, device=device),
                   hb_type=hb, altlocs=altlocs, structure=model.structure.clone(),
                   unrestrained=missing, hops=hops, hydrogen=hydrogen, monlib=lib, ion_radius=ion,
-                  metal=metal, symmetry_pairs=links.symmetry_pairs, notes=notes + links.notes)
+                  metal=metal, symmetry_pairs=links.symmetry_pairs, notes=notes + links.notes,
+                  residue_index=_residue_indices(model.structure), occupancy=model.occ.tolist())
         out.update_pairs(model.xyz)
         return out
 
@@ -273,6 +278,8 @@ class Restraints:
                 continue
             if not same_unit and (min(i, j), max(i, j)) in self.symmetry_pairs:
                 continue
+            if not same_unit and self._alternative_images(i, j):
+                continue
             d0 = self._dmin(i, j)
             if r.dist >= d0 + PAIR_MARGIN:
                 continue
@@ -304,6 +311,15 @@ class Restraints:
         if not hasattr(self, "_labels"):
             self._labels = [atom_label(ch, res, atom) for ch, res, atom in _atoms(self.structure)]
         return self._labels
+
+    def _alternative_images(self, i: int, j: int) -> bool:
+        """True when atom i and the symmetry image of atom j belong to one residue whose two
+        copies cannot both be there: occupancies summing to at most 1 (a water or ligand
+        disordered about a symmetry axis at half occupancy; REFMAC and phenix do not repel such
+        a residue from its own image)."""
+        if not self.residue_index or self.residue_index[i] != self.residue_index[j]:
+            return False
+        return self.occupancy[i] + self.occupancy[j] <= 1.0 + 1e-3
 
     def _dmin(self, i: int, j: int) -> float:
         hi, hj = self.hb_type[i], self.hb_type[j]
@@ -440,6 +456,16 @@ def drop_residues(st: gemmi.Structure, names: Sequence[str]) -> dict[str, list[t
                 removed.setdefault(ch.name, []).insert(0, (k, ch[k].clone()))
                 del ch[k]
     return removed
+
+
+def _residue_indices(st: gemmi.Structure) -> list[int]:
+    """Per atom (model order), the index of its residue in the first model."""
+    out, k = [], 0
+    for ch in st[0]:
+        for res in ch:
+            out += [k] * len(res)
+            k += 1
+    return out
 
 
 def _atoms(st: gemmi.Structure):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from equipoise.errors import InputError
-from equipoise.xtal.reflections import Reflections
+from equipoise.xtal.reflections import Reflections, equal_count_shells
 from equipoise.xtal.scaling import Scales, bin_scale, model_amplitudes, symmetry_projector, update_scales
 from equipoise.xtal.solvent import mask_structure_factors
 from equipoise.xtal.structure_factors import (FFTStructureFactors, direct_structure_factors,
@@ -35,6 +35,27 @@ from equipoise.xtal.twin_model import (TwinFractionFit, TwinOperators, fit_fract
 
 TARGETS = ("ml", "ls")
 METHODS = ("auto", "fft", "direct")
+
+
+#: bins of the ML target's D and S that a small data set gets even when its free set allows fewer
+MIN_ML_BINS = 6
+#: reflections per ML bin at least, for those extra bins
+ML_BIN_MIN_REFLECTIONS = 100
+
+
+def ml_bins(refl: Reflections) -> tuple[torch.Tensor, int]:
+    """Resolution bins of the ML target's D and S: the data's bins (>= 40 free reflections each),
+    or, when those are fewer than ``MIN_ML_BINS`` and the data allow more bins of
+    ``ML_BIN_MIN_REFLECTIONS``, that many equal-count bins, whose D and S then come from the
+    working set (``estimate_ml_params``: fewer than its minimum of free reflections per bin). With
+    one bin over the whole range (5wkd: 367 reflections, 22 free) D and S cannot fall with
+    resolution, and the ML target and the scales traded ~1.4 A^2 of overall B every cycle.
+    Returns ((m,) bin index, number of bins)."""
+    n = min(refl.n // ML_BIN_MIN_REFLECTIONS, MIN_ML_BINS)
+    if refl.n_bins >= n:
+        return refl.bin_index, refl.n_bins
+    shells, n = equal_count_shells(refl.d.cpu().numpy(), n, ML_BIN_MIN_REFLECTIONS)
+    return torch.as_tensor(shells, dtype=torch.long, device=refl.d.device), n
 
 
 def special_position_notes(model) -> list[str]:
@@ -75,6 +96,11 @@ class XrayModel:
         else:
             refl.check_model(model.cell, model.spacegroup, model.path)
         self.notes += special_position_notes(model)
+        #: resolution bins of the ML target's D and S (``ml_bins``)
+        self.ml_bin_index, self.ml_n_bins = ml_bins(refl)
+        if self.ml_n_bins != refl.n_bins:
+            self.notes.append(f"ML target: D and S in {self.ml_n_bins} resolution bins from the working set "
+                              f"({int(refl.free.sum())} free reflections allow {refl.n_bins} bin(s) of 40)")
         self.model, self.refl, self.target_kind = model, refl, target
         self.dtype, self.device = refl.f_obs.dtype, refl.f_obs.device
         frac = fractionalization_matrix(refl.cell, dtype=self.dtype, device=self.device)
@@ -197,7 +223,7 @@ class XrayModel:
         """The ML target's D and S per bin at the current scales (free set, ``estimate_ml_params``)."""
         r = self.refl
         self.ml = estimate_ml_params(r.f_obs, r.sigma_f, self.model_amplitudes(fc), r.centric, r.epsilon,
-                                     r.bin_index, r.n_bins, r.free)
+                                     self.ml_bin_index, self.ml_n_bins, r.free)
 
     @property
     def _fit_work(self) -> torch.Tensor:
@@ -244,7 +270,8 @@ class XrayModel:
             return twin_least_squares(r.f_obs, fc, weight, mask & ~self.twin.missing)
         if self.target_kind == "ls" or self.ml is None:
             return least_squares(r.f_obs, fc, mask)
-        nll = ml_nll(r.f_obs, r.sigma_f, fc, r.centric, r.epsilon, self.ml.d[r.bin_index], self.ml.s[r.bin_index])
+        nll = ml_nll(r.f_obs, r.sigma_f, fc, r.centric, r.epsilon, self.ml.d[self.ml_bin_index],
+                     self.ml.s[self.ml_bin_index])
         return nll[mask].sum() / max(int(mask.sum()), 1)
 
     def r_factors(self, fcalc: torch.Tensor | None = None) -> dict:
@@ -274,7 +301,10 @@ class XrayModel:
         """Per-bin table: d range (Å), counts, R-work, R-free, CC-work, k_bin, D, sigmaA."""
         r = self.refl
         fc = self.model_amplitudes(fcalc.detach())
-        sa = sigma_a(r.f_obs, fc, r.bin_index, r.n_bins, self.ml) if self.ml is not None else None
+        # D and sigmaA per reflection (their bins may be finer than the scales'), averaged per row
+        d_ref = None if self.ml is None else self.ml.d[self.ml_bin_index]
+        sa = None if self.ml is None else \
+            sigma_a(r.f_obs, fc, self.ml_bin_index, self.ml_n_bins, self.ml)[self.ml_bin_index]
         rows = []
         for b in range(r.n_bins):
             sel = r.bin_index == b
@@ -284,8 +314,8 @@ class XrayModel:
                          "r_free": r_factor(r.f_obs, fc, sel & r.free),
                          "cc_work": correlation(r.f_obs, fc, sel & self.work),
                          "k_bin": float(self.scales.k_bin[b]),
-                         "D": None if self.ml is None else float(self.ml.d[b]),
-                         "sigma_a": None if sa is None else float(sa[b])})
+                         "D": None if d_ref is None else float(d_ref[sel].mean()),
+                         "sigma_a": None if sa is None else float(sa[sel].mean())})
         return rows
 
     def write_maps(self, fcalc: torch.Tensor, path) -> None:
@@ -312,8 +342,8 @@ class XrayModel:
         if self.ml is None:
             ones = torch.ones_like(fc)
             return ones, ones
-        d = self.ml.d[r.bin_index]
-        s = self.ml.s[r.bin_index]
+        d = self.ml.d[self.ml_bin_index]
+        s = self.ml.s[self.ml_bin_index]
         sig = torch.where(r.centric, r.epsilon * s + r.sigma_f ** 2, r.epsilon * s + 2 * r.sigma_f ** 2)
         x = 2.0 * r.f_obs * d * fc / sig
         m = torch.where(r.centric, torch.tanh(x / 2.0), torch.special.i1e(x) / torch.special.i0e(x))
