@@ -118,7 +118,8 @@ def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom
                                      f"{d:.2f} Å from the nearest mate, more than {LINK_STRETCH_MAX} Å over its "
                                      f"ideal {b.restr.value:.2f} Å: not applied (check the LINK record)")
                 elif b.restr.esd > 0:
-                    out.symmetry_bonds.append((i, j, b.restr.value, b.restr.esd, f"{labels[i]} - {labels[j]} (symmetry)"))
+                    out.symmetry_bonds.append((i, j, b.restr.value, b.restr.esd,
+                                               f"{labels[i]} - {labels[j]} (symmetry)"))
                     out.notes.append(f"link {link.link_id} to a symmetry mate ({labels[i]} - {labels[j]}, {d:.2f} Å): "
                                      "its bond is restrained to the mate's nearest image; its angles, torsions "
                                      "and planes are not applied")
@@ -132,9 +133,9 @@ def link_report(topo: gemmi.Topo, lib: gemmi.MonLib, index: Callable[[gemmi.Atom
                                      f"{ideal:.2f} Å: not applied (check the LINK record)")
                 else:
                     auto.append(f"LINK {labels[index(b.atoms[0])]} - {labels[index(b.atoms[1])]} is not "
-                                     f"in the monomer library: restrained as a bond of {ideal:.2f} Å "
-                                     f"(esd {b.restr.esd:.2f}; gemmi's ideal distance for the atom types; "
-                                     f"now {d:.2f} Å)")
+                                f"in the monomer library: restrained as a bond of {ideal:.2f} Å "
+                                f"(esd {b.restr.esd:.2f}; gemmi's ideal distance for the atom types; "
+                                f"now {d:.2f} Å)")
         if drop:
             out.skipped.update((_KINDS[r.rkind], r.index) for r in link.link_rules)
     out.notes += _capped(auto, "links restrained at gemmi's ideal distance")

@@ -10,8 +10,9 @@ Murshudov et al. 2011, Acta Cryst. D67, 355; Yamashita et al. 2023, Acta Cryst. 
 Non-bonded repulsion (``nonbonded`` kind) acts on pairs closer than ``d_min`` that are neither
 1-2, 1-3 nor 1-4 related, including contacts with symmetry mates. ``d_min`` is the sum of the
 library's ``ener_lib.cif`` van der Waals radii, ``HBOND_DMIN`` for a donor-acceptor pair, or the sum
-of the two ion radii for a pair with a metal, as in REFMAC's VDW restraints; the penalty is ``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The
-pair list is rebuilt by ``update_pairs(xyz)`` (once per macro-cycle).
+of the two ion radii for a pair with a metal, as in REFMAC's VDW restraints; the penalty is
+``((d - d_min)/sigma)^2`` for ``d < d_min`` only. The pair list is rebuilt by ``update_pairs(xyz)``
+(once per macro-cycle).
 
 The same contact search lists the pairs of the B-factor (ADP) similarity restraints,
 ``adp_pairs()``: every pair of atoms within ``CONTACT_CUTOFF`` (symmetry mates included), with
