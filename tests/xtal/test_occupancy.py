@@ -131,15 +131,22 @@ def test_consecutive_conformers_are_one_set_and_waters_are_not_linked():
     assert "A/SER 5 - A/ASN 6 conformer A" in groups.labels and "A/HOH 7 conformer A" in groups.labels
 
 
-def test_lone_group_on_a_special_position_is_capped_by_its_multiplicity():
-    """The peptide in P 1 2 1 (5e5z's cell) with its partial water moved onto the two-fold axis
-    (x = 0, z = 0): the water's occupancy is refined in [0, 1/2], and its start (0.4) is kept."""
-    st = with_occupancies(0.6, 0.4)
+def water_on_two_fold(occ_water: float) -> tuple[gemmi.Structure, gemmi.Atom]:
+    """``with_occupancies(0.6, occ_water)`` in P 1 2 1 (5e5z's cell) with the water moved onto the
+    two-fold axis (x = 0, z = 0); returns the structure and the water's atom."""
+    st = with_occupancies(0.6, occ_water)
     st.spacegroup_hm = "P 1 2 1"
     st.setup_cell_images()
     water = st[0][0][PARTIAL][0]
     frac = st.cell.fractionalize(water.pos)
     water.pos = st.cell.orthogonalize(gemmi.Fractional(0.0, frac.y, 0.0))
+    return st, water
+
+
+def test_lone_group_on_a_special_position_is_capped_by_its_multiplicity():
+    """The peptide in P 1 2 1 (5e5z's cell) with its partial water moved onto the two-fold axis
+    (x = 0, z = 0): the water's occupancy is refined in [0, 1/2], and its start (0.4) is kept."""
+    st, water = water_on_two_fold(0.4)
     model = AtomModel.from_structure(st)
     assert model.cell.is_special_position(water.pos) == 1
     groups = OccupancyGroups.from_model(model)
@@ -152,12 +159,7 @@ def test_lone_group_on_a_special_position_is_capped_by_its_multiplicity():
 def test_full_occupancy_on_a_special_position_is_noted():
     from equipoise.xtal.xray import special_position_notes
 
-    st = with_occupancies(0.6, 1.0)
-    st.spacegroup_hm = "P 1 2 1"
-    st.setup_cell_images()
-    water = st[0][0][PARTIAL][0]
-    frac = st.cell.fractionalize(water.pos)
-    water.pos = st.cell.orthogonalize(gemmi.Fractional(0.0, frac.y, 0.0))
+    st, water = water_on_two_fold(1.0)
     notes = special_position_notes(AtomModel.from_structure(st))
     assert len(notes) == 1 and "A/HOH 101/O (occupancy 1.00, multiplicity 2)" in notes[0]
     water.occ = 0.5      # (the peptide, which is not made for this space group, has atoms near the axis too)

@@ -205,6 +205,16 @@ class AtomModel:
         return path
 
 
+#: an atom with a symmetry mate closer than this (Å) is on a special position (gemmi's default)
+SPECIAL_POSITION_DIST = 0.8
+
+
+def site_multiplicity(cell: gemmi.UnitCell, pos: gemmi.Position) -> int:
+    """m of the special position at ``pos`` (Å): 1 + the symmetry mates within
+    ``SPECIAL_POSITION_DIST`` (gemmi's ``UnitCell.is_special_position``); 1 on a general position."""
+    return 1 + cell.is_special_position(pos, SPECIAL_POSITION_DIST)
+
+
 def residue_label(chain: gemmi.Chain, res: gemmi.Residue) -> str:
     """``A/LEU 12`` (with the insertion code, ``A/LEU 12A``)."""
     return f"{chain.name}/{res.name} {res.seqid.num}{res.seqid.icode.strip()}"

@@ -7,7 +7,7 @@ same conformer letters form one set (conformer A of a loop is one state); a resi
 partial occupancy and no alternate conformers (a ligand or water modelled at less than 1) gets
 one occupancy in [0, 1], or in [0, 1/m] when one of its atoms sits on a special position of
 multiplicity m (an ion on a two-fold axis: at most 0.5, the PDB convention; gemmi's
-``UnitCell.is_special_position``, symmetry mates within ``SPECIAL_POSITION_DIST``).
+``model.site_multiplicity``).
 Atoms at occupancy 0 (unmodelled atoms, kept in the file) and fully occupied atoms without
 conformers are not refined.
 
@@ -24,14 +24,12 @@ import gemmi
 import torch
 from torch import Tensor
 
-from equipoise.xtal.model import AtomModel, residue_label
+from equipoise.xtal.model import AtomModel, residue_label, site_multiplicity
 
 #: lone-group occupancies start inside [OCC_EDGE, 1 - OCC_EDGE] (the sigmoid's logit is finite there)
 OCC_EDGE = 0.01
 #: conformer occupancies start at least at this value (the softmax's log is finite there)
 OCC_FLOOR = 1e-3
-#: an atom with a symmetry mate closer than this (Å) is on a special position (gemmi's default)
-SPECIAL_POSITION_DIST = 0.8
 
 
 @dataclass
@@ -83,8 +81,7 @@ class OccupancyGroups:
                 totals.append(1.0)
                 sizes.append(1)
                 _add_group(name, partial, len(totals) - 1, labels, atoms, atom_group, group_set)
-                mates = max(model.cell.is_special_position(pos[k], SPECIAL_POSITION_DIST) for k in partial)
-                bounds.append(1.0 / (1 + mates))
+                bounds.append(1.0 / max(site_multiplicity(model.cell, pos[k]) for k in partial))
         long = dict(dtype=torch.long, device=model.xyz.device)
         return cls(labels, torch.tensor(atoms, **long), torch.tensor(atom_group, **long),
                    torch.tensor(group_set, **long),

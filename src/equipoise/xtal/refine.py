@@ -420,17 +420,18 @@ class _Refinement:
             return self.stage("b", cycle_dir, restraint_weight, factor=self.adp_factor)
         start, tried = self.b.clone(), {}
 
-        def trial(factor: float) -> None:
-            """One B stage from the screen's start; tried[factor] = (R-free, B, weights, reasons)."""
+        def trial(factor: float) -> int:
+            """One B stage from the screen's start; tried[factor] = (R-free, B, weights, reasons);
+            returns the free-set size (0 when the x-ray model does not report it)."""
             self.b = start.clone()
             weights, reasons = self.stage("b", cycle_dir, restraint_weight, label=f"b_x{factor:.3g}", factor=factor)
-            tried[factor] = (self.r_factors()["r_free"], self.b.clone(), weights, reasons)
+            r = self.r_factors()
+            tried[factor] = (r["r_free"], self.b.clone(), weights, reasons)
+            return r.get("n_free", 0)
 
-        for factor in sorted(factors, key=lambda f: abs(math.log(f))):
-            trial(factor)
+        n_free = [trial(factor) for factor in sorted(factors, key=lambda f: abs(math.log(f)))][-1]
         # an end of the grid that beats its neighbour by more than the margin: go on past it in the
         # grid's steps (the best weight can lie outside a fixed grid: 5wkd, mean B 9 A^2, wants x0.3)
-        n_free = self.r_factors().get("n_free", 0)
         for _ in range(ADP_SCREEN_EXTENSIONS if len(factors) > 1 and n_free >= ADP_SCREEN_EXTEND_MIN_FREE else 0):
             grid = sorted(tried)
             if tried[grid[0]][0] < tried[grid[1]][0] - ADP_SCREEN_MARGIN:

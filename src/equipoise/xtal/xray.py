@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from equipoise.errors import InputError
+from equipoise.xtal.model import site_multiplicity
 from equipoise.xtal.reflections import Reflections, equal_count_shells
 from equipoise.xtal.scaling import Scales, bin_scale, model_amplitudes, symmetry_projector, update_scales
 from equipoise.xtal.solvent import mask_structure_factors
@@ -59,13 +60,13 @@ def ml_bins(refl: Reflections) -> tuple[torch.Tensor, int]:
 
 
 def special_position_notes(model) -> list[str]:
-    """Notes on atoms on a special position of multiplicity m (a symmetry mate within 0.8 Å,
-    gemmi's ``is_special_position``) whose occupancy exceeds 1/m: the PDB convention divides it
+    """Notes on atoms on a special position of multiplicity m (``model.site_multiplicity``)
+    whose occupancy exceeds 1/m: the PDB convention divides it
     by m, and structure factors count the atom m times."""
     over = []
     for label, atom, occ in zip(model.labels, (a for ch in model.structure[0] for r in ch for a in r),
                                 model.occ.tolist()):
-        m = 1 + model.cell.is_special_position(atom.pos, 0.8)
+        m = site_multiplicity(model.cell, atom.pos)
         if m > 1 and occ > 1.0 / m + 0.01:
             over.append(f"{label} (occupancy {occ:.2f}, multiplicity {m})")
     if not over:
